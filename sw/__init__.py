@@ -1,0 +1,1 @@
+"""Compression, export, golden model, host runtime and command line of velcro."""

@@ -1,0 +1,46 @@
+"""Benchmarks: measured figures, printed by ``velcro bench``; no pass/fail thresholds here."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .data import load_fashion_mnist, to_float
+from .model import load_reference
+from .profile import profile
+from .taps import tap
+
+
+def _best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_profile(n_images: int = 2000, batch_size: int = 250, repeats: int = 3) -> dict:
+    """Profiling throughput versus plain inference on the reference model (same batches)."""
+    model = load_reference()
+    images = load_fashion_mnist("test").images[:n_images]
+    tapped = tap(model)
+
+    def infer():
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                model(to_float(images[start:start + batch_size]))
+
+    infer()
+    t_infer = _best_of(infer, repeats)
+    t_profile = _best_of(lambda: profile(tapped, images, batch_size), repeats)
+    t_sens = _best_of(lambda: profile(tapped, images, batch_size, sensitivity=True), 1)
+    return {
+        "images": len(images),
+        "torch_threads": torch.get_num_threads(),
+        "inference_images_per_s": round(len(images) / t_infer, 1),
+        "profile_images_per_s": round(len(images) / t_profile, 1),
+        "profile_over_inference": round(t_infer / t_profile, 3),
+        "profile_sensitivity_images_per_s": round(len(images) / t_sens, 1),
+    }

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``velcro`` command line, one module per feature."""

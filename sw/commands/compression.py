@@ -1,0 +1,143 @@
+"""``velcro train | profile | compress | demo``: the reference model and VELCRO."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..cli import add_task_args, resolve_model, resolve_task, write_json
+from ..errors import PlanError
+
+DEMO_TASKS = ("footwear", "tops", "bags")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train the reference CNN on all ten Fashion-MNIST classes")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="weights file (default: the shipped weights)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("profile", help="profile conv-activations on a task's preprocessing split")
+    add_task_args(p)
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also record squared gradients (needed by --criterion fisher)")
+    p.add_argument("--out", type=Path, required=True, help="profile file (.npz)")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("compress",
+                       help="build a VELCRO plan and measure it on the validation split")
+    add_task_args(p)
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--thresholds", help="per-layer percentiles T_k in [0, 100], e.g. 20,40,40,10")
+    how.add_argument("--search", action="store_true", help="search thresholds automatically")
+    p.add_argument("--criterion", default="variance", help="locality score: variance (the "
+                   "paper), relative or fisher (default: variance)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="accuracy points the search may lose on the search split (default 0)")
+    p.add_argument("--json", type=Path, required=True, help="result record")
+    p.add_argument("--plan", type=Path, help="also write the plan (.npz)")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("demo", help="search thresholds on footwear, tops and bags with every "
+                       "criterion; table, plot and JSON")
+    p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default demo/)")
+    p.add_argument("--tasks", default=",".join(DEMO_TASKS))
+    p.add_argument("--criteria", default="variance,relative,fisher")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_train(args) -> None:
+    from ..model import REFERENCE_WEIGHTS
+    from ..train import train_reference
+
+    if args.epochs < 1:
+        raise PlanError(f"--epochs must be at least 1, not {args.epochs}")
+    record = train_reference(args.epochs, args.seed, args.out or REFERENCE_WEIGHTS)
+    print(f"test accuracy {100 * record['test_accuracy']:.2f}% after {args.epochs} epochs "
+          f"({record['train_seconds']} s)")
+
+
+def cmd_profile(args) -> None:
+    from ..study import prepare
+
+    model = resolve_model(args)
+    task = resolve_task(args, model)
+    setup = prepare(model, task, sensitivity=args.sensitivity, progress=True)
+    setup.profile.save(args.out)
+    shapes = ", ".join(f"{layer.name} {list(layer.shape)}" for layer in setup.profile.layers)
+    print(f"profiled {setup.n_preprocessing} images of {task.name} in "
+          f"{setup.profile_seconds:.2f} s: {shapes} -> {args.out}")
+
+
+def parse_thresholds(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise PlanError(f"--thresholds must be comma-separated numbers, not {text!r}") from None
+
+
+def check_criterion(name: str) -> str:
+    from ..plan import CRITERIA
+
+    if name not in CRITERIA:
+        raise PlanError(f"unknown criterion {name!r}; choose one of {', '.join(CRITERIA)}")
+    return name
+
+
+def cmd_compress(args) -> None:
+    from ..plan import check_thresholds, compress
+    from ..study import prepare, record, run_search, validation_accuracy
+
+    criterion = check_criterion(args.criterion)
+    thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
+    if not 0 <= args.tolerance < 100:
+        raise PlanError(f"--tolerance must be in [0, 100) accuracy points, not {args.tolerance}")
+    model = resolve_model(args)
+    task = resolve_task(args, model)
+    start = time.perf_counter()
+    setup = prepare(model, task, sensitivity=criterion == "fisher", progress=True)
+    result = None
+    if thresholds is None:
+        result = run_search(setup, criterion, args.tolerance / 100, progress=True)
+        thresholds = result.thresholds
+    check_thresholds(thresholds, setup.profile.names)
+    plan = compress(setup.profile, thresholds, criterion)
+    plan.meta.update(task=task.name, classes=list(task.classes))
+    rec = record(setup, plan, validation_accuracy(setup, None),
+                 time.perf_counter() - start, result)
+    write_json(args.json, rec)
+    if args.plan:
+        plan.save(args.plan)
+    print(f"{task.name}: C = {100 * rec['C']:.2f}% with thresholds {rec['thresholds']} "
+          f"({criterion}); validation accuracy {100 * rec['accuracy']:.2f}% "
+          f"(uncompressed {100 * rec['baseline_accuracy']:.2f}%) -> {args.json}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from ..data import make_task
+    from ..model import load_reference, reference_record
+    from ..study import demo_task, format_table, plot_accuracy_vs_C
+
+    criteria = [check_criterion(c.strip()) for c in args.criteria.split(",") if c.strip()]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    model = load_reference()
+    print(f"reference CNN: {100 * reference_record()['test_accuracy']:.2f}% on the 10-class "
+          "Fashion-MNIST test set")
+    results = []
+    for name in tasks:
+        start = time.perf_counter()
+        results.append(demo_task(model, make_task(name), criteria, progress=True))
+        print(f"  {name}: {time.perf_counter() - start:.1f} s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = format_table(results, criteria)
+    print("\nMax C with no search-split accuracy loss; change in validation accuracy:\n")
+    print(table)
+    write_json(args.out / "velcro_table.json", [r for res in results for r in res["records"]])
+    write_json(args.out / "velcro_curves.json", [
+        {k: res[k] for k in ("task", "baseline_accuracy", "curves", "uniform")}
+        for res in results])
+    plot_accuracy_vs_C(results, args.out / "velcro_accuracy_vs_C.png")
+    (args.out / "velcro_table.txt").write_text(table + "\n")
+    print(f"\nwrote {args.out}/velcro_table.json, velcro_curves.json, velcro_accuracy_vs_C.png")

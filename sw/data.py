@@ -1,0 +1,261 @@
+"""Image data: the Fashion-MNIST IDX files, image folders, specialized tasks and splits.
+
+The built-in benchmark is Fashion-MNIST from Debian's ``dataset-fashion-mnist``
+package. A *specialized task* is a subset of classes (``footwear`` = sandal,
+sneaker, ankle boot); its test images are split deterministically into a small
+*preprocessing* split (at most 2 % of the task, as in the VELCRO paper), a *search*
+split used to choose thresholds and a *validation* split that only measures.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+FASHION_MNIST_DIR = Path(os.environ.get("VELCRO_FASHION_MNIST",
+                                        "/usr/share/datasets/fashion-mnist"))
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+#: Named specialized tasks: class indices of Fashion-MNIST.
+TASKS = {
+    "footwear": (5, 7, 9),
+    "tops": (0, 2, 6, 4),
+    "bags": (8,),
+    "trousers-dresses": (1, 3),
+}
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                     ".ppm", ".pgm"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images as ``uint8 [N, C, H, W]`` with integer labels and class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise DataError(f"images must be uint8 [N, C, H, W], not {self.images.dtype} "
+                            f"{list(self.images.shape)}")
+        if self.labels.shape != (len(self.images),):
+            raise DataError(f"{len(self.labels)} labels for {len(self.images)} images")
+
+    def __len__(self):
+        return len(self.images)
+
+    def subset(self, index: np.ndarray) -> Dataset:
+        return Dataset(self.images[index], self.labels[index], self.classes)
+
+
+def read_idx(path: Path, expect_ndim: int) -> np.ndarray:
+    """Read one (optionally gzip-compressed) IDX file, checking its header against its size."""
+    try:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    ndim = raw[3]
+    if ndim != expect_ndim:
+        raise DataError(f"{path}: IDX file has {ndim} dimensions, expected {expect_ndim}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: IDX header truncated ({len(raw)} bytes)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{path}: IDX header declares shape {list(shape)} ({expected} bytes) "
+                        f"but the file holds {len(raw)} bytes")
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def load_fashion_mnist(split: str = "test", root: Path | None = None) -> Dataset:
+    """Load the Fashion-MNIST ``train`` or ``test`` split as ``uint8 [N, 1, 28, 28]``."""
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    if split not in _IDX_FILES:
+        raise DataError(f"Fashion-MNIST split must be 'train' or 'test', not {split!r}")
+    image_file, label_file = (root / name for name in _IDX_FILES[split])
+    try:
+        images = read_idx(image_file, 3)
+        labels = read_idx(label_file, 1)
+    except FileNotFoundError as e:
+        raise DataError(
+            f"Fashion-MNIST not found ({e.filename}); install it with "
+            "'apt-get install dataset-fashion-mnist' or set VELCRO_FASHION_MNIST to its folder"
+        ) from None
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"{image_file}: images are {list(images.shape[1:])}, expected [28, 28]")
+    if len(images) != len(labels):
+        raise DataError(f"{root}: {len(images)} images but {len(labels)} labels")
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"{label_file}: label {int(labels.max())} out of range 0..9")
+    return Dataset(images[:, None].copy(), labels.astype(np.int64), FASHION_MNIST_CLASSES)
+
+
+def load_folder(root: Path, channels: int = 3, size: tuple[int, int] | None = None) -> Dataset:
+    """Load an ``ImageFolder``-style tree: one sub-folder per class, sorted by name.
+
+    Images are converted to ``channels`` (1: grayscale, 3: RGB) and, when ``size``
+    (H, W) is given, resized; otherwise they must all have the same size.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    if channels not in (1, 3):
+        raise DataError(f"image folders load 1 or 3 channels, not {channels}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if path.suffix.lower() not in _IMAGE_EXTENSIONS:
+                continue
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("L" if channels == 1 else "RGB")
+                    if size is not None:
+                        img = img.resize((size[1], size[0]), Image.BILINEAR)
+                    array = np.asarray(img, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as e:
+                raise DataError(f"{path}: not a readable image ({e})") from None
+            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+            if images and array.shape != images[0].shape:
+                raise DataError(f"{path}: size {list(array.shape[1:])} differs from "
+                                f"{list(images[0].shape[1:])}; pass --image-size H,W to resize")
+            images.append(array)
+            labels.append(label)
+    if not images:
+        raise DataError(f"{root} holds no images")
+    return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64), tuple(classes))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Disjoint index arrays into a task's images."""
+
+    preprocessing: np.ndarray
+    search: np.ndarray
+    validation: np.ndarray
+
+
+@dataclass(frozen=True)
+class Task:
+    """A specialized task: the images of some classes, split three ways."""
+
+    name: str
+    classes: tuple[int, ...]
+    data: Dataset
+    preprocessing_fraction: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self):
+        if len(self.data) == 0:
+            raise DataError(f"task {self.name!r} has no images (classes {list(self.classes)})")
+        if not 0 < self.preprocessing_fraction < 1:
+            raise DataError(f"preprocessing fraction must be in (0, 1), "
+                            f"not {self.preprocessing_fraction}")
+
+    def splits(self) -> Splits:
+        """Deterministic split: preprocessing (<= 2 %), then search and validation halves.
+
+        The permutation depends only on the seed and the number of images, so the same
+        task always yields the same splits.
+        """
+        n = len(self.data)
+        if n < 3:
+            raise DataError(f"task {self.name!r} has {n} images; at least 3 are needed to "
+                            "split it into preprocessing, search and validation")
+        order = np.random.default_rng(self.seed).permutation(n)
+        n_pre = max(1, int(np.floor(self.preprocessing_fraction * n)))
+        n_search = (n - n_pre) // 2
+        return Splits(np.sort(order[:n_pre]), np.sort(order[n_pre:n_pre + n_search]),
+                      np.sort(order[n_pre + n_search:]))
+
+    def split(self, name: str) -> Dataset:
+        return self.data.subset(getattr(self.splits(), name))
+
+
+def parse_classes(text: str, classes: tuple[str, ...]) -> tuple[int, ...]:
+    """Parse ``"5,7,9"`` or class names into class indices, checking the range."""
+    result = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        if item.lstrip("-").isdigit():
+            index = int(item)
+        elif item in classes:
+            index = classes.index(item)
+        else:
+            raise DataError(f"unknown class {item!r}; classes are 0..{len(classes) - 1} "
+                            f"or one of {', '.join(classes)}")
+        if not 0 <= index < len(classes):
+            raise DataError(f"class {index} out of range 0..{len(classes) - 1}")
+        if index not in result:
+            result.append(index)
+    if not result:
+        raise DataError(f"empty class list {text!r}")
+    return tuple(result)
+
+
+def make_task(name: str | None = None, classes: str | None = None, data: Path | None = None,
+              channels: int = 1, size: tuple[int, int] | None = None) -> Task:
+    """Build a task from a task name, a class list, or an image folder.
+
+    With ``data`` (an image folder) the task is its ``classes`` (default: all of them);
+    otherwise a named Fashion-MNIST task or the ``classes`` list on the Fashion-MNIST test set.
+    """
+    if data is not None:
+        dataset = load_folder(data, channels=channels, size=size)
+    else:
+        dataset = load_fashion_mnist("test")
+    if classes is not None:
+        picked = parse_classes(classes, dataset.classes)
+        label = name or "classes-" + "-".join(str(c) for c in picked)
+    elif name is not None:
+        if data is not None:
+            raise DataError("--task names a Fashion-MNIST task; with --data use --classes")
+        if name not in TASKS:
+            raise DataError(f"unknown task {name!r}; tasks are {', '.join(TASKS)} "
+                            "(or pass --classes)")
+        picked, label = TASKS[name], name
+    elif data is not None:
+        picked, label = tuple(range(len(dataset.classes))), Path(data).name
+    else:
+        raise DataError("give --task, --classes or --data")
+    selected = np.flatnonzero(np.isin(dataset.labels, picked))
+    return Task(label, picked, dataset.subset(selected))
+
+
+def to_float(images: np.ndarray):
+    """``uint8`` images to a float32 tensor in [0, 1], the reference model's input."""
+    import torch
+
+    return torch.from_numpy(images.astype(np.float32) / 255.0)

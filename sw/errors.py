@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Every failure caused by user input (a missing data set, a bad threshold, a model
+that does not fit the images) raises :class:`VelcroError` or a subclass. The CLI
+prints its message on one line and exits with code 2; anything else is a bug.
+"""
+
+
+class VelcroError(Exception):
+    """An error in user input, reported on one line without a traceback."""
+
+
+class DataError(VelcroError):
+    """A data set is missing, corrupt or does not fit the task."""
+
+
+class ModelError(VelcroError):
+    """A model cannot be loaded or does not have the structure a step needs."""
+
+
+class PlanError(VelcroError):
+    """Thresholds, profiles or compression plans are inconsistent or out of range."""

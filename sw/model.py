@@ -1,0 +1,132 @@
+"""The reference CNN and loading of user models.
+
+The reference model is made only of what the hardware runs: 3x3 convolutions with
+padding 1 (stride 1 or 2) followed by ReLU, 2x2 max-pooling, flatten and dense
+layers. Its trained weights ship with the package (float16 safetensors) together
+with the test accuracy measured after loading them back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+REFERENCE_WEIGHTS = WEIGHTS_DIR / "reference.safetensors"
+REFERENCE_RECORD = WEIGHTS_DIR / "reference.json"
+
+
+def reference_cnn(num_classes: int = 10) -> nn.Sequential:
+    """Four conv3x3+ReLU layers (28x28 -> 4x4x64), then dense 1024 -> 256 -> classes."""
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(1, 16, 3, padding=1)),
+        ("relu1", nn.ReLU()),
+        ("conv2", nn.Conv2d(16, 32, 3, padding=1)),
+        ("relu2", nn.ReLU()),
+        ("pool2", nn.MaxPool2d(2)),
+        ("conv3", nn.Conv2d(32, 32, 3, padding=1)),
+        ("relu3", nn.ReLU()),
+        ("pool3", nn.MaxPool2d(2)),
+        ("conv4", nn.Conv2d(32, 64, 3, stride=2, padding=1)),
+        ("relu4", nn.ReLU()),
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(64 * 4 * 4, 256)),
+        ("relu5", nn.ReLU()),
+        ("fc2", nn.Linear(256, num_classes)),
+    ]))
+
+
+def lenet_300_100(num_classes: int = 10) -> nn.Sequential:
+    """LeNet-300-100, the fully connected network of the Deep Compression paper."""
+    return nn.Sequential(OrderedDict([
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(28 * 28, 300)),
+        ("relu1", nn.ReLU()),
+        ("fc2", nn.Linear(300, 100)),
+        ("relu2", nn.ReLU()),
+        ("fc3", nn.Linear(100, num_classes)),
+    ]))
+
+
+def save_weights(model: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> None:
+    """Write a model's state dict as safetensors (atomically: temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    tmp.replace(path)
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load safetensors or a ``torch.save`` state dict (``weights_only=True``) into ``model``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt files raise many different exception types
+        raise ModelError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a state dict of tensors")
+    reference = model.state_dict()
+    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ModelError(f"{path}: weights do not fit the model: {' '.join(first[:3])}") from None
+    return model.eval()
+
+
+def load_reference() -> nn.Sequential:
+    """The trained reference model shipped with the package, in eval mode."""
+    if not REFERENCE_WEIGHTS.is_file():
+        raise ModelError(f"reference weights {REFERENCE_WEIGHTS} are missing; run 'velcro train'")
+    return load_weights(reference_cnn(), REFERENCE_WEIGHTS)
+
+
+def reference_record() -> dict:
+    """What ``velcro train`` measured for the shipped weights (accuracy, seed, epochs)."""
+    return json.loads(REFERENCE_RECORD.read_text())
+
+
+def load_user_model(spec: str, weights: Path | None = None) -> nn.Module:
+    """Build a model from ``"package.module:callable"`` and load ``weights`` into it."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelError(f"--model must look like 'package.module:callable', not {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except ImportError as e:
+        raise ModelError(f"cannot import {module_name!r}: {e}") from None
+    except AttributeError:
+        raise ModelError(f"module {module_name!r} has no attribute {attr!r}") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def input_channels(model: nn.Module) -> int:
+    """Number of input channels of the first convolution (how to load image folders)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    raise ModelError("the model has no Conv2d layer")

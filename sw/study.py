@@ -1,0 +1,163 @@
+"""End-to-end VELCRO experiments on a task: profile, choose thresholds, validate.
+
+These functions back ``velcro compress`` and ``velcro demo``. The split discipline
+lives here: the preprocessing split is profiled, the search split chooses thresholds,
+and the validation split only measures the result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from torch import nn
+
+from .data import Task
+from .evaluate import accuracy
+from .plan import CRITERIA, Plan, applied, compress
+from .profile import Profile, profile
+from .search import SearchResult, search
+from .taps import Tapped, tap
+
+
+@dataclass
+class TaskSetup:
+    """A tapped model, a task's splits and the profile of its preprocessing images."""
+
+    task: Task
+    tapped: Tapped
+    profile: Profile
+    n_preprocessing: int
+    n_search: int
+    n_validation: int
+    profile_seconds: float
+
+
+def prepare(model: nn.Module, task: Task, sensitivity: bool, progress: bool = False) -> TaskSetup:
+    """Tap the model and profile it on the task's preprocessing split."""
+    tapped = tap(model)
+    splits = task.splits()
+    start = time.perf_counter()
+    prof = profile(tapped, task.split("preprocessing").images, sensitivity=sensitivity,
+                   progress=progress)
+    prof.meta.update(task=task.name, classes=list(task.classes))
+    return TaskSetup(task, tapped, prof, len(splits.preprocessing), len(splits.search),
+                     len(splits.validation), time.perf_counter() - start)
+
+
+def validation_accuracy(setup: TaskSetup, plan: Plan | None) -> float:
+    """Accuracy on the validation split with ``plan`` applied (None: uncompressed)."""
+    val = setup.task.split("validation")
+    with applied(setup.tapped, plan):
+        return accuracy(setup.tapped.module, val.images, val.labels)
+
+
+def run_search(setup: TaskSetup, criterion: str, tolerance: float = 0.0,
+               progress: bool = False) -> SearchResult:
+    """Threshold search on the search split of ``setup.task``."""
+    data = setup.task.split("search")
+    return search(setup.tapped, setup.profile, data.images, data.labels, criterion,
+                  tolerance=tolerance, progress=progress)
+
+
+def record(setup: TaskSetup, plan: Plan, baseline: float, seconds: float,
+           result: SearchResult | None = None) -> dict:
+    """The JSON record of ``velcro compress`` for one plan."""
+    out = {
+        "task": setup.task.name,
+        "criterion": plan.criterion,
+        "thresholds": [round(t, 4) for t in plan.thresholds],
+        "C": plan.C,
+        "baseline_accuracy": baseline,
+        "accuracy": validation_accuracy(setup, plan),
+        "n_preprocessing": setup.n_preprocessing,
+        "n_validation": setup.n_validation,
+        "n_search": setup.n_search,
+        "layers": [{"name": layer.name, "shape": list(layer.mask.shape),
+                    "replaced": layer.replaced, "elements": int(layer.mask.size)}
+                   for layer in plan.layers],
+        "profile_seconds": round(setup.profile_seconds, 3),
+        "seconds": round(seconds, 3),
+    }
+    if result is not None:
+        out.update(search_accuracy=result.accuracy,
+                   search_baseline_accuracy=result.baseline_accuracy,
+                   search_evaluations=result.evaluations)
+    return out
+
+
+def uniform_curve(setup: TaskSetup, criterion: str = "variance",
+                  thresholds=tuple(range(0, 100, 10))) -> list[dict]:
+    """Validation accuracy for one threshold shared by all layers (the paper's setting)."""
+    points = []
+    for t in thresholds:
+        plan = compress(setup.profile, [t] * len(setup.profile.layers), criterion)
+        points.append({"threshold": t, "C": plan.C, "accuracy": validation_accuracy(setup, plan)})
+    return points
+
+
+def demo_task(model: nn.Module, task: Task, criteria=CRITERIA, tolerance: float = 0.0,
+              progress: bool = False) -> dict:
+    """Search every criterion on one task; validation accuracy along each search path."""
+    setup = prepare(model, task, sensitivity="fisher" in criteria, progress=progress)
+    baseline = validation_accuracy(setup, None)
+    records, curves = [], {}
+    for criterion in criteria:
+        start = time.perf_counter()
+        result = run_search(setup, criterion, tolerance, progress=progress)
+        seconds = time.perf_counter() - start
+        plan = compress(setup.profile, result.thresholds, criterion)
+        records.append(record(setup, plan, baseline, seconds, result))
+        curves[criterion] = [
+            {"C": p.C, "search_accuracy": p.accuracy,
+             "accuracy": validation_accuracy(setup, compress(setup.profile, p.thresholds,
+                                                             criterion))}
+            for p in result.path]
+    return {"task": task.name, "baseline_accuracy": baseline, "records": records,
+            "curves": curves, "uniform": uniform_curve(setup)}
+
+
+def format_table(results: list[dict], criteria) -> str:
+    """Text table like the paper's Table 1: C and validation accuracy per task and criterion."""
+    header = ["task", "baseline"] + list(criteria)
+    rows = []
+    for result in results:
+        cells = [result["task"], f"{100 * result['baseline_accuracy']:.2f}%"]
+        for criterion in criteria:
+            rec = next(r for r in result["records"] if r["criterion"] == criterion)
+            delta = 100 * (rec["accuracy"] - rec["baseline_accuracy"])
+            cells.append(f"C={100 * rec['C']:.1f}% ({delta:+.2f} pt)")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_C(results: list[dict], path) -> None:
+    """One panel per task: validation accuracy versus C (the paper's Figure 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.8), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        for criterion, points in result["curves"].items():
+            ax.plot([100 * p["C"] for p in points], [100 * p["accuracy"] for p in points],
+                    marker="o", ms=3, label=f"search: {criterion}")
+        uniform = result["uniform"]
+        ax.plot([100 * p["C"] for p in uniform], [100 * p["accuracy"] for p in uniform],
+                ls="--", marker="x", ms=4, color="gray", label="uniform T (variance)")
+        ax.axhline(100 * result["baseline_accuracy"], color="black", lw=0.8, ls=":",
+                   label="uncompressed")
+        ax.set_title(result["task"])
+        ax.set_xlabel("compression-saving ratio C (%)")
+        ax.set_ylabel("validation top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

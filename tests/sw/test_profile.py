@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from velcro.sw.errors import ModelError, PlanError
+from velcro.sw.model import reference_cnn
+from velcro.sw.profile import Profile, RunningMoments, profile
+from velcro.sw.taps import tap
+
+
+@pytest.mark.parametrize("chunks", [[500], [1, 1, 498], [7, 100, 3, 390], [250, 250]])
+def test_running_moments_equal_two_pass_numpy(rng, chunks):
+    data = rng.normal(3.0, 2.5, (sum(chunks), 4, 5)) * rng.uniform(0, 10, (4, 5))
+    m = RunningMoments((4, 5))
+    start = 0
+    for n in chunks:
+        m.update(torch.from_numpy(data[start:start + n]))
+        start += n
+    assert m.count == len(data)
+    np.testing.assert_allclose(m.mean.numpy(), data.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m.variance.numpy(), data.var(0), rtol=1e-10, atol=1e-12)
+
+
+def test_running_moments_stay_exact_for_large_offsets(rng):
+    data = 1e6 + rng.normal(0, 1e-2, (1000, 3))
+    m = RunningMoments((3,))
+    for chunk in np.array_split(data, 37):
+        m.update(torch.from_numpy(chunk))
+    np.testing.assert_allclose(m.variance.numpy(), data.var(0), rtol=1e-6)
+
+
+def activations(model, images):
+    """Conv-activation outputs by a plain forward with hooks on the ReLU modules."""
+    outs = []
+    handles = [getattr(model, f"relu{k}").register_forward_hook(
+        lambda mod, i, o: outs.append(o.detach().double())) for k in range(1, 5)]
+    with torch.no_grad():
+        model(torch.from_numpy(images.astype(np.float32) / 255))
+    for h in handles:
+        h.remove()
+    return outs
+
+
+def test_profile_matches_two_pass_statistics_on_reference_model(rng):
+    torch.manual_seed(0)
+    model = reference_cnn().eval()
+    images = rng.integers(0, 256, (37, 1, 28, 28), dtype=np.uint8)
+    prof = profile(model, images, batch_size=10)
+    expected = activations(model, images)
+    assert prof.names == ["conv1", "conv2", "conv3", "conv4"]
+    assert [layer.shape for layer in prof.layers] == [(16, 28, 28), (32, 28, 28), (32, 14, 14),
+                                                      (64, 4, 4)]
+    for layer, act in zip(prof.layers, expected, strict=True):
+        np.testing.assert_allclose(layer.mean, act.mean(0).numpy(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(layer.variance, act.var(0, unbiased=False).numpy(),
+                                   rtol=1e-5, atol=1e-9)
+    same = profile(model, images, batch_size=37)
+    for a, b in zip(prof.layers, same.layers, strict=True):
+        np.testing.assert_allclose(a.variance, b.variance, rtol=1e-9, atol=1e-12)
+
+
+def test_sensitivity_is_mean_squared_gradient_at_own_prediction(rng):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(2 * 5 * 5, 3))
+    images = rng.integers(0, 256, (6, 1, 5, 5), dtype=np.uint8)
+    prof = profile(model, images, batch_size=4, sensitivity=True)
+    grads = []
+    for img in images:
+        x = torch.from_numpy(img[None].astype(np.float32) / 255)
+        a = model[1](model[0](x))
+        a.retain_grad()
+        logits = model[3](model[2](a))
+        nn.functional.cross_entropy(logits, logits.argmax(1)).backward()
+        grads.append(a.grad[0].double() ** 2)
+    np.testing.assert_allclose(prof.layers[0].grad_sq, torch.stack(grads).mean(0).numpy(),
+                               rtol=1e-5, atol=1e-12)
+
+
+def conv_output_shapes(model, x):
+    shapes = {}
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, o.shape[1:]))
+               for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return shapes
+
+
+@pytest.mark.parametrize("name, expected", [
+    # resnet18: 20 convs; the 3 downsample 1x1 convs feed no activation.
+    ("resnet18", 17),
+    # mobilenet_v2: 52 convs; the 17 linear-bottleneck projections have no ReLU6.
+    ("mobilenet_v2", 35),
+    # googlenet: every BasicConv2d applies F.relu (a function, not a module).
+    ("googlenet", 57),
+])
+def test_torchvision_models_get_one_entry_per_conv_activation(torchvision_models, rng, name,
+                                                              expected):
+    kwargs = {"init_weights": True, "aux_logits": False} if name == "googlenet" else {}
+    model = getattr(torchvision_models, name)(weights=None, **kwargs).eval()
+    images = rng.integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    prof = profile(model, images, batch_size=2)
+    assert len(prof.layers) == expected
+    conv_shapes = conv_output_shapes(model, torch.zeros(1, 3, 64, 64))
+    for layer in prof.layers:
+        assert layer.shape == tuple(conv_shapes[layer.name]), layer.name
+        assert np.all(layer.variance >= 0) and np.all(layer.mean >= 0)
+
+
+def test_tap_leaves_the_model_unchanged(rng):
+    model = reference_cnn().eval()
+    x = torch.from_numpy(rng.random((2, 1, 28, 28), dtype=np.float32))
+    before = model(x)
+    tapped = tap(model)
+    torch.testing.assert_close(tapped(x), before, rtol=0, atol=0)
+    assert not any(type(m).__name__ == "Tap" for m in model.modules())
+
+
+def test_model_without_conv_activation_is_rejected():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.ReLU())
+    with pytest.raises(ModelError, match="no convolution followed by a ReLU"):
+        tap(model)
+
+
+def test_images_of_wrong_shape_are_reported(rng):
+    with pytest.raises(ModelError, match=r"images of shape \[3, 28, 28\] do not fit"):
+        profile(reference_cnn(), rng.integers(0, 256, (2, 3, 28, 28), dtype=np.uint8))
+
+
+def test_profile_file_roundtrip_and_corruption(tmp_path, rng):
+    prof = profile(reference_cnn().eval(), rng.integers(0, 256, (4, 1, 28, 28), dtype=np.uint8),
+                   sensitivity=True)
+    prof.save(tmp_path / "p.npz")
+    back = Profile.load(tmp_path / "p.npz")
+    assert back.names == prof.names and back.count == 4 and back.has_sensitivity
+    for a, b in zip(prof.layers, back.layers, strict=True):
+        np.testing.assert_array_equal(a.variance, b.variance)
+    raw = (tmp_path / "p.npz").read_bytes()
+    (tmp_path / "bad.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(PlanError, match="not a readable velcro-profile"):
+        Profile.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "foreign.npz", meta=np.frombuffer(b'{"format": "x"}', np.uint8))
+    with pytest.raises(PlanError, match="not a velcro-profile file"):
+        Profile.load(tmp_path / "foreign.npz")
