@@ -1,6 +1,7 @@
 """The ``velcro`` command line.
 
-Each feature registers its sub-commands from its own module; this file holds the
+Each feature registers its sub-commands from its own module in
+:mod:`velcro.sw.commands`; this file holds the
 shared task/model options and turns :class:`~velcro.sw.errors.VelcroError` into a
 one-line message with exit code 2.
 """
@@ -10,16 +11,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import pkgutil
 import sys
 from pathlib import Path
 
+from . import commands
 from .errors import VelcroError
-
-#: Modules that define ``register(subparsers)``, in help order.
-COMMAND_MODULES = (
-    "velcro.sw.commands.compression",
-    "velcro.sw.commands.bench",
-)
 
 
 def add_task_args(parser: argparse.ArgumentParser, task_required: bool = True) -> None:
@@ -90,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress a trained CNN for a specialized task (VELCRO, vector "
                     "quantization) and run it on the Alveo U280 accelerator.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    # Every module of velcro.sw.commands defines register(subparsers).
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
     return parser
 
 

@@ -153,14 +153,21 @@ def dense_acc(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
 def codebook_luts(x: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     """Per-segment tables ``LUT[.., j, c] = <x_j, codebooks[j, c]>`` (``k * s`` MACs each).
 
-    ``x [(N,) n_in]`` int8, ``codebooks [n_seg, k, s]`` int8 with ``n_seg * s == n_in``.
+    ``x [(N,) n_in]`` int8; ``codebooks [n_seg, k, s]`` int8 with ``n_seg * s == n_in``,
+    or ``[1, k, s]``: one codebook shared by every segment (scalar k-means is ``s = 1``).
     """
     x = _check_int("activations", x, INT8_MIN, INT8_MAX)
     codebooks = _check_int("codebooks", codebooks, INT8_MIN, INT8_MAX)
-    if codebooks.ndim != 3 or codebooks.shape[0] * codebooks.shape[2] != x.shape[-1]:
-        raise GoldenError(f"codebooks [n_seg, k, s] must cover {x.shape[-1]} inputs, "
+    n_in = x.shape[-1]
+    if codebooks.ndim != 3 or codebooks.shape[2] == 0 or n_in % codebooks.shape[2]:
+        raise GoldenError(f"codebooks [n_seg, k, s] need s dividing {n_in} inputs, "
                           f"got {list(codebooks.shape)}")
-    segments = x.reshape(*x.shape[:-1], codebooks.shape[0], codebooks.shape[2])
+    n_seg = n_in // codebooks.shape[2]
+    if codebooks.shape[0] not in (1, n_seg):
+        raise GoldenError(f"{n_in} inputs in segments of {codebooks.shape[2]} need {n_seg} "
+                          f"codebooks (or 1 shared), got {codebooks.shape[0]}")
+    codebooks = np.broadcast_to(codebooks, (n_seg,) + codebooks.shape[1:])
+    segments = x.reshape(*x.shape[:-1], n_seg, codebooks.shape[2])
     return np.einsum("...js,jks->...jk", segments, codebooks)
 
 
@@ -171,7 +178,7 @@ def dense_codebook_acc(x: np.ndarray, codebooks: np.ndarray, indices: np.ndarray
     ``indices [n_out, n_seg]`` index the ``k`` codewords of each segment.
     """
     luts = codebook_luts(x, codebooks)
-    n_seg, k = codebooks.shape[:2]
+    n_seg, k = luts.shape[-2:]
     indices = _check_int("indices", indices, 0, k - 1)
     bias = _check_int("bias", bias, ACC_MIN, ACC_MAX)
     if indices.ndim != 2 or indices.shape[1] != n_seg or bias.shape != (indices.shape[0],):

@@ -1,25 +1,31 @@
-"""``velcro bench``: measured throughput figures (printed, optionally written as JSON)."""
+"""``velcro bench NAME``: run one benchmark from :mod:`velcro.sw.benches`, print its figures."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 
+from .. import benches
 from ..cli import write_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="measure throughput (profile: profiling versus inference)")
-    p.add_argument("what", nargs="?", default="profile", choices=["profile"])
-    p.add_argument("--images", type=int, default=2000)
-    p.add_argument("--json", type=Path)
-    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("bench", help="measure throughput and cycle figures")
+    sub_names = p.add_subparsers(dest="bench", metavar="NAME", required=True)
+    for info in sorted(pkgutil.iter_modules(benches.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{benches.__name__}.{info.name}")
+        q = sub_names.add_parser(info.name, help=module.HELP)
+        module.add_arguments(q)
+        q.add_argument("--json", type=Path, help="also write the figures as JSON")
+        q.set_defaults(func=_runner(module))
 
 
-def cmd_bench(args) -> None:
-    from ..bench import bench_profile
-
-    result = bench_profile(args.images)
-    for key, value in result.items():
-        print(f"{key:32s} {value}")
-    if args.json:
-        write_json(args.json, result)
+def _runner(module):
+    def run(args):
+        result = module.run(args)
+        for key, value in result.items():
+            print(f"{key:36s} {value}")
+        if args.json:
+            write_json(args.json, result)
+    return run

@@ -1,4 +1,4 @@
-"""Benchmarks: measured figures, printed by ``velcro bench``; no pass/fail thresholds here."""
+"""``velcro bench profile``: profiling throughput versus plain inference on the reference model."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import time
 
 import torch
 
-from .data import load_fashion_mnist, to_float
-from .model import load_reference
-from .profile import profile
-from .taps import tap
+from ..data import load_fashion_mnist, to_float
+from ..model import load_reference
+from ..profile import profile
+from ..taps import tap
 
 
 def _best_of(fn, repeats: int) -> float:
@@ -44,3 +44,14 @@ def bench_profile(n_images: int = 2000, batch_size: int = 250, repeats: int = 3)
         "profile_over_inference": round(t_infer / t_profile, 3),
         "profile_sensitivity_images_per_s": round(len(images) / t_sens, 1),
     }
+
+
+HELP = "profiling throughput versus plain inference (reference model)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--images", type=int, default=2000, help="images per timing run")
+
+
+def run(args) -> dict:
+    return bench_profile(args.images)
