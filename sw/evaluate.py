@@ -12,20 +12,24 @@ from .errors import ModelError
 BATCH = 500
 
 
-def predict(model: nn.Module, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
-    """Top-1 class of every image (``uint8 [N, C, H, W]``), in eval mode without gradients."""
+def logits(model: nn.Module, images: np.ndarray, batch_size: int = BATCH) -> torch.Tensor:
+    """Float logits of every image (``uint8 [N, C, H, W]``), in eval mode without gradients."""
     model.eval()
-    out = np.empty(len(images), dtype=np.int64)
+    out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = to_float(images[start:start + batch_size])
             try:
-                logits = model(x)
+                out.append(model(x))
             except RuntimeError as e:
                 raise ModelError(f"images of shape {list(images.shape[1:])} do not fit the model: "
                                  f"{str(e).splitlines()[0]}") from None
-            out[start:start + len(x)] = logits.argmax(1).numpy()
-    return out
+    return torch.cat(out)
+
+
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
+    """Top-1 class of every image."""
+    return logits(model, images, batch_size).argmax(1).numpy()
 
 
 def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:

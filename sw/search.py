@@ -2,10 +2,18 @@
 
 The paper chose thresholds by trial and error. :func:`search` does it greedily: from
 ``T = 0`` it repeatedly tries raising each layer's threshold by a step and takes the
-move that loses the least search-split accuracy per unit of ``C`` gained, among the
-moves that keep accuracy at or above ``baseline - tolerance``. When no move is
-feasible the step halves, down to ``min_step`` percentile points. Every candidate is
-measured on the *search* split only; the validation split is never passed in.
+move that raises the search-split cross-entropy the least per unit of ``C`` gained,
+among the moves that keep top-1 accuracy at or above ``baseline - tolerance``. The
+loss ranks moves where accuracy alone cannot: most small moves change no prediction
+at all, yet some of them bring many images closer to a wrong class than others. When
+no move is feasible the step halves, down to ``min_step`` percentile points. Every
+candidate is measured on the *search* split only; the validation split is never
+passed in.
+
+Most candidates change one layer's threshold, so the search keeps the raw activation
+reaching every tap under the current plan and runs only the rest of the model from
+the changed layer on (:meth:`~velcro.sw.taps.Tapped.tail`), when those activations fit
+in memory and no residual connection crosses the tap.
 """
 
 from __future__ import annotations
@@ -13,13 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from .data import to_float
 from .errors import PlanError
-from .evaluate import accuracy
-from .plan import applied, compress, plan_C, scores
+from .plan import applied, check_thresholds, compress, plan_C, scores
 from .profile import Profile
 from .taps import Tapped
+
+CACHE_BYTES = 1 << 30
+BATCH = 500
 
 
 @dataclass
@@ -44,9 +56,17 @@ class SearchResult:
 
 def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndarray,
            criterion: str = "variance", tolerance: float = 0.0, start_step: float = 20.0,
-           min_step: float = 1.25, baseline: float | None = None,
-           progress: bool = False) -> SearchResult:
+           min_step: float = 1.25, explore_moves: int = 6, explore_step: float = 5.0,
+           explore_slack: float = 0.01, start: list[float] | None = None,
+           max_C: float = 1.0, progress: bool = False) -> SearchResult:
     """Maximize C subject to ``accuracy(search images) >= baseline - tolerance``.
+
+    When the constrained descent is stuck, up to ``explore_moves`` unconstrained moves
+    of ``explore_step`` points (cheapest in loss per C, as always) look past the
+    obstacle: accuracy on a finite split is not monotonic in C, and a point a few
+    moves further may again satisfy the constraint. Exploration stops early once
+    accuracy falls ``explore_slack`` below the target; the result is always a point
+    that satisfies the constraint.
 
     Parameters
     ----------
@@ -54,6 +74,10 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
         The search split (never the validation split).
     tolerance
         Accuracy that may be lost, as a fraction (0.005 = half a point).
+    start
+        Thresholds to start from (default: all zero); it must satisfy the constraint.
+    max_C
+        Stop once C reaches this value.
     """
     if not 0.0 <= tolerance < 1.0:
         raise PlanError(f"tolerance {tolerance} out of range [0, 1)")
@@ -61,48 +85,137 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
         raise PlanError(f"steps must satisfy 0 < min_step <= start_step <= 100, "
                         f"not {min_step}, {start_step}")
     layer_scores = scores(profile, criterion)
-    cache: dict[tuple[float, ...], float] = {}
+    evaluator = _Evaluator(tapped, profile, criterion, layer_scores, images, labels)
+    cache: dict[tuple[float, ...], tuple[float, float]] = {}
+    bar = tqdm(desc=f"search ({criterion})", unit="eval", disable=not progress, leave=False)
 
     def measure(thresholds):
         key = tuple(thresholds)
         if key not in cache:
-            plan = compress(profile, thresholds, criterion, layer_scores)
-            with applied(tapped, plan):
-                cache[key] = accuracy(tapped.module, images, labels)
+            cache[key] = evaluator.measure(thresholds)
+            bar.update()
         return cache[key]
 
-    if baseline is None:
-        baseline = accuracy(tapped.module, images, labels)
-    target = baseline - tolerance
-    current = [0.0] * len(profile.layers)
-    current_acc, current_C = baseline, 0.0
-    path = [SearchPoint(list(current), 0.0, baseline)]
-    step = start_step
-    bar = tqdm(desc=f"search ({criterion})", unit="eval", disable=not progress, leave=False)
-    while step >= min_step:
+    def best_move(state: _State, step: float, constrained: bool) -> _State | None:
+        """The cheapest move of one layer by ``step`` points (free tie moves are taken)."""
         best = None
-        for k in range(len(current)):
-            if current[k] >= 100.0:
+        for k in range(len(state.thresholds)):
+            if state.thresholds[k] >= 100.0:
                 continue
-            candidate = list(current)
-            candidate[k] = min(100.0, current[k] + step)
+            candidate = list(state.thresholds)
+            candidate[k] = min(100.0, candidate[k] + step)
             c = plan_C(profile, candidate, layer_scores)
-            if c <= current_C:
-                # Ties: the mask did not grow, so the move is free.
-                current = candidate
+            if c <= state.C:
+                # Percentile ties: the mask did not grow, so the move is free.
+                state = _State(candidate, state.C, state.accuracy, state.loss)
                 continue
-            acc = measure(candidate)
-            bar.update()
-            bar.set_postfix(C=f"{current_C:.3f}", step=step)
-            if acc < target:
+            acc, loss = measure(candidate)
+            if constrained and acc < target:
                 continue
-            cost = (current_acc - acc) / (c - current_C)
-            if best is None or (cost, -c) < (best[0], -best[2]):
-                best = (cost, candidate, c, acc)
-        if best is None:
-            step /= 2
-            continue
-        _, current, current_C, current_acc = best
-        path.append(SearchPoint(list(current), current_C, current_acc))
+            move = _State(candidate, c, acc, loss, (loss - state.loss) / (c - state.C))
+            if best is None or (move.cost, -move.C) < (best.cost, -best.C):
+                best = move
+        bar.set_postfix(C=f"{state.C:.3f}", step=step)
+        return best
+
+    baseline, loss = measure([0.0] * len(profile.layers))
+    target = baseline - tolerance
+    current = _State([0.0] * len(profile.layers), 0.0, baseline, loss)
+    if start is not None:
+        start = check_thresholds(start, profile.names)
+        current = _State(start, plan_C(profile, start, layer_scores), *measure(start))
+    evaluator.rebase(current.thresholds)
+    path = [SearchPoint(list(current.thresholds), current.C, current.accuracy)]
+    while current.C < max_C:
+        step = start_step
+        while step >= min_step and current.C < max_C:
+            move = best_move(current, step, constrained=True)
+            if move is None:
+                step /= 2
+                continue
+            current = move
+            evaluator.rebase(current.thresholds)
+            path.append(SearchPoint(list(current.thresholds), current.C, current.accuracy))
+        probe, found = current, None
+        for _ in range(explore_moves):
+            probe = best_move(probe, explore_step, constrained=False)
+            if probe is None or probe.accuracy < target - explore_slack:
+                break
+            evaluator.rebase(probe.thresholds)
+            if probe.accuracy >= target:
+                found = probe
+                break
+        if found is None:
+            break
+        current = found
+        path.append(SearchPoint(list(current.thresholds), current.C, current.accuracy))
     bar.close()
-    return SearchResult(criterion, current, current_C, current_acc, baseline, len(cache), path)
+    return SearchResult(criterion, current.thresholds, current.C, current.accuracy, baseline,
+                        len(cache), path)
+
+
+@dataclass
+class _State:
+    thresholds: list[float]
+    C: float
+    accuracy: float
+    loss: float
+    cost: float = 0.0
+
+
+class _Evaluator:
+    """Accuracy and mean cross-entropy of plans on fixed images, reusing unchanged prefixes.
+
+    After :meth:`rebase` it holds the raw activation reaching every tap under that
+    plan; a plan whose thresholds differ only from layer ``k`` on is then measured by
+    running the model's tail from tap ``k``. Results are identical to a full forward
+    pass; only the work differs.
+    """
+
+    def __init__(self, tapped: Tapped, profile: Profile, criterion: str,
+                 layer_scores: list[np.ndarray], images: np.ndarray, labels: np.ndarray):
+        if len(images) == 0:
+            raise PlanError("the search split has no images")
+        self.tapped, self.profile = tapped, profile
+        self.criterion, self.layer_scores = criterion, layer_scores
+        self.batches = [to_float(images[i:i + BATCH]) for i in range(0, len(images), BATCH)]
+        self.labels = torch.from_numpy(labels)
+        per_image = sum(int(np.prod(layer.shape)) for layer in profile.layers) * 4
+        cacheable = per_image * len(images) <= CACHE_BYTES
+        self.tails = [tapped.tail(k) if cacheable else None for k in range(len(tapped.taps))]
+        self.base: list[float] | None = None
+        self.raw: list[list[torch.Tensor]] = []
+
+    def _plan(self, thresholds):
+        return compress(self.profile, thresholds, self.criterion, self.layer_scores)
+
+    def rebase(self, thresholds: list[float]) -> None:
+        """Record the raw tap inputs under ``thresholds`` for later partial runs."""
+        if all(t is None for t in self.tails):
+            return
+        raw: list[list[torch.Tensor]] = [[] for _ in self.tapped.taps]
+        hooks = [t.register_forward_hook(lambda m, i, o, k=k: raw[k].append(i[0]))
+                 for k, t in enumerate(self.tapped.taps)]
+        try:
+            with applied(self.tapped, self._plan(thresholds)), torch.inference_mode():
+                for x in self.batches:
+                    self.tapped.module(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        self.base, self.raw = list(thresholds), raw
+
+    def measure(self, thresholds: list[float]) -> tuple[float, float]:
+        first = None
+        if self.base is not None:
+            changed = [k for k, (a, b) in enumerate(zip(thresholds, self.base, strict=True))
+                       if a != b]
+            first = changed[0] if changed else None
+        tail = self.tails[first] if first is not None else None
+        with applied(self.tapped, self._plan(thresholds)), torch.inference_mode():
+            if tail is not None:
+                logits = torch.cat([tail(a) for a in self.raw[first]])
+            else:
+                logits = torch.cat([self.tapped.module(x) for x in self.batches])
+        loss = torch.nn.functional.cross_entropy(logits, self.labels).item()
+        return int((logits.argmax(1) == self.labels).sum()) / len(self.labels), loss

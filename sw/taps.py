@@ -56,6 +56,34 @@ class Tapped:
     def __call__(self, x):
         return self.module(x)
 
+    def tail(self, index: int) -> fx.GraphModule | None:
+        """The part of the model from tap ``index`` on, as a module of the tap's input.
+
+        Calling it with the raw activation that reaches tap ``index`` gives the model's
+        output (hooks on this and later taps apply). None when later parts of the graph
+        also read values computed before the tap (a residual connection across it), so
+        the tap's input alone does not determine the output.
+        """
+        graph = self.module.graph
+        nodes = list(graph.nodes)
+        tap_node = next(n for n in nodes if n.op == "call_module"
+                        and self.module.get_submodule(n.target) is self.taps[index])
+        (source,) = tap_node.all_input_nodes
+        rest = nodes[nodes.index(tap_node):]
+        inside = set(rest)
+        for node in rest:
+            for arg in node.all_input_nodes:
+                if arg not in inside and arg is not source and arg.op != "get_attr":
+                    return None
+        tail = fx.Graph()
+        env = {source: tail.placeholder("activation")}
+        for node in rest:
+            if node.op == "get_attr":
+                continue
+            env[node] = tail.node_copy(node, lambda n: env[n] if n in env else
+                                       tail.get_attr(n.target))
+        return fx.GraphModule(self.module, tail)
+
 
 def _is_activation(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":

@@ -1,0 +1,113 @@
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from velcro.sw.cli import main
+from velcro.sw.data import make_task
+from velcro.sw.evaluate import accuracy
+from velcro.sw.model import load_reference
+from velcro.sw.plan import Plan, applied
+from velcro.sw.profile import Profile
+from velcro.sw.taps import tap
+
+
+def run_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    return err
+
+
+@pytest.mark.parametrize("thresholds, message", [
+    ("10,200,0,0", "threshold 200 for conv2 out of range [0, 100]"),
+    ("10,20", "2 thresholds given for 4 conv-activations"),
+    ("10,a,0,0", "--thresholds must be comma-separated numbers"),
+])
+def test_bad_thresholds_are_one_line_errors(capsys, tmp_path, thresholds, message):
+    err = run_error(capsys, ["compress", "--task", "footwear", "--thresholds", thresholds,
+                             "--json", str(tmp_path / "out.json")])
+    assert message in err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_unknown_task_and_criterion(capsys, tmp_path):
+    assert "unknown task 'shoes'" in run_error(
+        capsys, ["profile", "--task", "shoes", "--out", str(tmp_path / "p.npz")])
+    assert "unknown criterion 'entropy'" in run_error(
+        capsys, ["compress", "--task", "bags", "--search", "--criterion", "entropy",
+                 "--json", str(tmp_path / "x.json")])
+
+
+def test_model_without_conv_activation(capsys, tmp_path, monkeypatch):
+    (tmp_path / "user_models.py").write_text(
+        "from torch import nn\n"
+        "def mlp():\n"
+        "    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(1352, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import torch
+    from safetensors.torch import save_file
+
+    sys.modules.pop("user_models", None)
+    import user_models
+
+    save_file({k: v.contiguous() for k, v in user_models.mlp().state_dict().items()},
+              str(tmp_path / "w.safetensors"))
+    err = run_error(capsys, ["profile", "--task", "bags", "--model", "user_models:mlp",
+                             "--weights", str(tmp_path / "w.safetensors"),
+                             "--out", str(tmp_path / "p.npz")])
+    assert "no convolution followed by a ReLU/ReLU6" in err
+    torch.save({"nonsense": 1}, tmp_path / "w.pt")
+    assert "cannot read weights" in run_error(
+        capsys, ["profile", "--task", "bags", "--model", "user_models:mlp",
+                 "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "p.npz")])
+
+
+def image_folder(root, classes, size):
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.full(size, 20 * i, np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_empty_task_from_folder(capsys, tmp_path):
+    image_folder(tmp_path / "imgs", {"a": 5, "b": 0}, (28, 28))
+    err = run_error(capsys, ["profile", "--data", str(tmp_path / "imgs"), "--classes", "b",
+                             "--out", str(tmp_path / "p.npz")])
+    assert "has no images" in err
+
+
+def test_images_of_wrong_shape(capsys, tmp_path):
+    image_folder(tmp_path / "imgs", {"a": 4, "b": 4}, (20, 20))
+    err = run_error(capsys, ["profile", "--data", str(tmp_path / "imgs"),
+                             "--out", str(tmp_path / "p.npz")])
+    assert "images of shape [1, 20, 20] do not fit the model" in err
+
+
+def test_profile_and_compress_outputs(tmp_path, capsys):
+    assert main(["profile", "--task", "bags", "--out", str(tmp_path / "p.npz")]) == 0
+    prof = Profile.load(tmp_path / "p.npz")
+    task = make_task("bags")
+    assert prof.count == len(task.splits().preprocessing)
+    assert prof.names == ["conv1", "conv2", "conv3", "conv4"]
+
+    assert main(["compress", "--task", "footwear", "--thresholds", "20,20,10,0",
+                 "--json", str(tmp_path / "c.json"), "--plan", str(tmp_path / "plan.npz")]) == 0
+    record = json.loads((tmp_path / "c.json").read_text())
+    for key in ("task", "criterion", "thresholds", "C", "baseline_accuracy", "accuracy",
+                "n_preprocessing", "n_validation"):
+        assert key in record
+    assert record["thresholds"] == [20, 20, 10, 0] and record["criterion"] == "variance"
+    plan = Plan.load(tmp_path / "plan.npz")
+    assert record["C"] == pytest.approx(plan.C) and 0 < plan.C < 1
+    footwear = make_task("footwear")
+    val = footwear.split("validation")
+    assert record["n_validation"] == len(val)
+    model = load_reference()
+    tapped = tap(model)
+    assert record["baseline_accuracy"] == accuracy(model, val.images, val.labels)
+    with applied(tapped, plan):
+        assert record["accuracy"] == accuracy(tapped.module, val.images, val.labels)
