@@ -20,3 +20,7 @@ class ModelError(VelcroError):
 
 class PlanError(VelcroError):
     """Thresholds, profiles or compression plans are inconsistent or out of range."""
+
+
+class PackageError(VelcroError):
+    """A ``.velcro`` deployment package is unreadable, corrupt or inconsistent."""
