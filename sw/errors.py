@@ -24,3 +24,7 @@ class PlanError(VelcroError):
 
 class PackageError(VelcroError):
     """A ``.velcro`` deployment package is unreadable, corrupt or inconsistent."""
+
+
+class DeviceError(VelcroError):
+    """A device is unknown or unavailable, or failed to run a package."""

@@ -107,10 +107,15 @@ class _Matrix:
         return (x.astype(self.values.dtype, copy=False) @ self.values).astype(np.int64)
 
 
-def _requant(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, lo: int) -> np.ndarray:
-    """Requantize int64 ``acc`` in place with broadcastable ``mult``/``shift``; int8 result."""
+def _requant(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, lo: int,
+             bias: np.ndarray | int = 0) -> np.ndarray:
+    """Requantize int64 ``acc + bias`` in place; broadcastable ``mult``, ``shift``, ``bias``.
+
+    ``(acc + bias) * mult + round`` is formed as ``acc * mult + (bias * mult + round)``,
+    the same integer with one pass less over the accumulators.
+    """
     acc *= mult
-    acc += np.left_shift(1, shift) >> 1          # 1 << (shift - 1), and 0 for shift 0
+    acc += bias * mult + (np.left_shift(1, shift) >> 1)   # round: 1 << (shift - 1), or 0
     acc >>= shift
     np.clip(acc, lo, INT8_MAX, out=acc)
     return acc.astype(np.int8)
@@ -314,9 +319,7 @@ class _Conv:
         # Every element is accumulated and the skipped ones are overwritten: the
         # result is the same as not accumulating them, and one dense product is
         # faster than gathering the unskipped windows.
-        acc = _conv_nhwc(x, self.w, self.stride)
-        acc += self.bias
-        y = _requant(acc, self.mult, self.shift, 0)
+        y = _requant(_conv_nhwc(x, self.w, self.stride), self.mult, self.shift, 0, self.bias)
         if len(self.means):
             y[:, self.mask] = self.means
         return y
@@ -336,10 +339,9 @@ class _Dense:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         acc = self.w.apply(x)
-        acc += self.bias
         if self.logits:
-            return acc.astype(np.int32)
-        return _requant(acc, self.mult, self.shift, self.lo)
+            return (acc + self.bias).astype(np.int32)
+        return _requant(acc, self.mult, self.shift, self.lo, self.bias)
 
 
 class _MaxPool:
@@ -349,7 +351,10 @@ class _MaxPool:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n, h, w, c = x.shape
         h, w = h // 2, w // 2
-        return x[:, :2 * h, :2 * w].reshape(n, h, 2, w, 2, c).max(axis=(2, 4))
+        # Two element-wise maxima are several times faster than a max over axes (2, 4).
+        x = x[:, :2 * h, :2 * w].reshape(n, h, 2, w, 2, c)
+        rows = np.maximum(x[:, :, 0], x[:, :, 1])
+        return np.maximum(rows[:, :, :, 0], rows[:, :, :, 1])
 
 
 class _Flatten:
