@@ -8,7 +8,9 @@ Conventions (DESIGN.md section 3):
 - the network input is int8 ``pixel >> 1`` of uint8 pixels (:func:`quantize_input`);
 - activations are int8 with zero point 0; after ReLU they lie in [0, 127];
 - weights are int8 (per output channel scales live in the requantization factors),
-  biases int32, accumulators int32 (computed here in int64 and checked to fit);
+  biases int32, accumulators int32 (computed here in int64 and checked to fit: by
+  each op function on its values, and by :class:`GoldenModel` once per package from
+  the bound ``128 * sum|w| + |bias|``);
 - requantization: ``y = clamp((acc * mult + round) >> shift, lo, 127)`` with
   ``round = 1 << (shift - 1)`` (0 when ``shift == 0``), an arithmetic shift,
   ``mult`` unsigned 16-bit and ``shift`` in ``[0, 31]``; ``lo`` is 0 after ReLU and -128
@@ -103,7 +105,7 @@ class _Matrix:
         raise GoldenError(f"partial sums may reach {bound}, beyond exact float64 arithmetic")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """``x @ W`` as int64 for int8 ``x [M, K]``."""
+        """``x @ W`` as int64 for ``x [M, K]`` with values in the int8 range."""
         return (x.astype(self.values.dtype, copy=False) @ self.values).astype(np.int64)
 
 
@@ -136,8 +138,7 @@ def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, relu: bool 
                           f"got {mult.shape} and {shift.shape}")
     view = [1] * acc.ndim
     view[channel_axis] = -1
-    return _requant(acc.copy(), mult.reshape(view), shift.reshape(view),
-                    0 if relu else INT8_MIN)
+    return _requant(acc, mult.reshape(view), shift.reshape(view), 0 if relu else INT8_MIN)
 
 
 def _conv_nhwc(x: np.ndarray, w: _Matrix, stride: int) -> np.ndarray:
@@ -198,7 +199,9 @@ def conv3x3(x: np.ndarray, w: np.ndarray, bias: np.ndarray, mult: np.ndarray, sh
             relu: bool = True) -> np.ndarray:
     """Conv3x3 + requantization (+ ReLU) with VELCRO skipping; int8 ``[(N,) C_out, H, W]``.
 
-    Where ``mask`` is set the result is ``mean`` (int8) and nothing was accumulated.
+    Where ``mask`` is set the result is ``mean`` (int8): the hardware accumulates
+    nothing there; here the accumulators are computed and discarded, which gives the
+    same result.
     """
     acc = conv3x3_acc(x, w, bias, stride)
     y = requantize(acc, mult, shift, relu, channel_axis=acc.ndim - 3)
@@ -296,6 +299,7 @@ class LayerMacs:
     skipped: int
 
     def times(self, n: int) -> LayerMacs:
+        """The MACs of ``n`` images."""
         return LayerMacs(self.name, self.op, n * self.macs, n * self.skipped)
 
 
@@ -365,6 +369,13 @@ class _Flatten:
         return x.transpose(0, 3, 1, 2).reshape(len(x), -1)    # C order of [C, H, W]
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 _STEPS = {"conv3x3": _Conv, "dense": _Dense, "maxpool2x2": _MaxPool, "flatten": _Flatten}
 
 
@@ -396,7 +407,7 @@ class GoldenModel:
         check(package)
         if batch_size < 1:
             raise GoldenError(f"batch_size must be a positive integer, not {batch_size!r}")
-        workers = len(os.sched_getaffinity(0)) if workers is None else workers
+        workers = available_cpus() if workers is None else workers
         if workers < 1:
             raise GoldenError(f"workers must be a positive integer, not {workers!r}")
         self.package = package

@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+from ..golden import available_cpus
+
 DEFAULT_THRESHOLDS = (20.0, 30.0, 30.0, 20.0)
 
 
@@ -40,7 +42,7 @@ def bench_golden(package, images, batch_size: int = 32, workers: int | None = No
     macs = sum(c.macs for c in per_image)
     return {
         "images": len(images),
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": available_cpus(),
         "workers": model.workers,
         "batch_size": batch_size,
         "C": round(package.C, 4),
