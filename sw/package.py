@@ -29,7 +29,8 @@ Members::
     source          {"model": str | null, "weights": str | null, "data": str | null,
                      "image_size": [H, W] | null, "parameters_sha256": str}
                     how to rebuild the float model and task the package came from
-                    (null: the shipped reference model / Fashion-MNIST)
+                    (null: the shipped reference model / Fashion-MNIST);
+                    parameters_sha256: quantize.parameters_sha256 of the float model
     layers          [layer, ...] in execution order
 
 Every layer has ``name`` (``[A-Za-z0-9_.#-]+``, unique), ``op``, ``in_shape``,
@@ -52,8 +53,13 @@ Every layer has ``name`` (``[A-Za-z0-9_.#-]+``, unique), ``op``, ``in_shape``,
     output ``mult``, ``shift`` as for conv3x3. An int32 output is left unrequantized
     (logits); only the last layer has one, and the last layer must have one.
 
-Limits checked before anything is allocated: at most 2**30 bytes per array, 2**16 per
-dimension, 4096 layers, 2**24 bytes of manifest.
+Shapes chain from ``input.shape`` through every layer; ``velcro.C`` must equal the
+set mask bits over all conv3x3 output elements. For every layer with weights, the
+accumulator bound ``128 * sum_k |weight[o, k]| + |bias[o]|`` must fit int32, so no
+int8 input can overflow an accumulator. Limits checked before anything is allocated:
+at most 2**30 bytes per array, 2**16 per dimension, 4096 layers, 2**24 bytes of
+manifest. Members may come in any order; the set of member names must be exactly the
+manifest and the arrays the layers declare.
 """
 
 from __future__ import annotations
