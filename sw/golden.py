@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .package import Layer, Package, check, unpack_mask
+from .package import Layer, Package, check, codebook_weight, unpack_mask
 
 ACC_BITS = 32
 MULT_BITS = 16
@@ -289,18 +289,21 @@ class LayerMacs:
     """Multiply-accumulates of one layer: performed, and skipped by VELCRO.
 
     A conv3x3 output element costs ``9 * C_in`` MACs (padding included, as the
-    hardware's 3x3 windows do); a dense layer ``n_in * n_out``; pooling and flatten
-    none.
+    hardware's 3x3 windows do); a dense layer ``n_in * n_out``; a codebook dense layer
+    ``n_seg * k * s`` MACs for its lookup tables plus ``n_out * n_seg`` table
+    ``lookups`` (an add each); pooling and flatten none.
     """
 
     name: str
     op: str
     macs: int
     skipped: int
+    lookups: int = 0
 
     def times(self, n: int) -> LayerMacs:
         """The MACs of ``n`` images."""
-        return LayerMacs(self.name, self.op, n * self.macs, n * self.skipped)
+        return LayerMacs(self.name, self.op, n * self.macs, n * self.skipped,
+                         n * self.lookups)
 
 
 class _Conv:
@@ -332,7 +335,7 @@ class _Conv:
 class _Dense:
     def __init__(self, layer: Layer):
         a = layer.arrays
-        self.w = _Matrix.of(a["weight"])
+        self.w = _Matrix.of(self._weight(layer))
         self.bias = a["bias"].astype(np.int64)
         self.logits = layer.attrs["output"] == "int32"
         if not self.logits:
@@ -341,11 +344,36 @@ class _Dense:
             self.lo = 0 if layer.attrs["relu"] else INT8_MIN
         self.cost = LayerMacs(layer.name, layer.op, layer.in_shape[0] * layer.out_shape[0], 0)
 
+    @staticmethod
+    def _weight(layer: Layer) -> np.ndarray:
+        return layer.arrays["weight"]
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         acc = self.w.apply(x)
         if self.logits:
             return (acc + self.bias).astype(np.int32)
         return _requant(acc, self.mult, self.shift, self.lo, self.bias)
+
+
+class _CodebookDense(_Dense):
+    """A codebook dense layer, computed with its decoded int8 weights.
+
+    ``sum_j LUT_j[idx[o, j]]`` with ``LUT_j[c] = <x_j, codebooks[j][c]>`` is the integer
+    ``<x, W[o]>`` for the decoded ``W``, so one exact matrix product gives the engine's
+    result (:func:`dense_codebook_acc` computes it the engine's way); the counts are
+    the engine's.
+    """
+
+    def __init__(self, layer: Layer):
+        super().__init__(layer)
+        k, s = layer.arrays["codebooks"].shape[1:]
+        n_seg = layer.in_shape[0] // s
+        self.cost = LayerMacs(layer.name, layer.op, n_seg * k * s, 0,
+                              layer.out_shape[0] * n_seg)
+
+    @staticmethod
+    def _weight(layer: Layer) -> np.ndarray:
+        return codebook_weight(layer)
 
 
 class _MaxPool:
@@ -376,7 +404,8 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-_STEPS = {"conv3x3": _Conv, "dense": _Dense, "maxpool2x2": _MaxPool, "flatten": _Flatten}
+_STEPS = {"conv3x3": _Conv, "dense": _Dense, "dense_codebook": _CodebookDense,
+          "maxpool2x2": _MaxPool, "flatten": _Flatten}
 
 
 class GoldenModel:

@@ -52,6 +52,15 @@ Every layer has ``name`` (``[A-Za-z0-9_.#-]+``, unique), ``op``, ``in_shape``,
     Arrays: ``weight`` int8 ``[n_out, n_in]``, ``bias`` int32 ``[n_out]``, and for int8
     output ``mult``, ``shift`` as for conv3x3. An int32 output is left unrequantized
     (logits); only the last layer has one, and the last layer must have one.
+``dense_codebook`` (+ ``relu``, ``output`` as for dense; ``bits`` 1..16, ``segment`` s,
+    ``shared`` bool, ``weight_scale`` float) -- a dense layer whose int8 weights are
+    codewords, ``W[o, j*s:(j+1)*s] = codebooks[j][idx[o, j]]`` (codebook 0 for every
+    segment ``j`` when shared; scalar k-means is ``s = 1`` shared), ``n_seg = n_in / s``.
+    Arrays: ``codebooks`` int8 ``[1 if shared else n_seg, 2**bits, s]``, ``indices``
+    uint8 ``[n_seg * ceil(n_out*bits / 8)]`` packed segment-major (:func:`unpack_indices`;
+    padding bits zero), ``bias`` and, for int8 output, ``mult`` and ``shift``.
+    ``weight_scale`` is the real value of one codebook unit (float weights are
+    ``weight_scale * W``).
 
 Shapes chain from ``input.shape`` through every layer; ``velcro.C`` must equal the
 set mask bits over all conv3x3 output elements. For every layer with weights, the
@@ -270,9 +279,16 @@ _ATTRS: dict[str, dict[str, Callable]] = {
     "flatten": {},
     "dense": {"relu": _bool,
               "output": lambda v, p: _choice(v, p, ("int8", "int32"))},
+    "dense_codebook": {"relu": _bool,
+                       "output": lambda v, p: _choice(v, p, ("int8", "int32")),
+                       "bits": lambda v, p: _int(v, p, 1, 16),
+                       "segment": lambda v, p: _int(v, p, 1, MAX_DIM),
+                       "shared": _bool,
+                       "weight_scale": lambda v, p: _float(v, p, lo_open=True)},
 }
-_IN_NDIM = {"conv3x3": 3, "maxpool2x2": 3, "flatten": 3, "dense": 1}
-_OUT_NDIM = {"conv3x3": 3, "maxpool2x2": 3, "flatten": 1, "dense": 1}
+_DENSE = ("dense", "dense_codebook")
+_IN_NDIM = {"conv3x3": 3, "maxpool2x2": 3, "flatten": 3, "dense": 1, "dense_codebook": 1}
+_OUT_NDIM = {"conv3x3": 3, "maxpool2x2": 3, "flatten": 1, "dense": 1, "dense_codebook": 1}
 
 
 def _out_shape(op: str, in_shape: tuple[int, ...], attrs: dict, declared: tuple[int, ...]):
@@ -295,13 +311,53 @@ def expected_arrays(op: str, in_shape, out_shape, attrs: dict) -> dict[str, tupl
                 "mult": ("uint16", (c_out,)), "shift": ("uint8", (c_out,)),
                 "mask": ("uint8", (-(-math.prod(out_shape) // 8),)),
                 "mean": ("int8", tuple(out_shape))}
-    if op == "dense":
+    if op in _DENSE:
         n_out = out_shape[0]
-        arrays = {"weight": ("int8", (n_out, in_shape[0])), "bias": ("int32", (n_out,))}
+        if op == "dense":
+            arrays = {"weight": ("int8", (n_out, in_shape[0]))}
+        else:
+            bits, segment = attrs["bits"], attrs["segment"]
+            n_seg = in_shape[0] // segment
+            arrays = {"codebooks": ("int8", (1 if attrs["shared"] else n_seg, 1 << bits,
+                                             segment)),
+                      "indices": ("uint8", (n_seg * index_run_bytes(n_out, bits),))}
+        arrays["bias"] = ("int32", (n_out,))
         if attrs["output"] == "int8":
             arrays.update(mult=("uint16", (n_out,)), shift=("uint8", (n_out,)))
         return arrays
     return {}
+
+
+def index_run_bytes(n_out: int, bits: int) -> int:
+    """Bytes of one segment's run of ``n_out`` packed ``bits``-bit indices."""
+    return -(-n_out * bits // 8)
+
+
+def unpack_indices(packed: np.ndarray, bits: int, n_out: int, n_seg: int) -> np.ndarray:
+    """Codebook indices ``[n_out, n_seg]`` (int64) from the package's packed stream.
+
+    Segment-major: segment ``j``'s indices ``idx[0, j] .. idx[n_out-1, j]`` form a
+    little-endian bit string (bit ``b`` of the ``r``-th index is bit ``(r*bits + b) % 8``
+    of byte ``(r*bits + b) // 8`` of the run), zero-padded to a whole byte; segment
+    ``j`` starts at byte ``j * ceil(n_out * bits / 8)``. This is the layout of
+    :func:`velcro.sw.vq.pack_indices`, read here without that module's torch and faiss.
+    """
+    run = index_run_bytes(n_out, bits)
+    flat = np.unpackbits(np.asarray(packed, np.uint8).reshape(n_seg, run), axis=1,
+                         count=n_out * bits, bitorder="little")
+    weights = np.left_shift(1, np.arange(bits, dtype=np.int64))
+    return (flat.reshape(n_seg, n_out, bits).astype(np.int64) @ weights).T
+
+
+def codebook_weight(layer: Layer) -> np.ndarray:
+    """The int8 ``[n_out, n_in]`` weights of a ``dense_codebook`` layer:
+    ``W[o, j*s:(j+1)*s] = codebooks[j][idx[o, j]]`` (codebook 0 for every ``j`` if shared)."""
+    n_out, n_in = layer.out_shape[0], layer.in_shape[0]
+    n_seg = n_in // layer.attrs["segment"]
+    indices = unpack_indices(layer.arrays["indices"], layer.attrs["bits"], n_out, n_seg)
+    books = np.broadcast_to(layer.arrays["codebooks"],
+                            (n_seg,) + layer.arrays["codebooks"].shape[1:])
+    return books[np.arange(n_seg), indices].reshape(n_out, n_in)
 
 
 @dataclass
@@ -388,13 +444,16 @@ def _parse_manifest(manifest) -> tuple[Package, dict[tuple[int, str], _ArraySpec
         if op in ("maxpool2x2", "flatten") and out_scale != scale:
             _fail(f"{path}.out_scale", f"expected {scale!r} (unchanged by {op}), "
                   f"got {out_scale!r}")
-        if op == "dense" and attrs["output"] == "int32":
+        if op == "dense_codebook" and in_shape[0] % attrs["segment"]:
+            _fail(f"{path}.segment", f"segment length {attrs['segment']} does not divide the "
+                  f"{in_shape[0]} inputs")
+        if op in _DENSE and attrs["output"] == "int32":
             if attrs["relu"]:
                 _fail(f"{path}.relu", "an int32 (logits) output has no ReLU")
             if i != len(entries) - 1:
                 _fail(f"{path}.output", "only the last layer may output int32 logits")
         elif i == len(entries) - 1:
-            if op != "dense":
+            if op not in _DENSE:
                 _fail(f"{path}.op", f"the last layer must be dense (the logits), got {op}")
             _fail(f"{path}.output", "the last layer must output int32 logits")
         expected = expected_arrays(op, in_shape, out_shape, attrs)
@@ -433,12 +492,22 @@ def _check_values(package: Package) -> None:
         a = layer.arrays
         if "shift" in a and a["shift"].size and int(a["shift"].max()) > 31:
             _fail(f"{path}.arrays.shift", f"shift {int(a['shift'].max())} exceeds 31")
-        if "weight" in a:
+        if layer.op == "dense_codebook":
+            n_out, bits = layer.out_shape[0], layer.attrs["bits"]
+            run_bits = np.unpackbits(a["indices"].reshape(-1, index_run_bytes(n_out, bits)),
+                                     axis=1, bitorder="little")
+            if run_bits[:, n_out * bits:].any():
+                _fail(f"{path}.arrays.indices", "padding bits after a segment's last index "
+                      "are set")
+        weight = (codebook_weight(layer) if layer.op == "dense_codebook"
+                  else a.get("weight"))
+        if weight is not None:
             # |x| <= 128 for int8 inputs: the accumulator bound of every output.
-            l1 = np.abs(a["weight"].astype(np.int64)).reshape(len(a["weight"]), -1).sum(1)
+            l1 = np.abs(weight.astype(np.int64)).reshape(len(weight), -1).sum(1)
             worst = int((128 * l1 + np.abs(a["bias"].astype(np.int64))).max())
             if worst > ACC_MAX:
-                _fail(f"{path}.arrays.weight", f"accumulators may reach {worst}, beyond int32")
+                _fail(f"{path}.arrays.{'weight' if 'weight' in a else 'codebooks'}",
+                      f"accumulators may reach {worst}, beyond int32")
         if layer.op != "conv3x3":
             continue
         count = math.prod(layer.out_shape)

@@ -16,7 +16,11 @@ The scheme (DESIGN.md section 3; the integer rules themselves are in
 - requantization: ``M[o] = s_in * s_w[o] / s_out`` as ``mult / 2**shift`` with
   ``mult <= 65535`` and the largest ``shift <= 31`` that allows (:func:`requant_params`);
 - VELCRO: the plan's float means become int8 ``round(mean / s_out)`` at the masked
-  elements of each conv layer's output, and the masks are bit-packed.
+  elements of each conv layer's output, and the masks are bit-packed;
+- dense layers are int8 as above, or codebook layers from :mod:`velcro.sw.vq` (scalar
+  k-means or x-axis PQ): int8 codebooks with one scale per layer
+  (:func:`velcro.sw.vq.deploy`) and packed indices (:func:`velcro.sw.vq.pack_indices`);
+  activation scales are then calibrated with the codebook weights.
 
 Supported layers, in an ``nn.Sequential`` (nested ones are flattened): ``Conv2d`` 3x3
 with padding 1, stride 1 or 2, followed by ``ReLU``; ``MaxPool2d(2)``; ``Flatten``;
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .data import Task, to_float
@@ -186,8 +191,10 @@ def _quantize_bias(name: str, b: np.ndarray, acc_scale: np.ndarray) -> np.ndarra
     return q.astype(np.int32)
 
 
-def _calibrate(groups: list[_Group], plan: Plan | None, images: np.ndarray) -> list[float]:
-    """Largest |output| of every group over ``images``, with the plan applied."""
+def _calibrate(groups: list[_Group], plan: Plan | None, images: np.ndarray,
+               weights: dict[str, np.ndarray]) -> list[float]:
+    """Largest |output| of every group over ``images``, with the plan applied and the
+    dense layers named in ``weights`` using those weights."""
     plan_layers = iter(plan.layers) if plan is not None else None
     replacements = {}
     for g in groups:
@@ -199,7 +206,10 @@ def _calibrate(groups: list[_Group], plan: Plan | None, images: np.ndarray) -> l
         for start in range(0, len(images), _BATCH):
             x = to_float(images[start:start + _BATCH])
             for k, g in enumerate(groups):
-                x = g.module(x)
+                if g.name in weights:
+                    x = F.linear(x, torch.from_numpy(weights[g.name]).float(), g.module.bias)
+                else:
+                    x = g.module(x)
                 if g.relu:
                     x = torch.relu(x)
                 if g.name in replacements:
@@ -218,8 +228,26 @@ def _check_plan(groups: list[_Group], plan: Plan | None) -> None:
         raise PlanError(f"plan layers {names} do not match the model's convolutions {convs}")
 
 
+def _deploy(groups: list[_Group], dense: dict) -> dict:
+    """``vq.deploy`` every quantized dense layer, checking it belongs to the model."""
+    from . import vq
+
+    layers = {g.name: g.module for g in groups if g.op == "dense"}
+    deployed = {}
+    for name, q in dense.items():
+        if name not in layers:
+            raise ModelError(f"no dense layer {name!r} to deploy with codebooks; the dense "
+                             f"layers are {', '.join(layers)}")
+        expected = tuple(layers[name].weight.shape)
+        if tuple(q.shape) != expected:
+            raise ModelError(f"quantized layer {name!r} is {list(q.shape)}, the model's "
+                             f"weights are {list(expected)}")
+        deployed[name] = vq.deploy(q)
+    return deployed
+
+
 def quantize(model: nn.Module, task: Task, plan: Plan | None = None,
-             source: dict | None = None) -> Package:
+             source: dict | None = None, dense: dict | None = None) -> Package:
     """Quantize ``model`` (float, eval mode) with the VELCRO ``plan`` into a package.
 
     Parameters
@@ -234,12 +262,20 @@ def quantize(model: nn.Module, task: Task, plan: Plan | None = None,
     source
         How to rebuild the float model (``model``, ``weights``, ``data``,
         ``image_size``), recorded in the manifest; the parameters' sha256 is added here.
+    dense
+        ``layer name -> quantized layer`` (:mod:`velcro.sw.vq` scalar k-means or x-axis
+        PQ) for the dense layers that become codebook layers (:func:`velcro.sw.vq.deploy`:
+        int8 codebooks, one scale per layer); the other dense layers are int8.
     """
+    from .vq import pack_indices
+
     groups = layer_groups(model)
     _check_plan(groups, plan)
+    deployed = _deploy(groups, dense or {})
     model.eval()
     images = task.split("preprocessing").images
-    amax = _calibrate(groups, plan, images)
+    amax = _calibrate(groups, plan, images, {
+        name: d.weight().astype(np.float64) * d.scale for name, d in deployed.items()})
     plan_layers = iter(plan.layers) if plan is not None else None
     shape = tuple(images.shape[1:])
     scale = INPUT_SCALE
@@ -256,10 +292,15 @@ def quantize(model: nn.Module, task: Task, plan: Plan | None = None,
         b = (m.bias.detach().double().numpy() if m.bias is not None
              else np.zeros(len(w)))
         logits = k == len(groups) - 1
-        s_w = _weight_scales(w, per_channel=not logits)
+        d = deployed.get(name)
+        if d is None:
+            s_w = _weight_scales(w, per_channel=not logits)
+            arrays = {"weight": _quantize_weights(w, s_w)}
+        else:
+            s_w = np.full(len(w), d.scale)
+            arrays = {"codebooks": d.codebooks, "indices": pack_indices(d.indices, d.bits)}
         acc_scale = scale * s_w
-        arrays = {"weight": _quantize_weights(w, s_w),
-                  "bias": _quantize_bias(name, b, acc_scale)}
+        arrays["bias"] = _quantize_bias(name, b, acc_scale)
         if logits:
             out_scale = float(acc_scale[0])
         else:
@@ -284,7 +325,11 @@ def quantize(model: nn.Module, task: Task, plan: Plan | None = None,
         else:
             out_shape = (len(w),)
             attrs = {"relu": g.relu, "output": "int32" if logits else "int8"}
-        layers.append(Layer(name, g.op, shape, out_shape, out_scale, attrs, arrays))
+            if d is not None:
+                attrs.update(bits=d.bits, segment=d.segment,
+                             shared=d.codebooks.shape[0] == 1, weight_scale=float(d.scale))
+        op = "dense_codebook" if d is not None else g.op
+        layers.append(Layer(name, op, shape, out_shape, out_scale, attrs, arrays))
         shape, scale = out_shape, out_scale
     n_conv = sum(math.prod(layer.out_shape) for layer in layers if layer.op == "conv3x3")
     skipped = sum(layer.attrs["skipped"] for layer in layers if layer.op == "conv3x3")

@@ -1,12 +1,13 @@
 """``velcro export | run``: the integer deployment package, and running it on a device.
 
-``export`` builds a VELCRO plan (given thresholds or a search), quantizes the model
-into a ``.velcro`` package (:mod:`velcro.sw.quantize`, :mod:`velcro.sw.package`).
-``run`` executes a package on a device over the first N validation images of the
-task it was built for and compares it with the float model under the same plan,
-rebuilt from the package's ``source`` record. Devices are chosen by
-:func:`open_device`; every device offers ``run(images) -> int32 logits`` and
-``counts() -> per-layer MACs``.
+``export`` builds a VELCRO plan (given thresholds or a search), optionally vector
+quantizes dense layers (:mod:`velcro.sw.vq`), and quantizes the model into a
+``.velcro`` package (:mod:`velcro.sw.quantize`, :mod:`velcro.sw.package`). ``run``
+executes a package on a device over the first N validation images of the task it was
+built for and compares it with the float model under the same compression (VELCRO
+plan, and codebook weights for codebook layers), rebuilt from the package's
+``source`` record. Devices are chosen by :func:`open_device`; every device offers
+``run(images) -> int32 logits`` and ``counts() -> per-layer MACs``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..cli import add_task_args, resolve_model, resolve_task, write_json
 from ..errors import DataError, DeviceError, ModelError, PlanError
 from .compression import check_criterion, parse_thresholds
 
-DENSE_MODES = ("int8",)
+DENSE_MODES = ("int8", "km", "pq")
 DEVICES = ("golden",)
 
 
@@ -39,7 +40,13 @@ def register(sub) -> None:
                    "relative or fisher (default: variance)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="accuracy points the search may lose on the search split (default 0)")
-    p.add_argument("--dense", default="int8", help="dense layers: int8 (default)")
+    p.add_argument("--dense", default="int8", help="dense layers: int8 (default), km "
+                   "(scalar k-means, --k) or pq (x-axis product quantization, --k, "
+                   "--segment), run from int8 codebooks")
+    p.add_argument("--k", type=int, help="codewords per codebook (a power of two)")
+    p.add_argument("--segment", type=int, help="pq: inputs per segment")
+    p.add_argument("--dense-layers", help="comma-separated dense layers for km/pq "
+                   "(default: every dense layer)")
     p.add_argument("--out", type=Path, required=True, help="package file (.velcro)")
     p.set_defaults(func=cmd_export)
 
@@ -67,6 +74,7 @@ def cmd_export(args) -> None:
                         f"{', '.join(DENSE_MODES)}")
     model = resolve_model(args)
     task = resolve_task(args, model)
+    dense = codebook_layers(model, args)
     plan = None
     if thresholds is not None or args.search:
         tapped = tap(model)
@@ -82,12 +90,31 @@ def cmd_export(args) -> None:
               "data": str(args.data.resolve()) if args.data else None,
               "image_size": [int(v) for v in args.image_size.split(",")]
               if args.image_size else None}
-    package = quantize(model, task, plan, source)
+    package = quantize(model, task, plan, source, dense)
     save(package, args.out)
     convs = ", ".join(f"{layer.name} {layer.attrs['skipped']}/{math.prod(layer.out_shape)}"
                       for layer in package.layers if layer.op == "conv3x3")
     print(f"{task.name}: C = {100 * package.C:.2f}% ({convs or 'no conv layers'}), "
           f"{len(package.layers)} layers -> {args.out} ({args.out.stat().st_size} bytes)")
+
+
+def codebook_layers(model, args) -> dict:
+    """The dense layers ``--dense km|pq`` asks for, vector quantized (empty for int8)."""
+    from torch import nn
+
+    from .. import vq
+
+    if args.dense == "int8":
+        if args.k is not None or args.segment is not None or args.dense_layers:
+            raise PlanError("--k, --segment and --dense-layers need --dense km or pq")
+        return {}
+    if args.dense == "km" and args.segment is not None:
+        raise PlanError("--segment is for --dense pq; km quantizes single weights")
+    names = ([n.strip() for n in args.dense_layers.split(",") if n.strip()]
+             if args.dense_layers else
+             [n for n, m in model.named_modules() if isinstance(m, nn.Linear)])
+    params = {"k": args.k} if args.dense == "km" else {"k": args.k, "segment": args.segment}
+    return vq.quantize_layers(vq.dense_weights(model, names), args.dense, params)
 
 
 def open_device(spec: str, package):
@@ -103,9 +130,13 @@ def rebuild(package):
     """The float model, task and VELCRO plan a package was built from.
 
     The masks come from the package; the float means are profiled again on the
-    task's preprocessing split, which is deterministic.
+    task's preprocessing split, which is deterministic. Codebook layers get their
+    codebook weights (``weight_scale`` times the decoded int8 weights), so that the
+    float model is compressed like the package.
     """
-    from ..package import unpack_mask
+    import torch
+
+    from ..package import codebook_weight, unpack_mask
     from ..plan import Plan, PlanLayer
     from ..quantize import parameters_sha256
     from ..study import prepare
@@ -119,6 +150,13 @@ def rebuild(package):
                          f"({source['model'] or 'the shipped reference'}, weights "
                          f"{source['weights'] or 'shipped'}) differs from the one the package "
                          "was built from")
+    # The float model of the same compression: codebook layers use their codebook
+    # weights, in float.
+    modules = dict(model.named_modules())
+    for layer in package.layers:
+        if layer.op == "dense_codebook":
+            weight = codebook_weight(layer) * layer.attrs["weight_scale"]
+            modules[layer.name].weight.data = torch.from_numpy(weight.astype(np.float32))
     size = source["image_size"]
     task = resolve_task(argparse.Namespace(
         task=task_record["name"], classes=",".join(map(str, task_record["classes"])),
@@ -181,8 +219,8 @@ def cmd_run(args) -> None:
         "float_accuracy": float(np.mean(float_predictions == labels)),
         "macs": sum(c.macs for c in counts),
         "macs_skipped": sum(c.skipped for c in counts),
-        "layers": [{"name": c.name, "op": c.op, "macs": c.macs, "macs_skipped": c.skipped}
-                   for c in counts],
+        "layers": [{"name": c.name, "op": c.op, "macs": c.macs, "macs_skipped": c.skipped,
+                    "lookups": c.lookups} for c in counts],
         "seconds": round(seconds, 4),
         "images_per_second": round(n / seconds, 1),
         "predictions_sha256": predictions_sha256(predictions),

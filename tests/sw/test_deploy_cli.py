@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from velcro.sw import golden
+from velcro.sw import golden, vq
 from velcro.sw.cli import main
 from velcro.sw.data import load_fashion_mnist, make_task
 from velcro.sw.evaluate import predict
@@ -132,3 +132,40 @@ def test_export_with_search_on_an_image_folder(tmp_path, capsys):
     record = json.loads(run_json.read_text())
     assert record["task"] == "images" and record["images"] == 49
     assert record["C"] == package.C
+
+
+def test_export_and_run_with_a_kmeans_dense_layer(tmp_path):
+    out, run_json = tmp_path / "km.velcro", tmp_path / "km.json"
+    assert main(["export", "--task", "footwear", "--thresholds", "20,30,30,20", "--dense", "km",
+                 "--k", "16", "--dense-layers", "fc1", "--out", str(out)]) == 0
+    package = load(out)
+    ops = {layer.name: layer.op for layer in package.layers}
+    assert ops["fc1"] == "dense_codebook" and ops["fc2"] == "dense"
+    assert main(["run", "--package", str(out), "--images", "200", "--json", str(run_json)]) == 0
+    record = json.loads(run_json.read_text())
+    fc1 = next(entry for entry in record["layers"] if entry["name"] == "fc1")
+    # Scalar k-means: 1024 one-input segments, 16 codewords; 256 x 1024 lookups.
+    assert fc1["macs"] == 200 * 1024 * 16 and fc1["lookups"] == 200 * 256 * 1024
+
+    model = load_reference()
+    deployed = vq.deploy(vq.kmeans(vq.dense_weights(model, ["fc1"])["fc1"], 16))
+    model.fc1.weight.data = torch.from_numpy((deployed.weight() * deployed.scale)
+                                             .astype(np.float32))
+    task = make_task("footwear")
+    setup = prepare(model, task, sensitivity=False)
+    val = task.split("validation")
+    with applied(setup.tapped, compress(setup.profile, THRESHOLDS)):
+        float_predictions = predict(setup.tapped.module, val.images[:200])
+    assert record["float_accuracy"] == np.mean(float_predictions == val.labels[:200])
+    assert abs(record["accuracy"] - record["float_accuracy"]) <= 0.02
+
+
+def test_dense_options_are_checked(tmp_path, capsys):
+    out = tmp_path / "p.velcro"
+    one_line_error(capsys, ["export", "--task", "footwear", "--k", "16", "--out", str(out)],
+                   "need --dense km or pq")
+    one_line_error(capsys, ["export", "--task", "footwear", "--dense", "pq", "--k", "16",
+                            "--out", str(out)], "needs --segment")
+    one_line_error(capsys, ["export", "--task", "footwear", "--dense", "km", "--k", "16",
+                            "--dense-layers", "conv1", "--out", str(out)], "no dense layer")
+    assert not out.exists()

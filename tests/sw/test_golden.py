@@ -21,7 +21,7 @@ from velcro.sw.golden import (
     quantize_input,
     requantize,
 )
-from velcro.sw.package import unpack_mask
+from velcro.sw.package import unpack_indices, unpack_mask
 
 
 def int8(rng, shape):
@@ -174,11 +174,16 @@ def compose(package, images):
             x = maxpool2x2(x)
         elif layer.op == "flatten":
             x = x.reshape(len(x), -1)
-        elif layer.attrs["output"] == "int32":
-            x = dense_acc(x, a["weight"], a["bias"])
         else:
-            x = requantize(dense_acc(x, a["weight"], a["bias"]), a["mult"], a["shift"],
-                           layer.attrs["relu"], channel_axis=1)
+            if layer.op == "dense":
+                acc = dense_acc(x, a["weight"], a["bias"])
+            else:
+                n_seg = layer.in_shape[0] // layer.attrs["segment"]
+                indices = unpack_indices(a["indices"], layer.attrs["bits"], layer.out_shape[0],
+                                         n_seg)
+                acc = dense_codebook_acc(x, a["codebooks"], indices, a["bias"])
+            x = (acc if layer.attrs["output"] == "int32" else
+                 requantize(acc, a["mult"], a["shift"], layer.attrs["relu"], channel_axis=1))
     return x
 
 
@@ -204,10 +209,13 @@ def test_macs_are_counted_per_layer(tiny_package, rng):
     model.run(rng.integers(0, 256, (3, 1, 6, 6), dtype=np.uint8))
     skipped = int(unpack_mask(tiny_package.layers[0].arrays["mask"], (2, 6, 6)).sum())
     assert 0 < skipped < 72
-    counts = {c.name: (c.macs, c.skipped) for c in model.counts()}
-    assert counts == {"conv": (7 * 9 * 1 * (72 - skipped), 7 * 9 * 1 * skipped),
-                      "pool": (0, 0), "flat": (0, 0),
-                      "hidden": (7 * 18 * 5, 0), "logits": (7 * 5 * 3, 0)}
+    counts = {c.name: (c.macs, c.skipped, c.lookups) for c in model.counts()}
+    assert counts == {"conv": (7 * 9 * 1 * (72 - skipped), 7 * 9 * 1 * skipped, 0),
+                      "pool": (0, 0, 0), "flat": (0, 0, 0),
+                      "hidden": (7 * 18 * 6, 0, 0),
+                      # LUTs: 3 segments x 8 codewords x 2 inputs; 4 outputs x 3 lookups
+                      "books": (7 * 3 * 8 * 2, 0, 7 * 4 * 3),
+                      "logits": (7 * 4 * 4 * 1, 0, 7 * 3 * 4)}
 
 
 def test_run_rejects_images_of_another_shape(tiny_package):

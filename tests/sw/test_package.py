@@ -19,10 +19,12 @@ from velcro.sw.errors import PackageError
 from velcro.sw.package import (
     MANIFEST,
     check,
+    index_run_bytes,
     load,
     loads,
     pack_mask,
     save,
+    unpack_indices,
     unpack_mask,
 )
 
@@ -109,7 +111,13 @@ def test_missing_file_is_a_package_error(tmp_path):
     (lambda m: m["layers"][3].pop("relu"), r"manifest.layers\[3\]: missing field 'relu'"),
     (lambda m: m["layers"][3].update(colour="red"), r"manifest.layers\[3\].colour"),
     (lambda m: m["layers"][1].update(out_shape=[2, 3, 4]), r"manifest.layers\[1\].out_shape"),
-    (lambda m: m["layers"][4].update(output="int8"), r"manifest.layers\[4\].output"),
+    (lambda m: m["layers"][5].update(output="int8"), r"manifest.layers\[5\].output"),
+    (lambda m: m["layers"][4].update(segment=4), r"manifest.layers\[4\].segment: .*divide"),
+    (lambda m: m["layers"][4].update(shared=True),
+     r"manifest.layers\[4\].arrays.codebooks.shape"),
+    (lambda m: m["layers"][4].update(bits=4), r"manifest.layers\[4\].arrays.codebooks.shape"),
+    (lambda m: m["layers"][4].update(bits=17), r"manifest.layers\[4\].bits"),
+    (lambda m: m["layers"][5].update(weight_scale=-1.0), r"manifest.layers\[5\].weight_scale"),
     (lambda m: m["layers"][3].update(output="int32"), r"manifest.layers\[3\]"),
     (lambda m: m["layers"][0]["arrays"]["weight"].update(dtype="int16"),
      r"manifest.layers\[0\].arrays.weight.dtype"),
@@ -193,6 +201,29 @@ def test_members_must_be_stored_and_complete(tiny_package_bytes):
     del files["arrays/logits.bias.npy"]
     with pytest.raises(PackageError, match="arrays/logits.bias.npy: missing"):
         loads(rezip(files))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8, 11, 16])
+@pytest.mark.parametrize("n_out, n_seg", [(1, 1), (7, 3), (64, 2), (13, 5)])
+def test_indices_unpack_as_vq_packs_them(rng, bits, n_out, n_seg):
+    from velcro.sw import vq
+
+    indices = rng.integers(0, 1 << bits, (n_out, n_seg))
+    packed = vq.pack_indices(indices, bits)
+    assert packed.shape == (n_seg * index_run_bytes(n_out, bits),)
+    np.testing.assert_array_equal(unpack_indices(packed, bits, n_out, n_seg), indices)
+    np.testing.assert_array_equal(vq.unpack_indices(packed, bits, n_out, n_seg), indices)
+
+
+def test_codebook_layer_indices_padding_must_be_zero(tiny_package):
+    books = tiny_package.layers[4]
+    assert books.op == "dense_codebook"
+    check(tiny_package)
+    # 4 outputs of 3 bits: 12 bits per segment run, 4 padding bits in its second byte.
+    books.arrays["indices"] = books.arrays["indices"].copy()
+    books.arrays["indices"][1] |= 0x80
+    with pytest.raises(PackageError, match=r"layers\[4\].arrays.indices: padding"):
+        check(tiny_package)
 
 
 def test_values_outside_the_contract_are_rejected(tiny_package):

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from velcro.sw import golden
+from velcro.sw import golden, vq
 from velcro.sw.data import Dataset, Task, make_task, to_float
 from velcro.sw.errors import ModelError, PlanError
 from velcro.sw.evaluate import predict
 from velcro.sw.model import lenet_300_100, load_reference
-from velcro.sw.package import unpack_mask
+from velcro.sw.package import codebook_weight, unpack_mask
 from velcro.sw.plan import applied, compress
 from velcro.sw.profile import profile
 from velcro.sw.quantize import layer_groups, quantize, requant_params
@@ -154,3 +154,46 @@ def test_reference_package_accuracy_is_within_half_a_point_of_float(name):
     accuracy = np.mean(golden.run(package, val.images).argmax(1) == val.labels)
     assert package.C > 0.2
     assert abs(accuracy - float_accuracy) <= 0.005
+
+
+def test_codebook_layers_are_vq_deployed_and_follow_the_float_model(rng):
+    model, task = small_cnn(), synthetic_task(rng)
+    weights = vq.dense_weights(model, ["fc1", "fc3"])
+    dense = {"fc1": vq.product_quantize(weights["fc1"], 16, 4),
+             "fc3": vq.kmeans(weights["fc3"], 8)}
+    package = quantize(model, task, None, dense=dense)
+    layers = {layer.name: layer for layer in package.layers}
+    assert [layers[n].op for n in ("fc1", "fc2", "fc3")] == ["dense_codebook", "dense",
+                                                             "dense_codebook"]
+    for name, q in dense.items():
+        deployed = vq.deploy(q)
+        layer = layers[name]
+        np.testing.assert_array_equal(layer.arrays["codebooks"], deployed.codebooks)
+        np.testing.assert_array_equal(codebook_weight(layer), deployed.weight())
+        assert layer.attrs["weight_scale"] == deployed.scale
+        assert layer.attrs["bits"] == deployed.bits
+        assert layer.attrs["segment"] == deployed.segment == (4 if name == "fc1" else 1)
+    assert layers["fc1"].attrs["shared"] is False and layers["fc3"].attrs["shared"] is True
+    assert layers["fc3"].out_scale == pytest.approx(layers["fc2"].out_scale
+                                                    * vq.deploy(dense["fc3"]).scale)
+    # The float model with the same codebook weights is what the integers approximate.
+    for name, q in dense.items():
+        deployed = vq.deploy(q)
+        getattr(model, name).weight.data = torch.from_numpy(
+            (deployed.weight() * deployed.scale).astype(np.float32))
+    images = task.split("validation").images
+    with torch.inference_mode():
+        expected = model(to_float(images)).numpy()
+    logits = golden.run(package, images) * package.layers[-1].out_scale
+    assert np.abs(logits - expected).max() < 0.05 * (expected.max() - expected.min())
+
+
+def test_codebook_layers_must_exist_and_be_deployable(rng):
+    model, task = small_cnn(), synthetic_task(rng)
+    weights = vq.dense_weights(model, ["fc1"])
+    with pytest.raises(ModelError, match="no dense layer 'c1'"):
+        quantize(model, task, dense={"c1": vq.kmeans(weights["fc1"], 4)})
+    with pytest.raises(ModelError, match=r"is \[16, 72\], the model's weights are \[12, 16\]"):
+        quantize(model, task, dense={"fc2": vq.kmeans(weights["fc1"], 4)})
+    with pytest.raises(vq.VQError, match="x-axis PQ"):
+        quantize(model, task, dense={"fc1": vq.product_quantize(weights["fc1"], 4, 4, "y")})
