@@ -20,3 +20,11 @@ class ModelError(VelcroError):
 
 class PlanError(VelcroError):
     """Thresholds, profiles or compression plans are inconsistent or out of range."""
+
+
+class PackageError(VelcroError):
+    """A ``.velcro`` deployment package is unreadable, corrupt or inconsistent."""
+
+
+class DeviceError(VelcroError):
+    """A device is unknown or unavailable, or failed to run a package."""

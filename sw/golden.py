@@ -5,9 +5,12 @@ It imports neither torch nor amaranth nor anything of the hardware generator.
 
 Conventions (DESIGN.md section 3):
 
+- the network input is int8 ``pixel >> 1`` of uint8 pixels (:func:`quantize_input`);
 - activations are int8 with zero point 0; after ReLU they lie in [0, 127];
 - weights are int8 (per output channel scales live in the requantization factors),
-  biases int32, accumulators int32 (computed here in int64 and checked to fit);
+  biases int32, accumulators int32 (computed here in int64 and checked to fit: by
+  each op function on its values, and by :class:`GoldenModel` once per package from
+  the bound ``128 * sum|w| + |bias|``);
 - requantization: ``y = clamp((acc * mult + round) >> shift, lo, 127)`` with
   ``round = 1 << (shift - 1)`` (0 when ``shift == 0``), an arithmetic shift,
   ``mult`` unsigned 16-bit and ``shift`` in ``[0, 31]``; ``lo`` is 0 after ReLU and -128
@@ -16,17 +19,38 @@ Conventions (DESIGN.md section 3):
   accumulation is not performed;
 - dense layers via codebooks: ``W[o, j*s:(j+1)*s] = codebook[j][idx[o, j]]``; the engine
   builds ``LUT_j[c] = <x_j, codebook[j][c]>`` and adds ``LUT_j[idx[o, j]]``.
+
+Exact integer products through floating point
+---------------------------------------------
+Convolutions and dense layers are computed as matrix products in floating point,
+because BLAS is an order of magnitude faster than integer ``einsum``. The results are
+exact: every product ``x * w`` of integers is an integer, and every partial sum that
+any summation order or blocking can form is a sum of some of those products, so its
+magnitude is at most ``max|x| * sum_k |w[o, k]|``. When that bound is at most
+``2**24`` every such integer is representable in float32 (24-bit significand), so no
+addition or fused multiply-add ever rounds; otherwise float64 is used, exact up to
+``2**53``. :class:`_Matrix` computes the bound from the weights (``max|x| = 128`` for
+int8 inputs) and picks the type; biases are added afterwards in int64.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .package import Layer, Package, check, codebook_weight, unpack_mask
 
 ACC_BITS = 32
 MULT_BITS = 16
 SHIFT_MAX = 31
 INT8_MIN, INT8_MAX = -128, 127
 ACC_MIN, ACC_MAX = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
+INPUT_SHIFT = 1
+_EXACT = {np.dtype(np.float32): 1 << 24, np.dtype(np.float64): 1 << 53}
 
 
 class GoldenError(ValueError):
@@ -50,11 +74,61 @@ def _check_acc(acc: np.ndarray) -> np.ndarray:
     return acc
 
 
+def quantize_input(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels to the int8 network input ``pixel >> 1`` (in [0, 127]).
+
+    A pixel ``p`` stands for ``p / 255``; the int8 value ``p >> 1`` stands for
+    ``(p >> 1) * 2 / 255``, the package's input scale. Dropping the lowest bit keeps
+    the zero point at 0 and the input non-negative like every post-ReLU activation.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise GoldenError(f"images must be uint8, not {images.dtype}")
+    return (images >> INPUT_SHIFT).astype(np.int8)
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    """An int8 weight matrix ``[K, n_out]`` held in the float type in which ``x @ W`` is
+    exact for every int8 ``x`` (see the module docstring)."""
+
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, w: np.ndarray) -> _Matrix:
+        """From int weights ``[n_out, K]`` (rows are output channels)."""
+        w = np.asarray(w, dtype=np.int64)
+        bound = 128 * int(np.abs(w).sum(axis=1).max(initial=0))
+        for dtype, limit in _EXACT.items():
+            if bound <= limit:
+                return cls(np.ascontiguousarray(w.T, dtype=dtype))
+        raise GoldenError(f"partial sums may reach {bound}, beyond exact float64 arithmetic")
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``x @ W`` as int64 for ``x [M, K]`` with values in the int8 range."""
+        return (x.astype(self.values.dtype, copy=False) @ self.values).astype(np.int64)
+
+
+def _requant(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, lo: int,
+             bias: np.ndarray | int = 0) -> np.ndarray:
+    """Requantize int64 ``acc + bias`` in place; broadcastable ``mult``, ``shift``, ``bias``.
+
+    ``(acc + bias) * mult + round`` is formed as ``acc * mult + (bias * mult + round)``,
+    the same integer with one pass less over the accumulators.
+    """
+    acc *= mult
+    acc += bias * mult + (np.left_shift(1, shift) >> 1)   # round: 1 << (shift - 1), or 0
+    acc >>= shift
+    np.clip(acc, lo, INT8_MAX, out=acc)
+    return acc.astype(np.int8)
+
+
 def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, relu: bool = True,
                channel_axis: int = 0) -> np.ndarray:
     """``clamp((acc * mult + (1 << (shift-1))) >> shift, lo, 127)`` per output channel.
 
-    ``mult`` and ``shift`` have one entry per channel along ``channel_axis`` of ``acc``.
+    ``mult`` and ``shift`` have one entry per channel along ``channel_axis`` of ``acc``;
+    the shift is arithmetic (it rounds half up, also for negative accumulators).
     """
     acc = _check_int("accumulator", acc, ACC_MIN, ACC_MAX)
     mult = _check_int("mult", mult, 0, (1 << MULT_BITS) - 1)
@@ -64,10 +138,29 @@ def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, relu: bool 
                           f"got {mult.shape} and {shift.shape}")
     view = [1] * acc.ndim
     view[channel_axis] = -1
-    mult, shift = mult.reshape(view), shift.reshape(view)
-    rounding = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
-    y = np.right_shift(acc * mult + rounding, shift)
-    return np.clip(y, 0 if relu else INT8_MIN, INT8_MAX).astype(np.int8)
+    return _requant(acc, mult.reshape(view), shift.reshape(view), 0 if relu else INT8_MIN)
+
+
+def _conv_nhwc(x: np.ndarray, w: _Matrix, stride: int) -> np.ndarray:
+    """Bias-free accumulators of a 3x3 convolution, zero padding 1, in NHWC layout.
+
+    ``x`` int8 ``[N, H, W, C_in]``, ``w`` from ``[C_out, 3, 3, C_in]`` weights; returns
+    int64 ``[N, H_out, W_out, C_out]``. The input is padded in the matrix's float type
+    and unrolled into rows of ``(dy, dx, c)`` windows (im2col) for one product.
+    """
+    n, h, wd, c = x.shape
+    padded = np.zeros((n, h + 2, wd + 2, c), dtype=w.values.dtype)
+    padded[:, 1:-1, 1:-1] = x
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
+    windows = windows[:, ::stride, ::stride]                # [N, H_out, W_out, C, 3, 3]
+    h_out, w_out = windows.shape[1:3]
+    cols = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * h_out * w_out, 9 * c)
+    return w.apply(cols).reshape(n, h_out, w_out, -1)
+
+
+def _conv_matrix(w: np.ndarray) -> _Matrix:
+    """Conv weights ``[C_out, C_in, 3, 3]`` as the ``(dy, dx, c)``-ordered matrix."""
+    return _Matrix.of(np.asarray(w).transpose(0, 2, 3, 1).reshape(len(w), -1))
 
 
 def conv3x3_acc(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int = 1) -> np.ndarray:
@@ -96,11 +189,8 @@ def conv3x3_acc(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int = 1)
                           f"{list(x.shape[1:])} and {list(w.shape)}")
     if bias.shape != (w.shape[0],):
         raise GoldenError(f"bias needs {w.shape[0]} entries, got {bias.shape}")
-    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))
-    windows = windows[:, :, ::stride, ::stride]          # [N, C_in, H_out, W_out, 3, 3]
-    acc = np.einsum("nchwyx,ocyx->nohw", windows, w, optimize=True) + bias[:, None, None]
-    acc = _check_acc(acc)
+    acc = _conv_nhwc(x.transpose(0, 2, 3, 1).astype(np.int8), _conv_matrix(w), stride)
+    acc = _check_acc(acc.transpose(0, 3, 1, 2) + bias[:, None, None])
     return acc if batched else acc[0]
 
 
@@ -109,7 +199,9 @@ def conv3x3(x: np.ndarray, w: np.ndarray, bias: np.ndarray, mult: np.ndarray, sh
             relu: bool = True) -> np.ndarray:
     """Conv3x3 + requantization (+ ReLU) with VELCRO skipping; int8 ``[(N,) C_out, H, W]``.
 
-    Where ``mask`` is set the result is ``mean`` (int8) and nothing was accumulated.
+    Where ``mask`` is set the result is ``mean`` (int8): the hardware accumulates
+    nothing there; here the accumulators are computed and discarded, which gives the
+    same result.
     """
     acc = conv3x3_acc(x, w, bias, stride)
     y = requantize(acc, mult, shift, relu, channel_axis=acc.ndim - 3)
@@ -147,7 +239,8 @@ def dense_acc(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
         raise GoldenError(f"dense needs x [.., {w.shape[1] if w.ndim == 2 else '?'}], "
                           f"w [n_out, n_in], bias [n_out]; got {list(x.shape)}, "
                           f"{list(w.shape)}, {list(bias.shape)}")
-    return _check_acc(x @ w.T + bias)
+    flat = x.reshape(-1, x.shape[-1])
+    return _check_acc(_Matrix.of(w).apply(flat).reshape(*x.shape[:-1], -1) + bias)
 
 
 def codebook_luts(x: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
@@ -189,3 +282,201 @@ def dense_codebook_acc(x: np.ndarray, codebooks: np.ndarray, indices: np.ndarray
                                                            + indices.shape + (1,)),
                                 axis=-1)[..., 0]           # [(N,) n_out, n_seg]
     return _check_acc(picked.sum(-1) + bias)
+
+
+@dataclass(frozen=True)
+class LayerMacs:
+    """Multiply-accumulates of one layer: performed, and skipped by VELCRO.
+
+    A conv3x3 output element costs ``9 * C_in`` MACs (padding included, as the
+    hardware's 3x3 windows do); a dense layer ``n_in * n_out``; a codebook dense layer
+    ``n_seg * k * s`` MACs for its lookup tables plus ``n_out * n_seg`` table
+    ``lookups`` (an add each); pooling and flatten none.
+    """
+
+    name: str
+    op: str
+    macs: int
+    skipped: int
+    lookups: int = 0
+
+    def times(self, n: int) -> LayerMacs:
+        """The MACs of ``n`` images."""
+        return LayerMacs(self.name, self.op, n * self.macs, n * self.skipped,
+                         n * self.lookups)
+
+
+class _Conv:
+    def __init__(self, layer: Layer):
+        a = layer.arrays
+        self.stride = layer.attrs["stride"]
+        self.w = _conv_matrix(a["weight"])
+        self.bias = a["bias"].astype(np.int64)
+        self.mult = a["mult"].astype(np.int64)
+        self.shift = a["shift"].astype(np.int64)
+        mask = unpack_mask(a["mask"], layer.out_shape)
+        self.mask = mask.transpose(1, 2, 0)                  # NHWC inside the model
+        self.means = a["mean"].transpose(1, 2, 0)[self.mask]
+        per_element = 9 * layer.in_shape[0]
+        skipped = int(mask.sum())
+        self.cost = LayerMacs(layer.name, layer.op, per_element * (mask.size - skipped),
+                              per_element * skipped)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        # Every element is accumulated and the skipped ones are overwritten: the
+        # result is the same as not accumulating them, and one dense product is
+        # faster than gathering the unskipped windows.
+        y = _requant(_conv_nhwc(x, self.w, self.stride), self.mult, self.shift, 0, self.bias)
+        if len(self.means):
+            y[:, self.mask] = self.means
+        return y
+
+
+class _Dense:
+    def __init__(self, layer: Layer):
+        a = layer.arrays
+        self.w = _Matrix.of(self._weight(layer))
+        self.bias = a["bias"].astype(np.int64)
+        self.logits = layer.attrs["output"] == "int32"
+        if not self.logits:
+            self.mult = a["mult"].astype(np.int64)
+            self.shift = a["shift"].astype(np.int64)
+            self.lo = 0 if layer.attrs["relu"] else INT8_MIN
+        self.cost = LayerMacs(layer.name, layer.op, layer.in_shape[0] * layer.out_shape[0], 0)
+
+    @staticmethod
+    def _weight(layer: Layer) -> np.ndarray:
+        return layer.arrays["weight"]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        acc = self.w.apply(x)
+        if self.logits:
+            return (acc + self.bias).astype(np.int32)
+        return _requant(acc, self.mult, self.shift, self.lo, self.bias)
+
+
+class _CodebookDense(_Dense):
+    """A codebook dense layer, computed with its decoded int8 weights.
+
+    ``sum_j LUT_j[idx[o, j]]`` with ``LUT_j[c] = <x_j, codebooks[j][c]>`` is the integer
+    ``<x, W[o]>`` for the decoded ``W``, so one exact matrix product gives the engine's
+    result (:func:`dense_codebook_acc` computes it the engine's way); the counts are
+    the engine's.
+    """
+
+    def __init__(self, layer: Layer):
+        super().__init__(layer)
+        k, s = layer.arrays["codebooks"].shape[1:]
+        n_seg = layer.in_shape[0] // s
+        self.cost = LayerMacs(layer.name, layer.op, n_seg * k * s, 0,
+                              layer.out_shape[0] * n_seg)
+
+    @staticmethod
+    def _weight(layer: Layer) -> np.ndarray:
+        return codebook_weight(layer)
+
+
+class _MaxPool:
+    def __init__(self, layer: Layer):
+        self.cost = LayerMacs(layer.name, layer.op, 0, 0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        n, h, w, c = x.shape
+        h, w = h // 2, w // 2
+        # Two element-wise maxima are several times faster than a max over axes (2, 4).
+        x = x[:, :2 * h, :2 * w].reshape(n, h, 2, w, 2, c)
+        rows = np.maximum(x[:, :, 0], x[:, :, 1])
+        return np.maximum(rows[:, :, :, 0], rows[:, :, :, 1])
+
+
+class _Flatten:
+    def __init__(self, layer: Layer):
+        self.cost = LayerMacs(layer.name, layer.op, 0, 0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x.transpose(0, 3, 1, 2).reshape(len(x), -1)    # C order of [C, H, W]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+_STEPS = {"conv3x3": _Conv, "dense": _Dense, "dense_codebook": _CodebookDense,
+          "maxpool2x2": _MaxPool, "flatten": _Flatten}
+
+
+class GoldenModel:
+    """A package prepared for repeated runs; counts the MACs of the images it runs.
+
+    Weights are converted once into exact float matrices and masks are unpacked.
+    Between layers activations stay in NHWC layout, so that each convolution is one
+    matrix product over ``(dy, dx, c)`` windows; flatten restores the C order of
+    ``[C, H, W]`` that the package (and torch) use.
+
+    Batches run on ``workers`` threads with single-threaded BLAS: NumPy releases the
+    GIL in the products, copies and element-wise steps, so this spreads all of them
+    over the cores, whereas multi-threaded BLAS parallelizes only the products and
+    its spinning threads collapse when other processes share the cores.
+
+    Parameters
+    ----------
+    package
+        A package from :func:`velcro.sw.package.load` or the quantizer; it is checked
+        like a loaded one, so accumulators provably fit int32.
+    batch_size
+        Images per step (bounds the memory of the unrolled convolution windows).
+    workers
+        Threads; default: the number of CPUs this process may use.
+    """
+
+    def __init__(self, package: Package, batch_size: int = 32, workers: int | None = None):
+        check(package)
+        if batch_size < 1:
+            raise GoldenError(f"batch_size must be a positive integer, not {batch_size!r}")
+        workers = available_cpus() if workers is None else workers
+        if workers < 1:
+            raise GoldenError(f"workers must be a positive integer, not {workers!r}")
+        self.package = package
+        self.batch_size = batch_size
+        self.workers = workers
+        self._steps = [_STEPS[layer.op](layer) for layer in package.layers]
+        self.images = 0
+
+    def per_image(self) -> list[LayerMacs]:
+        """MACs of one image, per layer."""
+        return [step.cost for step in self._steps]
+
+    def counts(self) -> list[LayerMacs]:
+        """MACs performed and skipped, per layer, over every image run so far."""
+        return [step.cost.times(self.images) for step in self._steps]
+
+    def _forward(self, images: np.ndarray) -> np.ndarray:
+        x = quantize_input(images).transpose(0, 2, 3, 1)
+        for step in self._steps:
+            x = step(x)
+        return x
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """int32 logits ``[N, n_out]`` of uint8 images ``[N, C, H, W]``."""
+        images = np.asarray(images)
+        expected = tuple(self.package.input_shape)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
+            raise GoldenError(f"images must be uint8 [N, {', '.join(map(str, expected))}], "
+                              f"got {images.dtype} {list(images.shape)}")
+        out = np.empty((len(images), self.package.layers[-1].out_shape[0]), dtype=np.int32)
+        starts = range(0, len(images), self.batch_size)
+        batches = (images[start:start + self.batch_size] for start in starts)
+        with threadpool_limits(limits=1, user_api="blas"), \
+                ThreadPoolExecutor(min(self.workers, max(len(starts), 1))) as pool:
+            for start, logits in zip(starts, pool.map(self._forward, batches), strict=True):
+                out[start:start + len(logits)] = logits
+        self.images += len(images)
+        return out
+
+
+def run(package: Package, images: np.ndarray) -> np.ndarray:
+    """int32 logits of the whole network of ``package`` on uint8 ``images [N, C, H, W]``."""
+    return GoldenModel(package).run(images)

@@ -1,0 +1,83 @@
+"""``velcro bench golden``: golden-model throughput on the reference package."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ..golden import available_cpus
+
+DEFAULT_THRESHOLDS = (20.0, 30.0, 30.0, 20.0)
+
+
+def reference_package(task_name: str = "footwear", thresholds=DEFAULT_THRESHOLDS):
+    """The shipped reference CNN quantized for a task with a uniform-ish VELCRO plan."""
+    from ..data import make_task
+    from ..model import load_reference
+    from ..plan import compress
+    from ..quantize import quantize
+    from ..study import prepare
+
+    model = load_reference()
+    task = make_task(task_name)
+    plan = compress(prepare(model, task, sensitivity=False).profile, thresholds)
+    return quantize(model, task, plan)
+
+
+def bench_golden(package, images, batch_size: int = 32, workers: int | None = None,
+                 repeats: int = 3) -> dict:
+    """Best-of-``repeats`` images/s of :class:`~velcro.sw.golden.GoldenModel` on ``images``."""
+    from ..golden import GoldenModel
+
+    model = GoldenModel(package, batch_size=batch_size, workers=workers)
+    model.run(images[:batch_size])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.run(images)
+        times.append(time.perf_counter() - start)
+    best = min(times)
+    per_image = model.per_image()
+    macs = sum(c.macs for c in per_image)
+    return {
+        "images": len(images),
+        "cpus": available_cpus(),
+        "workers": model.workers,
+        "batch_size": batch_size,
+        "C": round(package.C, 4),
+        "macs_per_image": macs,
+        "macs_skipped_per_image": sum(c.skipped for c in per_image),
+        "seconds_best": round(best, 4),
+        "seconds_median": round(sorted(times)[len(times) // 2], 4),
+        "images_per_s": round(len(images) / best, 1),
+        "gmacs_per_s": round(macs * len(images) / best / 1e9, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+HELP = "golden-model throughput (images/s) on the reference package"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--images", type=int, default=2000, help="images per timing run")
+    parser.add_argument("--package", type=Path, help="a .velcro package (default: the "
+                        "reference CNN on footwear, thresholds 20,30,30,20)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, help="threads (default: one per CPU)")
+    parser.add_argument("--repeats", type=int, default=3)
+
+
+def run(args) -> dict:
+    from ..data import load_fashion_mnist
+    from ..errors import DataError
+    from ..package import load
+
+    if args.images < 1 or args.repeats < 1 or args.batch_size < 1:
+        raise DataError("--images, --repeats and --batch-size must be positive")
+    package = load(args.package) if args.package else reference_package()
+    images = load_fashion_mnist("test").images[:args.images]
+    if images.shape[1:] != tuple(package.input_shape):
+        raise DataError(f"Fashion-MNIST images are {list(images.shape[1:])}, the package "
+                        f"expects {list(package.input_shape)}")
+    return bench_golden(package, images, args.batch_size, args.workers, args.repeats)

@@ -1,0 +1,233 @@
+"""``velcro export | run``: the integer deployment package, and running it on a device.
+
+``export`` builds a VELCRO plan (given thresholds or a search), optionally vector
+quantizes dense layers (:mod:`velcro.sw.vq`), and quantizes the model into a
+``.velcro`` package (:mod:`velcro.sw.quantize`, :mod:`velcro.sw.package`). ``run``
+executes a package on a device over the first N validation images of the task it was
+built for and compares it with the float model under the same compression (VELCRO
+plan, and codebook weights for codebook layers), rebuilt from the package's
+``source`` record. Devices are chosen by :func:`open_device`; every device offers
+``run(images) -> int32 logits`` and ``counts() -> per-layer MACs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..cli import add_task_args, resolve_model, resolve_task, write_json
+from ..errors import DataError, DeviceError, ModelError, PlanError
+from .compression import check_criterion, parse_thresholds
+
+DENSE_MODES = ("int8", "km", "pq")
+DEVICES = ("golden",)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="quantize a model with a VELCRO plan into a .velcro "
+                       "package")
+    add_task_args(p)
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--thresholds", help="per-layer percentiles T_k in [0, 100], e.g. "
+                     "20,40,40,10 (default: no VELCRO skipping)")
+    how.add_argument("--search", action="store_true", help="search thresholds automatically")
+    p.add_argument("--criterion", default="variance", help="locality score: variance, "
+                   "relative or fisher (default: variance)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="accuracy points the search may lose on the search split (default 0)")
+    p.add_argument("--dense", default="int8", help="dense layers: int8 (default), km "
+                   "(scalar k-means, --k) or pq (x-axis product quantization, --k, "
+                   "--segment), run from int8 codebooks")
+    p.add_argument("--k", type=int, help="codewords per codebook (a power of two)")
+    p.add_argument("--segment", type=int, help="pq: inputs per segment")
+    p.add_argument("--dense-layers", help="comma-separated dense layers for km/pq "
+                   "(default: every dense layer)")
+    p.add_argument("--out", type=Path, required=True, help="package file (.velcro)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("run", help="run a package on the validation images of its task")
+    p.add_argument("--package", type=Path, required=True, help="package file (.velcro)")
+    p.add_argument("--device", default="golden", help="golden (the NumPy model; default)")
+    p.add_argument("--images", type=int, help="first N validation images (default: all)")
+    p.add_argument("--json", type=Path, help="write the measured figures as JSON")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_export(args) -> None:
+    from ..package import save
+    from ..plan import check_thresholds, compress
+    from ..quantize import quantize
+    from ..study import prepare, run_search
+    from ..taps import tap
+
+    criterion = check_criterion(args.criterion)
+    thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
+    if not 0 <= args.tolerance < 100:
+        raise PlanError(f"--tolerance must be in [0, 100) accuracy points, not {args.tolerance}")
+    if args.dense not in DENSE_MODES:
+        raise PlanError(f"--dense {args.dense!r} is not available; choose one of "
+                        f"{', '.join(DENSE_MODES)}")
+    model = resolve_model(args)
+    task = resolve_task(args, model)
+    dense = codebook_layers(model, args)
+    plan = None
+    if thresholds is not None or args.search:
+        tapped = tap(model)
+        if thresholds is not None:
+            check_thresholds(thresholds, tapped.names)
+        setup = prepare(tapped, task, sensitivity=criterion == "fisher", progress=True)
+        if args.search:
+            thresholds = run_search(setup, criterion, args.tolerance / 100,
+                                    progress=True).thresholds
+        plan = compress(setup.profile, thresholds, criterion)
+    source = {"model": args.model,
+              "weights": str(args.weights.resolve()) if args.weights else None,
+              "data": str(args.data.resolve()) if args.data else None,
+              "image_size": [int(v) for v in args.image_size.split(",")]
+              if args.image_size else None}
+    package = quantize(model, task, plan, source, dense)
+    save(package, args.out)
+    convs = ", ".join(f"{layer.name} {layer.attrs['skipped']}/{math.prod(layer.out_shape)}"
+                      for layer in package.layers if layer.op == "conv3x3")
+    print(f"{task.name}: C = {100 * package.C:.2f}% ({convs or 'no conv layers'}), "
+          f"{len(package.layers)} layers -> {args.out} ({args.out.stat().st_size} bytes)")
+
+
+def codebook_layers(model, args) -> dict:
+    """The dense layers ``--dense km|pq`` asks for, vector quantized (empty for int8)."""
+    from torch import nn
+
+    from .. import vq
+
+    if args.dense == "int8":
+        if args.k is not None or args.segment is not None or args.dense_layers:
+            raise PlanError("--k, --segment and --dense-layers need --dense km or pq")
+        return {}
+    if args.dense == "km" and args.segment is not None:
+        raise PlanError("--segment is for --dense pq; km quantizes single weights")
+    names = ([n.strip() for n in args.dense_layers.split(",") if n.strip()]
+             if args.dense_layers else
+             [n for n, m in model.named_modules() if isinstance(m, nn.Linear)])
+    params = {"k": args.k} if args.dense == "km" else {"k": args.k, "segment": args.segment}
+    return vq.quantize_layers(vq.dense_weights(model, names), args.dense, params)
+
+
+def open_device(spec: str, package):
+    """The device named by ``spec`` (``golden``), loaded with ``package``."""
+    from ..golden import GoldenModel
+
+    if spec == "golden":
+        return GoldenModel(package)
+    raise DeviceError(f"unknown device {spec!r}; available: {', '.join(DEVICES)}")
+
+
+def rebuild(package):
+    """The float model, task and VELCRO plan a package was built from.
+
+    The masks come from the package; the float means are profiled again on the
+    task's preprocessing split, which is deterministic. Codebook layers get their
+    codebook weights (``weight_scale`` times the decoded int8 weights), so that the
+    float model is compressed like the package.
+    """
+    import torch
+
+    from ..package import codebook_weight, unpack_mask
+    from ..plan import Plan, PlanLayer
+    from ..quantize import parameters_sha256
+    from ..study import prepare
+
+    source, task_record = package.source, package.task
+    spec = argparse.Namespace(model=source["model"],
+                              weights=Path(source["weights"]) if source["weights"] else None)
+    model = resolve_model(spec)
+    if parameters_sha256(model) != source["parameters_sha256"]:
+        raise ModelError("the float model found from the package's source record "
+                         f"({source['model'] or 'the shipped reference'}, weights "
+                         f"{source['weights'] or 'shipped'}) differs from the one the package "
+                         "was built from")
+    # The float model of the same compression: codebook layers use their codebook
+    # weights, in float.
+    modules = dict(model.named_modules())
+    for layer in package.layers:
+        if layer.op == "dense_codebook":
+            weight = codebook_weight(layer) * layer.attrs["weight_scale"]
+            modules[layer.name].weight.data = torch.from_numpy(weight.astype(np.float32))
+    size = source["image_size"]
+    task = resolve_task(argparse.Namespace(
+        task=task_record["name"], classes=",".join(map(str, task_record["classes"])),
+        data=Path(source["data"]) if source["data"] else None,
+        image_size=f"{size[0]},{size[1]}" if size else None), model)
+    convs = [layer for layer in package.layers if layer.op == "conv3x3"]
+    if not convs:
+        return model, task, None, None
+    setup = prepare(model, task, sensitivity=False)
+    if setup.profile.names != [layer.name for layer in convs]:
+        raise ModelError(f"the model's conv-activations {setup.profile.names} do not match "
+                         f"the package's conv layers {[layer.name for layer in convs]}")
+    plan = Plan([PlanLayer(layer.name, t, unpack_mask(layer.arrays["mask"], layer.out_shape),
+                           prof.mean.astype(np.float32))
+                 for layer, t, prof in zip(convs, package.velcro["thresholds"],
+                                           setup.profile.layers, strict=True)],
+                package.velcro["criterion"] or "variance")
+    return model, task, plan, setup.tapped
+
+
+def predictions_sha256(predictions: np.ndarray) -> str:
+    """sha256 of the predicted classes as little-endian int64: compares devices' outputs."""
+    return hashlib.sha256(np.asarray(predictions, dtype="<i8").tobytes()).hexdigest()
+
+
+def cmd_run(args) -> None:
+    from ..evaluate import predict
+    from ..package import load
+    from ..plan import applied
+
+    package = load(args.package)
+    device = open_device(args.device, package)
+    model, task, plan, tapped = rebuild(package)
+    val = task.split("validation")
+    n = len(val) if args.images is None else args.images
+    if not 1 <= n <= len(val):
+        raise DataError(f"--images must be in [1, {len(val)}] (the validation images of "
+                        f"{task.name}), not {n}")
+    images, labels = val.images[:n], val.labels[:n]
+    if images.shape[1:] != tuple(package.input_shape):
+        raise DataError(f"the task's images are {list(images.shape[1:])}, the package "
+                        f"expects {list(package.input_shape)}")
+    start = time.perf_counter()
+    logits = device.run(images)
+    seconds = time.perf_counter() - start
+    predictions = logits.argmax(1)
+    if tapped is None:
+        float_predictions = predict(model, images)
+    else:
+        with applied(tapped, plan):
+            float_predictions = predict(tapped.module, images)
+    counts = device.counts()
+    record = {
+        "package": str(args.package),
+        "device": args.device,
+        "task": task.name,
+        "C": package.C,
+        "images": n,
+        "accuracy": float(np.mean(predictions == labels)),
+        "float_accuracy": float(np.mean(float_predictions == labels)),
+        "macs": sum(c.macs for c in counts),
+        "macs_skipped": sum(c.skipped for c in counts),
+        "layers": [{"name": c.name, "op": c.op, "macs": c.macs, "macs_skipped": c.skipped,
+                    "lookups": c.lookups} for c in counts],
+        "seconds": round(seconds, 4),
+        "images_per_second": round(n / seconds, 1),
+        "predictions_sha256": predictions_sha256(predictions),
+    }
+    if args.json:
+        write_json(args.json, record)
+    print(f"{task.name} on {args.device}: accuracy {100 * record['accuracy']:.2f}% "
+          f"(float with the same plan {100 * record['float_accuracy']:.2f}%) on {n} images, "
+          f"{record['macs_skipped'] / max(record['macs'] + record['macs_skipped'], 1):.1%} "
+          f"of MACs skipped, {record['images_per_second']} images/s")
