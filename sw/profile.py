@@ -36,12 +36,11 @@ class RunningMoments:
 
     def update(self, batch: torch.Tensor) -> None:
         """Merge a batch ``[B, *shape]`` into the running moments (Chan's parallel update)."""
-        batch = batch.detach().to(torch.float64)
         n_b = batch.shape[0]
         if n_b == 0:
             return
-        mean_b = batch.mean(0)
-        m2_b = ((batch - mean_b) ** 2).sum(0)
+        var_b, mean_b = torch.var_mean(batch.detach().to(torch.float64), dim=0, correction=0)
+        m2_b = var_b * n_b
         n = self.count + n_b
         delta = mean_b - self.mean
         self.mean += delta * (n_b / n)

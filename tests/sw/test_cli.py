@@ -111,3 +111,23 @@ def test_profile_and_compress_outputs(tmp_path, capsys):
     assert record["baseline_accuracy"] == accuracy(model, val.images, val.labels)
     with applied(tapped, plan):
         assert record["accuracy"] == accuracy(tapped.module, val.images, val.labels)
+
+
+def test_demo_writes_table_curves_and_plot(tmp_path, capsys):
+    assert main(["demo", "--tasks", "bags", "--criteria", "variance", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "bags" in out and "variance" in out
+    records = json.loads((tmp_path / "velcro_table.json").read_text())
+    assert [(r["task"], r["criterion"]) for r in records] == [("bags", "variance")]
+    rec = records[0]
+    for key in ("thresholds", "C", "baseline_accuracy", "accuracy", "n_preprocessing",
+                "n_validation", "max_C_no_loss"):
+        assert key in rec
+    curves = json.loads((tmp_path / "velcro_curves.json").read_text())[0]
+    points = curves["curves"]["variance"]
+    assert [p["C"] for p in points] == sorted(p["C"] for p in points)
+    no_loss = [p["C"] for p in points if p["accuracy"] >= rec["baseline_accuracy"]]
+    assert rec["max_C_no_loss"] == max(no_loss)
+    assert any(p["C"] == rec["C"] and p["accuracy"] == rec["accuracy"] for p in points)
+    image = np.asarray(Image.open(tmp_path / "velcro_accuracy_vs_C.png").convert("L"))
+    assert image.shape[0] > 200 and image.std() > 10
