@@ -111,12 +111,17 @@ def load_user_model(spec: str, weights: Path | None = None) -> nn.Module:
     if not sep or not module_name or not attr:
         raise ModelError(f"--model must look like 'package.module:callable', not {spec!r}")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except ImportError as e:
-        raise ModelError(f"cannot import {module_name!r}: {e}") from None
-    except AttributeError:
-        raise ModelError(f"module {module_name!r} has no attribute {attr!r}") from None
-    model = factory()
+        module = importlib.import_module(module_name)
+    except Exception as e:  # a user module can fail to import in any way
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelError(f"cannot import {module_name!r} ({type(e).__name__}: {first})") from None
+    if not hasattr(module, attr):
+        raise ModelError(f"module {module_name!r} has no attribute {attr!r}")
+    try:
+        model = getattr(module, attr)()
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelError(f"{spec}() failed ({type(e).__name__}: {first})") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -125,8 +130,8 @@ def load_user_model(spec: str, weights: Path | None = None) -> nn.Module:
 
 
 def input_channels(model: nn.Module) -> int:
-    """Number of input channels of the first convolution (how to load image folders)."""
+    """Input channels of the first convolution (how to load image folders); 1 without one."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             return module.in_channels
-    raise ModelError("the model has no Conv2d layer")
+    return 1
