@@ -187,6 +187,10 @@ def plot_accuracy_vs_C(results: list[dict], path) -> None:
         ax.axhline(100 * result["baseline_accuracy"], color="black", lw=0.8, ls=":",
                    label="uncompressed")
         ax.set_title(f"{result['task']} (star: search result)")
+        # Zoom on the region where the choice is made; the uniform curve leaves it.
+        top = max(100 * p["accuracy"] for points in result["curves"].values() for p in points)
+        base = 100 * result["baseline_accuracy"]
+        ax.set_ylim(base - 6, max(top, base) + 0.5)
         ax.set_xlabel("compression-saving ratio C (%)")
         ax.set_ylabel("validation top-1 accuracy (%)")
         ax.grid(alpha=0.3)
