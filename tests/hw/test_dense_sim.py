@@ -12,7 +12,14 @@ import pytest
 
 from velcro.hw.dense_config import DenseConfig, DenseLayer, expected_cycles, index_bound
 from velcro.sim import runner
-from velcro.sim.dense_bench import build_engine, random_case, reference_cases, run_cases
+from velcro.sim.dense_bench import (
+    BOUND_LAYER,
+    REFERENCE_MODES,
+    build_engine,
+    random_case,
+    reference_cases,
+    run_cases,
+)
 
 TEST = DenseConfig(width=64, max_k=256, max_s=8, macs=16, max_n_in=1024, max_n_out=256)
 STRESS = [(0.0, 0.0), (0.25, 0.5), (0.6, 0.2)]
@@ -75,8 +82,7 @@ def test_layers_match_golden(simulator, idle, backpressure, cases):
 
 @pytest.fixture(scope="module")
 def reference():
-    return reference_cases(TEST, {"int8": {"mode": "int8"}, "pq": {"k": 16, "s": 4},
-                                  "km": {"k": 16, "s": 1, "shared": True}})
+    return reference_cases(TEST, REFERENCE_MODES)
 
 
 @pytest.mark.parametrize("idle, backpressure", STRESS[:2])
@@ -88,13 +94,13 @@ def test_reference_model_dense_layers(idle, backpressure, reference):
 
 @pytest.mark.slow
 def test_shipped_configuration_reaches_the_index_bound():
+    """The 1024 x 256 PQ layer (k = 256, s = 4) within 5 % of the index bound, and the
+    reference layers, on the shipped configuration."""
     config = DenseConfig()
-    layer = DenseLayer(n_in=1024, n_out=256, k=256, s=4)
     rng = np.random.default_rng(3)
-    cases = [{**random_case(layer, config, rng), "layer": layer}]
+    cases = [{**random_case(BOUND_LAYER, config, rng), "layer": BOUND_LAYER}]
     result = run(config, cases, "verilator", 0.0, 0.0)
-    assert result["cycles"][0] <= 1.05 * index_bound(layer, config)
-    cases = list(reference_cases(config, {"int8": {"mode": "int8"},
-                                          "pq": {"k": 16, "s": 4}}).values())
+    assert result["cycles"][0] <= 1.05 * index_bound(BOUND_LAYER, config)
+    cases = list(reference_cases(config, REFERENCE_MODES).values())
     run(config, cases, "verilator", 0.0, 0.0)
     run(config, cases, "verilator", 0.3, 0.3)
