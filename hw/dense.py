@@ -50,10 +50,11 @@ from amaranth import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .dense_config import ACC_BITS, DenseConfig, DenseLayer, expected_cycles
+from .dense_config import DenseConfig, DenseLayer, expected_cycles
 from .dense_lut import DenseLutBuilder, table_row, table_rows
 from .dense_requant import PARAMS, DenseRequant
 from .dense_unpack import DenseIndexUnpacker
+from .requant import ACC_BITS
 
 
 def command_layout(config: DenseConfig) -> data.StructLayout:

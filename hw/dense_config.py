@@ -12,12 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Width of the accumulators and of the bias (two's complement).
-ACC_BITS = 32
-#: Width of the unsigned requantization multiplier.
-MULT_BITS = 16
-#: Width of the requantization shift (0..31).
-SHIFT_BITS = 5
 #: Cycles from a row read of the accumulators to its output beat being offered
 #: (read, bias add, multiply, round/shift/clamp).
 DRAIN_LATENCY = 4

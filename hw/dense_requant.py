@@ -1,23 +1,20 @@
-"""Bias, requantization and ReLU of the dense engine's accumulators, ``lanes`` at a time.
+"""Bias and requantization of the dense engine's accumulators, ``lanes`` at a time.
 
-Per output ``o``: ``acc = acc_o + bias_o`` (int32, wrapping like the hardware
-accumulator; the golden model guarantees the true sum fits), then either the int32
-``acc`` itself (logits) or
-``clamp((acc * mult_o + (1 << (shift_o - 1))) >> shift_o, lo, 127)`` with an
-arithmetic shift, no rounding term for ``shift_o = 0`` and ``lo`` 0 with ReLU, -128
-without. ``acc * mult`` needs 48 bits plus sign; the shift reads the rounded 50-bit
-value, so nothing is lost before the clamp.
+Per output ``o``: ``total = acc_o + bias_o`` (int32, wrapping like the hardware
+accumulator; the golden model guarantees the true sum fits), then either ``total``
+itself (int32 logits) or :class:`~velcro.hw.requant.Requantizer` of it with the
+output's ``mult``, ``shift`` and the layer's ReLU, the same unit the conv array uses.
 
-Three register stages (bias add, multiply, round/shift/clamp into the output
-register) with one stall signal: the pipeline advances whenever its output register
-is empty or being taken.
+Three register stages (bias add, then the requantizer's two) advance together on one
+enable, whenever the output register is empty or being taken, so the output stream
+may stall.
 """
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, EnableInserter, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .dense_config import ACC_BITS, MULT_BITS, SHIFT_BITS
+from .requant import ACC_BITS, MULT_BITS, SHIFT_BITS, Requantizer
 
 #: Per-output parameters, one beat of the parameter stream each.
 PARAMS = data.StructLayout({
@@ -69,39 +66,41 @@ class DenseRequant(wiring.Component):
         advance = ~self.o.valid | self.o.ready
         m.d.comb += self.i.ready.eq(advance)
 
-        valid = [Signal(name=f"valid{n}") for n in (1, 2)]
-        last = [Signal(name=f"last{n}") for n in (1, 2)]
+        # Valid and last travel beside the bias stage and the requantizer's stages.
+        delay = Requantizer.LATENCY
+        valid = [Signal(name=f"valid{n}") for n in range(delay + 1)]
+        last = [Signal(name=f"last{n}") for n in range(delay + 1)]
         words, octets = [], []
         for lane in range(self.lanes):
             params = self.i.payload.params[lane]
             total = Signal(signed(ACC_BITS), name=f"total{lane}")
             mult = Signal(MULT_BITS, name=f"mult{lane}")
-            shift1 = Signal(SHIFT_BITS, name=f"shift1_{lane}")
-            product = Signal(signed(ACC_BITS + MULT_BITS + 1), name=f"product{lane}")
-            kept = Signal(signed(ACC_BITS), name=f"kept{lane}")
-            shift2 = Signal(SHIFT_BITS, name=f"shift2_{lane}")
+            shift = Signal(SHIFT_BITS, name=f"shift{lane}")
+            kept = [Signal(signed(ACC_BITS), name=f"kept{lane}_{n}") for n in range(delay)]
+            unit = EnableInserter(advance)(Requantizer())
+            m.submodules[f"requant{lane}"] = unit
+            m.d.comb += [unit.acc.eq(total), unit.mult.eq(mult), unit.shift.eq(shift),
+                         unit.relu.eq(self.relu)]
             with m.If(advance):
                 m.d.sync += [
                     total.eq(self.i.payload.acc[lane] + params.bias),
                     mult.eq(params.mult),
-                    shift1.eq(params.shift),
-                    product.eq(total * mult),
-                    kept.eq(total),
-                    shift2.eq(shift1),
+                    shift.eq(params.shift),
+                    kept[0].eq(total),
+                    *(kept[n].eq(kept[n - 1]) for n in range(1, delay)),
                 ]
-            rounding = (Const(1, 1) << shift2)[1:]
-            shifted = Signal(signed(ACC_BITS + MULT_BITS + 2), name=f"shifted{lane}")
-            m.d.comb += shifted.eq((product + rounding) >> shift2)
-            low = Mux(self.relu, 0, -128)
-            clamped = Mux(shifted > 127, 127, Mux(shifted < low, low, shifted))
-            words.append(kept)
-            octets.append(clamped[:8])
+            words.append(kept[-1])
+            octets.append(unit.y)
 
         with m.If(advance):
             m.d.sync += [
                 valid[0].eq(self.i.valid), last[0].eq(self.i.payload.last),
-                valid[1].eq(valid[0]), last[1].eq(last[0]),
-                self.o.valid.eq(valid[1]), self.o.payload.last.eq(last[1]),
-                self.o.payload.data.eq(Mux(self.logits, Cat(*words), Cat(*octets))),
+                *(valid[n].eq(valid[n - 1]) for n in range(1, delay + 1)),
+                *(last[n].eq(last[n - 1]) for n in range(1, delay + 1)),
             ]
+        m.d.comb += [
+            self.o.valid.eq(valid[-1]),
+            self.o.payload.last.eq(last[-1]),
+            self.o.payload.data.eq(Mux(self.logits, Cat(*words), Cat(*octets))),
+        ]
         return m

