@@ -19,6 +19,7 @@ simulator speed.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
@@ -30,23 +31,11 @@ from cocotb.triggers import RisingEdge
 from ..hw.dense_config import DenseConfig, DenseLayer, expected_cycles, index_bound
 from ..hw.dense_streams import layer_beats, out_beats
 from ..sw import golden
+from ..sw.vq import deploy, kmeans, pack_indices, product_quantize
 from . import runner
 from .streams import Clocked, Endpoint, StreamSink, StreamSource
 
 INPUTS = ("cmd", "x", "indices", "codebook", "params")
-
-
-def pack_indices(indices: np.ndarray, bits: int) -> bytes:
-    """Indices ``[n_out, n_seg]`` packed segment-major, little-endian, runs padded to bytes."""
-    indices = np.asarray(indices, dtype=np.uint64)
-    n_out, n_seg = indices.shape
-    # Bit b of index o of a run sits at bit o * bits + b of the run.
-    weights = np.arange(bits, dtype=np.uint64)
-    bitplane = ((indices.T[:, :, None] >> weights) & 1).astype(np.uint8)   # [n_seg, n_out, bits]
-    runs = bitplane.reshape(n_seg, n_out * bits)
-    pad = -(n_out * bits) % 8
-    runs = np.pad(runs, ((0, 0), (0, pad)))
-    return np.packbits(runs, axis=1, bitorder="little").tobytes()
 
 
 def case(layer: DenseLayer, config: DenseConfig, x, bias, mult, shift, *, weights=None,
@@ -104,38 +93,17 @@ def _fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mult, shift
 
 
-def _codebooks(w: np.ndarray, k: int, s: int, shared: bool) -> tuple[np.ndarray, np.ndarray]:
-    """k-means codebooks (int8) of the ``s``-long row segments of ``w`` and their indices."""
-    import faiss
-
-    n_out, n_in = w.shape
-    segments = w.reshape(n_out, n_in // s, s).astype(np.float32)
-    if shared:
-        kmeans = faiss.Kmeans(s, k, niter=20, seed=1, min_points_per_centroid=1)
-        kmeans.train(segments.reshape(-1, s))
-        centroids = kmeans.centroids.reshape(1, k, s)
-    else:
-        pq = faiss.ProductQuantizer(n_in, n_in // s, k.bit_length() - 1)
-        pq.cp.seed = 1
-        pq.cp.min_points_per_centroid = 1      # few rows per segment is the point of PQ here
-        pq.train(w.astype(np.float32))
-        centroids = faiss.vector_to_array(pq.centroids).reshape(n_in // s, k, s)
-    codebooks = np.clip(np.round(centroids), -128, 127).astype(np.int8)
-    full = np.broadcast_to(codebooks, (n_in // s, k, s)).astype(np.int64)
-    distance = ((segments.transpose(1, 0, 2)[:, :, None, :] - full[:, None]) ** 2).sum(-1)
-    return codebooks, distance.argmin(-1).T                      # [n_out, n_seg]
-
-
 def reference_cases(config: DenseConfig, modes: dict[str, dict], image: int = 0) -> dict:
     """fc1 (1024 -> 256, ReLU) and fc2 (256 -> 10, logits) of the shipped reference CNN.
 
-    The layers' float weights are quantized here for the test (int8 per output row,
-    activations per tensor from one Fashion-MNIST test image), then run in each of
-    ``modes``: name -> ``{"mode": "int8"}`` or ``{"k": .., "s": .., "shared": ..}``
-    (per-segment PQ codebooks, or one shared k-means codebook), trained with faiss on
-    the int8 weights; fc2 uses at most 8 codewords, having only 10 rows to cluster.
-    fc2's input is the golden fc1 output of the same mode.
-    Returns ``{"<mode>/fc1": case, "<mode>/fc2": case}`` with ``case["layer"]`` set.
+    Activations are quantized per tensor from one Fashion-MNIST test image. Each of
+    ``modes`` (name -> spec) compresses both layers' float weights:
+    ``{"mode": "int8"}`` to int8 per output row; ``{"method": "pq", "k": .., "s": ..}``
+    (x-axis product quantization) or ``{"method": "km", "k": ..}`` (scalar k-means, one
+    shared codebook) with :mod:`velcro.sw.vq` and its int8 :func:`~velcro.sw.vq.deploy`
+    form; fc2 uses at most 8 codewords, having only 10 rows to cluster. fc2's input is
+    the golden fc1 output of the same mode. Returns ``{"<name>/fc1": case,
+    "<name>/fc2": case}`` with ``case["layer"]`` set.
     """
     import torch
 
@@ -148,39 +116,38 @@ def reference_cases(config: DenseConfig, modes: dict[str, dict], image: int = 0)
     with torch.inference_mode():
         features = model[:names.index("fc1")](image_batch)[0].numpy()
         hidden = model[:names.index("relu5") + 1](image_batch)[0].numpy()
-    fc1, fc2 = model.fc1, model.fc2
     x_scale = float(features.max()) / 127
     h_scale = float(hidden.max()) / 127
     x = np.clip(np.round(features / x_scale), 0, 127).astype(np.int8)
 
-    def quantize(layer):
-        w = layer.weight.detach().numpy().astype(np.float64)
-        w_scale = np.abs(w).max(axis=1) / 127
-        return np.round(w / w_scale[:, None]).astype(np.int8), w_scale, \
-            layer.bias.detach().numpy().astype(np.float64)
+    def compress(fc, spec):
+        """The layer, its operands for :func:`case` and its per-row weight scales."""
+        w = fc.weight.detach().numpy()
+        n_out, n_in = w.shape
+        if spec.get("mode") == "int8":
+            scale = np.abs(w).max(axis=1).astype(np.float64) / 127
+            weights = np.round(w / scale[:, None]).astype(np.int8)
+            return DenseLayer(n_in, n_out, mode="int8"), {"weights": weights}, scale
+        k = min(spec["k"], 8) if n_out < 16 else spec["k"]
+        q = product_quantize(w, k, spec["s"]) if spec["method"] == "pq" else kmeans(w, k)
+        deployed = deploy(q)
+        layer = DenseLayer(n_in, n_out, k=k, s=deployed.segment)
+        return layer, {"codebooks": deployed.codebooks, "indices": deployed.indices}, \
+            np.full(n_out, deployed.scale)
 
-    w1, w1_scale, b1 = quantize(fc1)
-    w2, w2_scale, b2 = quantize(fc2)
-    bias1 = np.round(b1 / (x_scale * w1_scale)).astype(np.int64)
-    bias2 = np.round(b2 / (h_scale * w2_scale)).astype(np.int64)
-    mult1, shift1 = _fixed_point(x_scale * w1_scale / h_scale)
     cases = {}
     for name, spec in modes.items():
-        ops1, ops2 = {}, {}
-        if spec.get("mode") == "int8":
-            layer1 = DenseLayer(1024, 256, mode="int8")
-            layer2 = DenseLayer(256, 10, mode="int8", logits=True)
-            ops1["weights"], ops2["weights"] = w1, w2
-        else:
-            k, s, shared = spec["k"], spec["s"], spec.get("shared", False)
-            layer1 = DenseLayer(1024, 256, k=k, s=s)
-            k2 = min(k, 8)                   # fc2 has only 10 rows to cluster
-            layer2 = DenseLayer(256, 10, k=k2, s=s, logits=True)
-            ops1["codebooks"], ops1["indices"] = _codebooks(w1, k, s, shared)
-            ops2["codebooks"], ops2["indices"] = _codebooks(w2, k2, s, shared)
-        first = case(layer1, config, x, bias1, mult1, shift1, **ops1)
-        second = case(layer2, config, first["y"], bias2, np.zeros(10, np.int64),
-                      np.zeros(10, np.int64), **ops2)
+        layer1, ops1, w1_scale = compress(model.fc1, spec)
+        layer2, ops2, w2_scale = compress(model.fc2, spec)
+        layer2 = dataclasses.replace(layer2, logits=True)
+        b1 = model.fc1.bias.detach().numpy().astype(np.float64)
+        b2 = model.fc2.bias.detach().numpy().astype(np.float64)
+        mult1, shift1 = _fixed_point(x_scale * w1_scale / h_scale)
+        first = case(layer1, config, x, np.round(b1 / (x_scale * w1_scale)).astype(np.int64),
+                     mult1, shift1, **ops1)
+        second = case(layer2, config, first["y"],
+                      np.round(b2 / (h_scale * w2_scale)).astype(np.int64),
+                      np.zeros(10, np.int64), np.zeros(10, np.int64), **ops2)
         cases[f"{name}/fc1"] = {**first, "layer": layer1}
         cases[f"{name}/fc2"] = {**second, "layer": layer2}
     return cases
@@ -287,8 +254,8 @@ async def layers(dut):
 BOUND_LAYER = DenseLayer(n_in=1024, n_out=256, k=256, s=4)
 
 #: The reference model's dense layers in each mode the figures report.
-REFERENCE_MODES = {"int8": {"mode": "int8"}, "pq": {"k": 16, "s": 4},
-                   "km": {"k": 16, "s": 1, "shared": True}}
+REFERENCE_MODES = {"int8": {"mode": "int8"}, "pq": {"method": "pq", "k": 16, "s": 4},
+                   "km": {"method": "km", "k": 16}}
 
 
 def figures(config: DenseConfig | None = None,

@@ -17,8 +17,9 @@ from velcro.hw.dense import DenseEngine
 from velcro.hw.dense_config import DenseConfig, DenseLayer, expected_cycles, index_bound
 from velcro.hw.dense_requant import DenseRequant
 from velcro.hw.dense_unpack import DenseIndexUnpacker
-from velcro.sim.dense_bench import pack_indices, random_case
+from velcro.sim.dense_bench import random_case
 from velcro.sw import golden
+from velcro.sw.vq import pack_indices
 
 SMALL = DenseConfig(width=64, max_k=256, max_s=8, macs=8, max_n_in=128, max_n_out=64)
 INPUTS = ("cmd", "x", "indices", "codebook", "params")
@@ -311,10 +312,3 @@ def test_output_beats_round_trip():
         beats = dense_streams.out_beats(y, layer, config)
         assert len(beats) == 2
         assert np.array_equal(dense_streams.decode_out(beats, layer, config), y)
-
-
-def test_pack_indices_layout():
-    indices = np.array([[1, 2], [3, 0], [2, 1]])      # 3 rows, 2 segments, 2 bits
-    packed = pack_indices(indices, 2)
-    # Segment 0: rows 1, 3, 2 -> 0b10_11_01; segment 1: 2, 0, 1 -> 0b01_00_10.
-    assert packed == bytes([0b101101, 0b010010])
