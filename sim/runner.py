@@ -64,6 +64,7 @@ _VERILATOR_MAKEFLAGS = ("CFG_CXXFLAGS_PCH_I=-include",)
 _RUNTIME_OBJECTS = ("verilated.o", "verilated_dpi.o", "verilated_vpi.o", "verilated_threads.o")
 
 _memo: dict[tuple[str, str, str], SimModel] = {}
+_verilog_memo: dict[tuple[str, str], tuple[str, list[str]]] = {}
 _memo_lock = threading.Lock()
 
 
@@ -254,10 +255,14 @@ def build(name: str, make: Callable[[], Any], *, simulator: str | None = None,
         if key in _memo:
             return _memo[key]
         start = time.perf_counter()
-        component = make()
-        text = simulation_verilog(component, toplevel)
+        # Converting is slow for large memories; both simulators share one conversion.
+        if (name, toplevel) not in _verilog_memo:
+            component = make()
+            _verilog_memo[name, toplevel] = (simulation_verilog(component, toplevel),
+                                             port_names(component))
+        text, ports = _verilog_memo[name, toplevel]
         model = compile_verilog(name, text, toplevel=toplevel, simulator=simulator,
-                                ports=port_names(component))
+                                ports=ports)
         model.build_seconds = round(time.perf_counter() - start, 1)
         _memo[key] = model
         return model
