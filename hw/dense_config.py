@@ -28,7 +28,15 @@ def _log2(value: int) -> int:
 
 @dataclass(frozen=True)
 class DenseConfig:
-    """Elaboration parameters of the dense engine.
+    """Elaboration parameters of the dense engine; the defaults are the shipped configuration.
+
+    The shipped engine reads a 128-bit index stream, 16 lookups per cycle, and builds
+    tables with 64 multipliers. A layer with k = 256 stays at the index-bandwidth
+    bound while table building (``k / 64 * s`` cycles per segment) keeps up with the
+    lookups (``n_out / 16``), i.e. ``k * s <= 4 * n_out``: the 1024 x 256, k = 256,
+    s = 4 layer takes 16 cycles per segment for both. Smaller k are lane-bound at
+    ``log2(256) / log2(k)`` times their (smaller) bound; an engine built with
+    ``max_k = k`` has ``width / log2(k)`` lanes and reaches it.
 
     Parameters
     ----------
@@ -259,3 +267,7 @@ def expected_cycles(layer: DenseLayer, config: DenseConfig) -> int:
     params_ready = layer.n_out + 2
     drain = max(final + 1, params_ready)
     return drain + groups + DRAIN_LATENCY
+
+
+#: The shipped configuration.
+SHIPPED = DenseConfig()

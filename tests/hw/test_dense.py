@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 
 from velcro.hw import dense_streams
 from velcro.hw.dense import DenseEngine
-from velcro.hw.dense_config import DenseConfig, DenseLayer, expected_cycles, index_bound
+from velcro.hw.dense_config import SHIPPED, DenseConfig, DenseLayer, expected_cycles, index_bound
 from velcro.hw.dense_requant import DenseRequant
 from velcro.hw.dense_unpack import DenseIndexUnpacker
 from velcro.sim.dense_bench import random_case
@@ -280,7 +280,7 @@ def test_cost_model_follows_the_slower_pipeline():
 
 
 def test_shipped_configuration_is_within_five_percent_of_the_index_bound():
-    config = DenseConfig()
+    config = SHIPPED
     layer = DenseLayer(n_in=1024, n_out=256, k=256, s=4)
     assert index_bound(layer, config) == 1024 * 256 * 8 / 4 / config.width
     assert expected_cycles(layer, config) <= 1.05 * index_bound(layer, config)
@@ -312,3 +312,17 @@ def test_output_beats_round_trip():
         beats = dense_streams.out_beats(y, layer, config)
         assert len(beats) == 2
         assert np.array_equal(dense_streams.decode_out(beats, layer, config), y)
+
+
+def test_build_verilog_writes_the_shipped_dense_engine(tmp_path):
+    from velcro.sw.cli import main
+
+    assert main(["build", "verilog", "--out", str(tmp_path), "--engine", "dense_engine"]) == 0
+    text = (tmp_path / "dense_engine.v").read_text()
+    assert "module dense_engine(" in text
+    for port in ("cmd__payload", "x__valid", "indices__ready", "params__valid", "busy"):
+        assert port in text
+    # Shipped widths: 128-bit indices, 64 table multipliers, 16 lanes of 32 bits out.
+    assert f"input [{SHIPPED.width - 1}:0] indices__payload" in text
+    assert f"input [{8 * SHIPPED.macs - 1}:0] codebook__payload" in text
+    assert f"output [{32 * SHIPPED.lanes - 1}:0] out__payload" in text

@@ -10,7 +10,7 @@ compiled only by the slow test.
 import numpy as np
 import pytest
 
-from velcro.hw.dense_config import DenseConfig, DenseLayer, expected_cycles, index_bound
+from velcro.hw.dense_config import SHIPPED, DenseConfig, DenseLayer, expected_cycles, index_bound
 from velcro.sim import runner
 from velcro.sim.dense_bench import (
     BOUND_LAYER,
@@ -96,7 +96,7 @@ def test_reference_model_dense_layers(idle, backpressure, reference):
 def test_shipped_configuration_reaches_the_index_bound():
     """The 1024 x 256 PQ layer (k = 256, s = 4) within 5 % of the index bound, and the
     reference layers, on the shipped configuration."""
-    config = DenseConfig()
+    config = SHIPPED
     rng = np.random.default_rng(3)
     cases = [{**random_case(BOUND_LAYER, config, rng), "layer": BOUND_LAYER}]
     result = run(config, cases, "verilator", 0.0, 0.0)
