@@ -41,9 +41,19 @@ def _conv_array():
     return ConvArray(SHIPPED)
 
 
+def _dense_engine():
+    from .dense import DenseEngine
+    from .dense_config import SHIPPED
+
+    return DenseEngine(SHIPPED)
+
+
 ENGINES: tuple[Engine, ...] = (
     Engine("conv_array", _conv_array,
            "16-lane conv3x3 + requantization + ReLU array with VELCRO skipping, 64x64 maps"),
+    Engine("dense_engine", _dense_engine,
+           "codebook-lookup (PQ/k-means) and int8 dense engine, 16 lookups per cycle "
+           "from a 128-bit index stream, k <= 256, s <= 8"),
 )
 
 

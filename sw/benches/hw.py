@@ -22,6 +22,19 @@ Conv array figures:
 
 Simulator speed (``sim_*_cycles_per_s``) is simulated cycles over the wall time of
 the cocotb test, bench included.
+
+Dense engine figures (:func:`velcro.sim.dense_bench.figures`):
+
+``dense_cycles_over_bound``
+    Measured cycles of a 1024 x 256 PQ layer (k = 256, s = 4, one codebook per
+    segment) over its index-bandwidth bound, total index bits / index-stream bits per
+    cycle; ``dense_cycles`` and ``dense_index_bound`` are the two terms.
+``dense_<mode>_<fc1|fc2>_cycles``
+    Cycles of the reference CNN's dense layers in int8 mode and compressed by
+    ``velcro.sw.vq`` (``pq``: k = 16, s = 4; ``km``: scalar k-means, k = 16), each
+    with its ratio to its own index bound.
+``dense_<simulator>_cycles_per_s``
+    Simulated cycles per second of the shipped dense engine.
 """
 
 from __future__ import annotations
@@ -121,6 +134,15 @@ def icarus_speed(seed: int) -> dict:
             "sim_icarus_cycles_per_s": round(result["sim_cycles"] / result["sim_seconds"])}
 
 
+def dense_figures(seed: int, icarus: bool) -> dict:
+    """Index-bound ratio, reference-layer cycles and simulator speed of the dense engine."""
+    from ...sim.dense_bench import figures
+
+    _log("building and simulating the shipped dense engine"
+         + (" (Verilator, Icarus)" if icarus else " (Verilator)"))
+    return figures(simulators=("verilator", "icarus") if icarus else ("verilator",), seed=seed)
+
+
 def resources() -> dict:
     """Yosys ``synth_xilinx -family xcup`` figures of every engine."""
     from ...hw.engines import ENGINES
@@ -138,6 +160,7 @@ def run(args) -> dict:
     result = conv_figures(args.seed)
     if not args.no_icarus:
         result.update(icarus_speed(args.seed))
+    result.update(dense_figures(args.seed, icarus=not args.no_icarus))
     if not args.no_yosys:
         for name, figures in resources().items():
             result[f"yosys_{name}"] = {key: value for key, value in figures.items()
