@@ -692,8 +692,17 @@ def dense_weights(model: nn.Module, names: Iterable[str]) -> dict[str, np.ndarra
 
 def quantize_layers(weights: dict[str, np.ndarray], method: str, params: dict,
                     seed: int = 0) -> dict[str, QuantizedDense]:
-    """:func:`quantize` every matrix of ``weights`` with the same method and parameters."""
-    return {name: quantize(w, method, seed=seed, **params) for name, w in weights.items()}
+    """:func:`quantize` every matrix of ``weights`` with the same method and parameters.
+
+    An error names the layer it comes from.
+    """
+    out = {}
+    for name, w in weights.items():
+        try:
+            out[name] = quantize(w, method, seed=seed, **params)
+        except VQError as e:
+            raise VQError(f"layer {name}: {e}") from None
+    return out
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,11 @@ def codebook_layers(model, args) -> dict:
              if args.dense_layers else
              [n for n, m in model.named_modules() if isinstance(m, nn.Linear)])
     params = {"k": args.k} if args.dense == "km" else {"k": args.k, "segment": args.segment}
-    return vq.quantize_layers(vq.dense_weights(model, names), args.dense, params)
+    try:
+        return vq.quantize_layers(vq.dense_weights(model, names), args.dense, params)
+    except vq.VQError as e:
+        hint = "" if args.dense_layers else " (choose the layers with --dense-layers)"
+        raise vq.VQError(f"{e}{hint}") from None
 
 
 def open_device(spec: str, package):

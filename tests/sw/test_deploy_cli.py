@@ -168,4 +168,7 @@ def test_dense_options_are_checked(tmp_path, capsys):
                             "--out", str(out)], "needs --segment")
     one_line_error(capsys, ["export", "--task", "footwear", "--dense", "km", "--k", "16",
                             "--dense-layers", "conv1", "--out", str(out)], "no dense layer")
+    one_line_error(capsys, ["export", "--task", "footwear", "--dense", "pq", "--k", "16",
+                            "--segment", "4", "--out", str(out)],
+                   "layer fc2: k=16 exceeds the 10 sub-vectors")
     assert not out.exists()
