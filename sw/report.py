@@ -49,6 +49,7 @@ class Input:
     name: str
     writer: str
     output: str
+    note: str = ""
 
 
 INPUTS = {
@@ -58,7 +59,9 @@ INPUTS = {
     "deep_compression": Input("deep_compression.json", "velcro deepcompress", "--out {dir}"),
     "bench_hw": Input("bench_hw.json", "velcro bench hw", "--json {path}"),
     "estimate": Input("estimate.json", "velcro build estimate", "--json {path}"),
-    "bench": Input("bench.json", "velcro bench", "--json {path}"),
+    "bench": Input("bench.json", "velcro bench", "--json {path}",
+                   "; its keys stand in for those of bench_hw.json and estimate.json where "
+                   "those files lack them"),
 }
 
 #: The plots, by section; a report removes those of its folder that it did not draw.

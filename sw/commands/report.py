@@ -14,7 +14,9 @@ def register(sub) -> None:
         "sweep, Deep Compression, conv cycles, resources against the U280",
         description="Gather the result files of velcro demo, vq --sweep, deepcompress, bench "
         "hw and build estimate into DIR/index.html and DIR/report.md (with the plots as PNG "
-        "files beside them). A section whose file is missing says which command measures it.")
+        "files beside them, referenced by relative path). A section whose file is missing "
+        "says which command measures it; a file that is not valid JSON of the shape its "
+        "writer gives it stops the report (exit code 2) and leaves an earlier one in place.")
     p.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
                    help="output folder (default report/)")
     p.add_argument("--results", type=Path, default=Path("demo"), metavar="DIR",
@@ -24,7 +26,8 @@ def register(sub) -> None:
     for key, spec in INPUTS.items():
         files.add_argument(f"--{key.replace('_', '-')}", dest=key, type=Path, metavar="FILE",
                            help=f"default RESULTS/{spec.name}, written by "
-                           f"'{spec.writer} {spec.output.format(dir='RESULTS', path='FILE')}'")
+                           f"'{spec.writer} {spec.output.format(dir='RESULTS', path='FILE')}'"
+                           + spec.note)
     p.set_defaults(func=cmd_report)
 
 
