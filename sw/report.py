@@ -64,9 +64,11 @@ INPUTS = {
                    "those files lack them"),
 }
 
-#: The plots, by section; a report removes those of its folder that it did not draw.
-PLOT_FILES = {"velcro": "velcro_accuracy_vs_C.png", "vq": "vq_sweep.png",
-              "cycles": "conv_cycles.png", "resources": "resources.png"}
+#: The plots, by section; a report removes those of its folder that it did not draw. The
+#: names differ from the PNGs that ``velcro demo`` and ``velcro vq --sweep`` write, so a
+#: report written into their folder never replaces or removes those.
+PLOT_FILES = {"velcro": "report_accuracy_vs_C.png", "vq": "report_vq_sweep.png",
+              "cycles": "report_conv_cycles.png", "resources": "report_resources.png"}
 
 # --------------------------------------------------------------------------- input shapes
 #

@@ -293,12 +293,23 @@ def test_missing_inputs_become_notes_and_their_old_plots_go(results, full_report
     assert (f'<p class="missing">Not measured — run <code>velcro build estimate --json '
             f'{some / "estimate.json"}</code>.</p>') in page
     assert f"> Not measured — run `velcro demo --out {some}`." in (out / "report.md").read_text()
-    assert sorted(p.name for p in out.glob("*.png")) == ["conv_cycles.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == [PLOT_FILES["cycles"]]
     status = _tables(out)["Sections"]
     assert _row(status, "Cycles per conv layer with and without VELCRO")[1:] == [
         "rendered", str(some / "bench_hw.json")]
     assert _row(status, "Deep Compression")[1:] == [
         "not measured", f"run velcro deepcompress --out {some}"]
+
+
+def test_a_report_into_the_results_folder_leaves_their_files(results, tmp_path, capsys):
+    folder = _copy(results, tmp_path / "demo", ["bench_hw.json"])
+    theirs = {"vq_sweep.png": b"sweep", "velcro_accuracy_vs_C.png": b"curves",
+              "bench_hw.json": (folder / "bench_hw.json").read_bytes()}
+    for name, content in theirs.items():
+        (folder / name).write_bytes(content)
+    assert _report(["--results", folder, "--out", folder], capsys)[0] == 0
+    assert {name: (folder / name).read_bytes() for name in theirs} == theirs
+    assert (folder / PLOT_FILES["cycles"]).is_file() and (folder / "index.html").is_file()
 
 
 def test_a_combined_bench_file_serves_cycles_and_resources(results, tmp_path, capsys):
@@ -308,7 +319,8 @@ def test_a_combined_bench_file_serves_cycles_and_resources(results, tmp_path, ca
     out = tmp_path / "report"
     code, stdout, _ = _report(["--results", folder, "--out", out], capsys)
     assert code == 0
-    assert sorted(p.name for p in out.glob("*.png")) == ["conv_cycles.png", "resources.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == [PLOT_FILES["cycles"],
+                                                          PLOT_FILES["resources"]]
     tables = _tables(out)
     assert _row(tables["Resources used"], "URAM") == ["URAM", "0", "960", "0.00"]
     assert _row(tables["Cycles per conv layer"], "conv1")[2] == "25,104"
