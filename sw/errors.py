@@ -28,3 +28,7 @@ class PackageError(VelcroError):
 
 class DeviceError(VelcroError):
     """A device is unknown or unavailable, or failed to run a package."""
+
+
+class ReportError(VelcroError):
+    """A result file read by the report is unreadable or not of the shape its writer gives it."""

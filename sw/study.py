@@ -143,6 +143,20 @@ def demo_task(model: nn.Module, task: Task, criteria=CRITERIA, tolerance: float 
             "curves": curves, "uniform": uniform_curve(setup)}
 
 
+def demo_files(results: list[dict]) -> dict[str, list[dict]]:
+    """The JSON files of ``velcro demo`` by name: every record of every task, and every
+    task's curves; :func:`demo_results` joins them again."""
+    return {"velcro_table.json": [r for res in results for r in res["records"]],
+            "velcro_curves.json": [{k: res[k] for k in ("task", "baseline_accuracy", "curves",
+                                                        "uniform")} for res in results]}
+
+
+def demo_results(table: list[dict], curves: list[dict]) -> list[dict]:
+    """The :func:`demo_task` results, in task order, back from :func:`demo_files`."""
+    return [{**task, "records": [r for r in table if r["task"] == task["task"]]}
+            for task in curves]
+
+
 def format_table(results: list[dict], criteria) -> str:
     """Text table like the paper's Table 1, per task and criterion.
 

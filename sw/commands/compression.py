@@ -120,7 +120,7 @@ def cmd_compress(args) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from ..data import make_task
     from ..model import load_reference, reference_record
-    from ..study import demo_task, format_table, plot_accuracy_vs_C
+    from ..study import demo_files, demo_task, format_table, plot_accuracy_vs_C
 
     criteria = [check_criterion(c.strip()) for c in args.criteria.split(",") if c.strip()]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -138,10 +138,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
           "\nin validation accuracy in points / largest C on the traced curve with no validation"
           "\nloss (the paper's Table 1 measure).\n")
     print(table)
-    write_json(args.out / "velcro_table.json", [r for res in results for r in res["records"]])
-    write_json(args.out / "velcro_curves.json", [
-        {k: res[k] for k in ("task", "baseline_accuracy", "curves", "uniform")}
-        for res in results])
+    for name, content in demo_files(results).items():
+        write_json(args.out / name, content)
     plot_accuracy_vs_C(results, args.out / "velcro_accuracy_vs_C.png")
     (args.out / "velcro_table.txt").write_text(table + "\n")
     print(f"\nwrote {args.out}/velcro_table.json, velcro_curves.json, velcro_accuracy_vs_C.png")
