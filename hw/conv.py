@@ -1,0 +1,437 @@
+"""The conv array: ``lanes`` conv3x3 instances with VELCRO skip control.
+
+Organisation (DESIGN.md section 4): lanes are *input* channels. Lane ``l`` holds the
+planes of channels ``l, l + lanes, ...``; every plane is spread over 9 banks by
+``(y mod 3, x mod 3)``, so any 3x3 window is read in one cycle. The 9 banks are
+shared by the lanes, each bank word holding one int8 per lane: all lanes always read
+the same word (the same position of their own channel), and a bank-wide word keeps
+the number of memories, and of initialised words in the generated Verilog, at 9
+instead of ``9 * lanes``. Writes carry a byte enable per lane.
+
+Per cycle every lane multiplies one 3x3 window by one 3x3 kernel (``9 * lanes``
+MACs), an adder tree sums the lanes, and an output element accumulates over
+``ceil(c_in / lanes)`` cycles before requantization; output channels are processed
+one after another. :class:`~velcro.hw.conv_scan.SkipScanner` decides what is
+computed: skipped elements cost no MAC cycle and whole blocks of skipped elements
+pass in one cycle, written together with the computed ones of their block.
+
+Each bank holds two buffers (ping-pong): a ``CONV`` reads buffer ``buf`` and writes
+its output, channel by channel, into the other one, where the next ``CONV`` finds
+it; ``LOAD`` and ``DRAIN`` move a tensor between a buffer and the ``ifmap``/``ofmap``
+streams. Kernels, requantization factors and skip masks arrive on their own streams
+while the layer runs (the kernels of the next output channel load while the current
+one is computed). One ``start`` pulse with the ``layer`` inputs begins an operation;
+``busy`` stays high until the cycle in which ``done`` pulses.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .conv_format import (
+    MASK_LAYOUT,
+    REQUANT_LAYOUT,
+    TAPS,
+    activations_layout,
+    weights_layout,
+)
+from .conv_lane import ConvLane
+from .conv_params import SHIPPED, ConvArrayConfig, Op
+from .conv_scan import SkipScanner, descriptor_layout, issue_layout
+from .conv_walk import PlaneWalker
+from .requant import Requantizer
+
+__all__ = ["ConvArray", "LayerSignature", "StatsSignature", "pipeline_latency",
+           "tree_latency"]
+
+STAT_BITS = 32
+ACC_BITS = 34     # bias plus partial sums of any order, before the final fits int32
+
+
+class LayerSignature(wiring.Signature):
+    """Parameters of one operation, as the sender (a sequencer or a testbench) sees them.
+
+    ``c_in``, ``height`` and ``width`` always describe the tensor in buffer ``buf``
+    (the input of a ``CONV``, the tensor moved by ``LOAD``/``DRAIN``); ``c_out``,
+    ``stride``, ``relu`` and ``skip`` matter to ``CONV`` only.
+    """
+
+    def __init__(self, config: ConvArrayConfig):
+        c = config
+        super().__init__({
+            "op": Out(2),                                # :class:`Op`
+            "buf": Out(1),
+            "c_in": Out(range(c.max_channels + 1)),
+            "c_out": Out(range(c.max_channels + 1)),
+            "height": Out(range(c.max_height + 1)),
+            "width": Out(range(c.max_width + 1)),
+            "stride": Out(range(3)),                     # 1 or 2
+            "relu": Out(1),
+            "skip": Out(1),                              # consume the mask stream
+        })
+
+
+class StatsSignature(wiring.Signature):
+    """Counters of the last operation (cleared by ``start``)."""
+
+    def __init__(self):
+        super().__init__({
+            "cycles": Out(STAT_BITS),       # busy cycles
+            "mac_cycles": Out(STAT_BITS),   # cycles in which the lanes computed
+            "skipped": Out(STAT_BITS),      # output elements replaced by their means
+        })
+
+
+def tree_latency(lanes: int) -> int:
+    """Register stages of the cross-lane adder tree (one every two adder levels)."""
+    levels = (lanes - 1).bit_length()
+    return levels // 2
+
+
+def pipeline_latency(config: ConvArrayConfig) -> int:
+    """Cycles from issuing an element's last group to writing its block."""
+    return (1 + ConvLane.LATENCY + tree_latency(config.lanes) + 1 + Requantizer.LATENCY)
+
+
+def _delayed(m: Module, value, cycles: int, name: str):
+    """``value`` delayed by ``cycles`` registers."""
+    for n in range(cycles):
+        reg = Signal.like(value, name=f"{name}_d{n + 1}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
+def _adder_tree(m: Module, values: list, name: str):
+    """Sum of ``values``, registered after every second adder level."""
+    level = 0
+    while len(values) > 1:
+        pairs = [values[n] + values[n + 1] for n in range(0, len(values) - 1, 2)]
+        values = pairs + values[len(values) - len(values) % 2:]
+        level += 1
+        if level % 2 == 0:
+            regs = []
+            for n, value in enumerate(values):
+                reg = Signal(signed(len(value)), name=f"{name}{level}_{n}")
+                m.d.sync += reg.eq(value)
+                regs.append(reg)
+            values = regs
+    return values[0]
+
+
+class ConvArray(wiring.Component):
+    """Conv3x3 + requantization + ReLU over ``lanes`` input-channel lanes, with skipping.
+
+    Parameters
+    ----------
+    config : ConvArrayConfig
+        Lanes and the largest map and channel count (validated on construction).
+
+    Attributes
+    ----------
+    start : In
+        Begin the operation described by ``layer`` (ignored while ``busy``).
+    busy : Out
+        An operation is running.
+    done : Out
+        One cycle: the operation finishes (the last ``busy`` cycle).
+    error : Out
+        The last ``start`` carried parameters out of range; nothing was done.
+    layer : In(LayerSignature)
+        Operation and layer shape, sampled at ``start``.
+    ifmap : In stream
+        ``LOAD`` data (:func:`~velcro.hw.conv_format.activations_layout`).
+    ofmap : Out stream
+        ``DRAIN`` data (same layout).
+    weights : In stream
+        ``CONV`` kernels (:func:`~velcro.hw.conv_format.weights_layout`).
+    requant : In stream
+        ``CONV`` bias and requantization (:data:`~velcro.hw.conv_format.REQUANT_LAYOUT`).
+    mask : In stream
+        ``CONV`` skip masks and means (:data:`~velcro.hw.conv_format.MASK_LAYOUT`),
+        read only when ``layer.skip`` is set.
+    stats : Out(StatsSignature)
+        Counters of the last operation.
+    """
+
+    def __init__(self, config: ConvArrayConfig = SHIPPED):
+        if not isinstance(config, ConvArrayConfig):
+            raise TypeError(f"config must be a ConvArrayConfig, not {config!r}")
+        self.config = config
+        super().__init__({
+            "start": In(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(1),
+            "layer": In(LayerSignature(config)),
+            "ifmap": In(stream.Signature(activations_layout(config.lanes))),
+            "ofmap": Out(stream.Signature(activations_layout(config.lanes))),
+            "weights": In(stream.Signature(weights_layout(config.lanes))),
+            "requant": In(stream.Signature(REQUANT_LAYOUT)),
+            "mask": In(stream.Signature(MASK_LAYOUT)),
+            "stats": Out(StatsSignature()),
+        })
+
+    def elaborate(self, platform):
+        c = self.config
+        lanes, max_groups = c.lanes, c.max_groups
+        m = Module()
+
+        # --- operation parameters, latched at start --------------------------------
+        p = self.layer
+        op = Signal(2)
+        buf = Signal()
+        c_in = Signal.like(p.c_in)
+        c_out = Signal.like(p.c_out)
+        height = Signal.like(p.height)
+        width = Signal.like(p.width)
+        stride2 = Signal()
+        relu = Signal()
+        skip = Signal()
+        groups = Signal(range(max_groups + 1))
+        out_height = Signal.like(p.height)
+        out_width = Signal.like(p.width)
+
+        def within(value, limit):
+            return (value >= 1) & (value <= limit)
+
+        is_conv = p.op == Op.CONV
+        valid = (within(p.c_in, c.max_channels) & within(p.height, c.max_height) &
+                 within(p.width, c.max_width) & (p.op <= Op.DRAIN) &
+                 (~is_conv | (within(p.c_out, c.max_channels) &
+                              ((p.stride == 1) | (p.stride == 2)))))
+        accept = Signal()
+        m.d.comb += accept.eq(self.start & ~self.busy)
+        start_conv = accept & valid & is_conv
+        with m.If(accept):
+            m.d.sync += [
+                op.eq(p.op), buf.eq(p.buf), c_in.eq(p.c_in), c_out.eq(p.c_out),
+                height.eq(p.height), width.eq(p.width), stride2.eq(p.stride == 2),
+                relu.eq(p.relu), skip.eq(p.skip), self.error.eq(~valid),
+                groups.eq(sum(p.c_in > g * lanes for g in range(max_groups))),
+                out_height.eq(Mux(p.stride == 2, (p.height + 1) >> 1, p.height)),
+                out_width.eq(Mux(p.stride == 2, (p.width + 1) >> 1, p.width)),
+            ]
+
+        # --- units -------------------------------------------------------------
+        m.submodules.walker = walker = PlaneWalker(c)
+        m.submodules.scanner = scan = SkipScanner(c)
+        m.submodules.requantizer = rq = Requantizer()
+        lane_units = []
+        for lane in range(lanes):
+            unit = ConvLane(2 * max_groups)
+            m.submodules[f"lane{lane}"] = unit
+            lane_units.append(unit)
+        word = activations_layout(lanes)
+        write_ports, read_ports = [], []
+        for bank in range(TAPS):
+            mem = Memory(shape=word, depth=c.bank_depth, init=[])
+            m.submodules[f"bank{bank // 3}{bank % 3}"] = mem
+            # One write enable per lane (per element of the word).
+            write_ports.append(mem.write_port(granularity=1))
+            read_ports.append(mem.read_port())
+
+        m.d.comb += [
+            walker.start.eq(accept), walker.channels.eq(c_in), walker.groups.eq(groups),
+            walker.height.eq(height), walker.width.eq(width), walker.buf.eq(buf),
+            scan.start.eq(start_conv), scan.groups.eq(groups), scan.c_in.eq(c_in),
+            scan.c_out.eq(c_out), scan.height.eq(height), scan.width.eq(width),
+            scan.out_height.eq(out_height), scan.out_width.eq(out_width),
+            scan.stride2.eq(stride2), scan.skip.eq(skip), scan.buf.eq(buf),
+        ]
+        wiring.connect(m, wiring.flipped(self.mask), scan.mask)
+
+        # --- control --------------------------------------------------------------
+        load_done, conv_done, drain_done = Signal(), Signal(), Signal()
+        running = {name: Signal(name=f"in_{name.lower()}")
+                   for name in ("LOAD", "CONV", "DRAIN")}
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(accept):
+                    with m.If(~valid):
+                        m.next = "FAIL"
+                    with m.Elif(p.op == Op.LOAD):
+                        m.next = "LOAD"
+                    with m.Elif(p.op == Op.CONV):
+                        m.next = "CONV"
+                    with m.Else():
+                        m.next = "DRAIN"
+            for name, finished in (("LOAD", load_done), ("CONV", conv_done),
+                                   ("DRAIN", drain_done)):
+                with m.State(name):
+                    m.d.comb += [self.busy.eq(1), running[name].eq(1),
+                                 self.done.eq(finished)]
+                    with m.If(finished):
+                        m.next = "IDLE"
+            with m.State("FAIL"):
+                m.d.comb += [self.busy.eq(1), self.done.eq(1)]
+                m.next = "IDLE"
+
+        stats = self.stats
+        with m.If(accept):
+            m.d.sync += [stats.cycles.eq(0), stats.mac_cycles.eq(0), stats.skipped.eq(0)]
+        with m.Elif(self.busy):
+            m.d.sync += stats.cycles.eq(stats.cycles + 1)
+        with m.If(running["CONV"] & scan.issue.mac):
+            m.d.sync += stats.mac_cycles.eq(stats.mac_cycles + 1)
+        with m.If(scan.desc.valid & scan.desc.ready):
+            m.d.sync += stats.skipped.eq(
+                stats.skipped + sum(scan.desc.payload.skip[k] for k in range(TAPS)))
+
+        # --- kernel and requantization loaders (two output channels ahead) ----------
+        # Output channel n goes to half n % 2; a half is refilled once the scanner
+        # releases it, so loading overlaps the computation of the other half.
+        w_chan = Signal(range(c.max_channels + 1))
+        w_group = Signal(range(max_groups))
+        w_half = Signal()
+        w_full = Signal(2)
+        q_chan = Signal(range(c.max_channels + 1))
+        q_half = Signal()
+        q_full = Signal(2)
+        chan_bias = Array(Signal(signed(32), name=f"bias{h}") for h in range(2))
+        chan_mult = Array(Signal(unsigned(16), name=f"mult{h}") for h in range(2))
+        chan_shift = Array(Signal(unsigned(5), name=f"shift{h}") for h in range(2))
+
+        w_take = Signal()
+        q_take = Signal()
+        m.d.comb += [
+            self.weights.ready.eq(running["CONV"] & (w_chan != c_out) &
+                                  ~w_full.bit_select(w_half, 1)),
+            w_take.eq(self.weights.valid & self.weights.ready),
+            self.requant.ready.eq(running["CONV"] & (q_chan != c_out) &
+                                  ~q_full.bit_select(q_half, 1)),
+            q_take.eq(self.requant.valid & self.requant.ready),
+            scan.chan_ready.eq(w_full & q_full),
+        ]
+        w_last = w_group == groups - 1
+        w_set = Mux(w_take & w_last, Mux(w_half, 0b10, 0b01), 0)
+        q_set = Mux(q_take, Mux(q_half, 0b10, 0b01), 0)
+        with m.If(start_conv):
+            m.d.sync += [w_chan.eq(0), w_group.eq(0), w_half.eq(0), w_full.eq(0),
+                         q_chan.eq(0), q_half.eq(0), q_full.eq(0)]
+        with m.Else():
+            m.d.sync += [w_full.eq((w_full | w_set) & ~scan.release),
+                         q_full.eq((q_full | q_set) & ~scan.release)]
+            with m.If(w_take):
+                with m.If(w_last):
+                    m.d.sync += [w_group.eq(0), w_chan.eq(w_chan + 1), w_half.eq(~w_half)]
+                with m.Else():
+                    m.d.sync += w_group.eq(w_group + 1)
+            with m.If(q_take):
+                m.d.sync += [q_chan.eq(q_chan + 1), q_half.eq(~q_half),
+                             chan_bias[q_half].eq(self.requant.payload.bias),
+                             chan_mult[q_half].eq(self.requant.payload.mult),
+                             chan_shift[q_half].eq(self.requant.payload.shift)]
+        for lane, unit in enumerate(lane_units):
+            m.d.comb += [unit.w_en.eq(w_take), unit.w_data.eq(self.weights.payload[lane]),
+                         unit.w_addr.eq(Mux(w_half, max_groups, 0) + w_group),
+                         unit.rd_addr.eq(scan.issue.kernel)]
+
+        # --- window read and routing (issue cycle t -> t + 1) -------------------------
+        for bank, read in enumerate(read_ports):
+            m.d.comb += read.addr.eq(Mux(running["DRAIN"], walker.addr, scan.bank_addr[bank]))
+        issue1 = Signal(issue_layout(c))
+        m.d.sync += issue1.eq(scan.issue)
+        # Tap (ky, kx) of a centre with (y mod 3, x mod 3) = (a, b) lives in bank
+        # ((a + ky - 1) mod 3, (b + kx - 1) mod 3).
+        bank_data = [read.data.as_value() for read in read_ports]
+        rows = []
+        for ky in range(3):
+            sel = Array((a + ky - 1) % 3 for a in range(3))[issue1.route_row]
+            rows.append([Array(bank_data[3 * r + col] for r in range(3))[sel]
+                         for col in range(3)])
+        for tap in range(TAPS):
+            ky, kx = divmod(tap, 3)
+            sel = Array((b + kx - 1) % 3 for b in range(3))[issue1.route_col]
+            window_word = data.View(word, Array(rows[ky])[sel])
+            for lane, unit in enumerate(lane_units):
+                m.d.comb += unit.act[tap].eq(
+                    Mux(issue1.pad[tap] | ~issue1.lanes_on[lane], 0, window_word[lane]))
+
+        # --- lanes -> adder tree -> accumulator -> requantizer ------------------------
+        total = _adder_tree(m, [unit.sum for unit in lane_units], "tree")
+        acc_stage = 1 + ConvLane.LATENCY + tree_latency(lanes)
+        tok_acc = _delayed(m, scan.issue, acc_stage, "tok")
+        bias = _delayed(m, chan_bias[scan.issue.half], acc_stage, "bias")
+        acc = Signal(signed(ACC_BITS))
+        acc_next = Signal(signed(ACC_BITS))
+        m.d.comb += acc_next.eq(Mux(tok_acc.first, bias, acc) + total)
+        with m.If(tok_acc.mac):
+            m.d.sync += acc.eq(acc_next)
+        final = Signal(signed(32))
+        m.d.sync += final.eq(acc_next[:32])   # the golden contract: the final sum fits int32
+        m.d.comb += [
+            rq.acc.eq(final), rq.relu.eq(relu),
+            rq.mult.eq(_delayed(m, chan_mult[scan.issue.half], acc_stage + 1, "mult")),
+            rq.shift.eq(_delayed(m, chan_shift[scan.issue.half], acc_stage + 1, "shift")),
+        ]
+        tok = _delayed(m, tok_acc, 1 + Requantizer.LATENCY, "tokw")
+
+        # --- block writer ---------------------------------------------------------------
+        desc_layout = descriptor_layout(c)
+        m.submodules.blocks = blocks = fifo.SyncFIFO(width=desc_layout.size,
+                                                     depth=pipeline_latency(c) + 3)
+        m.d.comb += [blocks.w_data.eq(scan.desc.payload), blocks.w_en.eq(scan.desc.valid),
+                     scan.desc.ready.eq(blocks.w_rdy)]
+        head = data.View(desc_layout, blocks.r_data)
+        values = Array(Signal(signed(8), name=f"value{k}") for k in range(TAPS))
+        result = tok.mac & tok.last
+        write_block = running["CONV"] & tok.valid & tok.block_end
+        with m.If(result):
+            m.d.sync += values[tok.k].eq(rq.y)
+        m.d.comb += [blocks.r_en.eq(write_block), conv_done.eq(write_block & tok.layer_end)]
+
+        # --- bank writes: LOAD from ifmap, CONV from the block writer ---------------------
+        ifmap_take = Signal()
+        m.d.comb += [self.ifmap.ready.eq(running["LOAD"]),
+                     ifmap_take.eq(self.ifmap.valid & self.ifmap.ready),
+                     load_done.eq(ifmap_take & walker.last)]
+        lane_enable = Signal(lanes)
+        m.d.comb += lane_enable.eq(Const(1, lanes) << head.lane)
+        for bank, write in enumerate(write_ports):
+            r, col = divmod(bank, 3)
+            element = Mux(head.skip[bank], head.mean[bank],
+                          Mux(result & (tok.k == bank), rq.y, values[bank]))
+            with m.If(running["LOAD"]):
+                here = (walker.bank_row == r) & (walker.bank_col == col)
+                m.d.comb += [write.addr.eq(walker.addr), write.data.eq(self.ifmap.payload),
+                             write.en.eq(Mux(ifmap_take & here, (1 << lanes) - 1, 0))]
+            with m.Else():
+                m.d.comb += [write.addr.eq(head.addr),
+                             write.data.eq(Cat(element[:8] for _ in range(lanes))),
+                             write.en.eq(Mux(write_block & head.inside[bank], lane_enable, 0))]
+
+        # --- DRAIN: reads one beat per cycle into a small FIFO before ofmap -------------
+        # Lanes beyond the last channel read words nobody wrote; they leave as zero.
+        m.submodules.drain_fifo = out_fifo = fifo.SyncFIFO(width=word.size, depth=4)
+        issued_all = Signal()
+        in_flight = Signal()
+        from_row = Signal(range(3))
+        from_col = Signal(range(3))
+        from_lanes = Signal(lanes)
+        read_now = Signal()
+        m.d.comb += read_now.eq(running["DRAIN"] & ~issued_all &
+                                (out_fifo.level + in_flight < out_fifo.depth))
+        m.d.comb += walker.advance.eq(ifmap_take | read_now)
+        m.d.sync += [in_flight.eq(read_now), from_row.eq(walker.bank_row),
+                     from_col.eq(walker.bank_col), from_lanes.eq(walker.lanes_on)]
+        drained = data.View(word, Array(Array(bank_data[3 * r:3 * r + 3]) for r in range(3))
+                                 [from_row][from_col])
+        with m.If(accept):
+            m.d.sync += issued_all.eq(0)
+        with m.Elif(read_now & walker.last):
+            m.d.sync += issued_all.eq(1)
+        m.d.comb += [
+            out_fifo.w_en.eq(in_flight),
+            out_fifo.w_data.eq(Cat(Mux(from_lanes[lane], drained[lane], 0)
+                                   for lane in range(lanes))),
+            self.ofmap.valid.eq(out_fifo.r_rdy),
+            self.ofmap.payload.eq(out_fifo.r_data),
+            out_fifo.r_en.eq(self.ofmap.ready),
+            drain_done.eq(issued_all & ~in_flight & (out_fifo.level == 1) &
+                          self.ofmap.valid & self.ofmap.ready),
+        ]
+        return m

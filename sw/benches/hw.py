@@ -1,0 +1,168 @@
+"""``velcro bench hw``: cycle figures of the engines in RTL simulation, simulator speed, and
+the Yosys resource estimate of every engine.
+
+Every simulated figure comes from a cocotb run of the generated Verilog at the shipped
+configuration, in which outputs are checked bit-exactly against the golden model and
+cycle counts against the engine's cost model (a mismatch stops the benchmark).
+
+Conv array figures:
+
+``conv_utilization``
+    Ideal MAC cycles (``C_in * C_out * H * W * 9`` over ``9 * lanes`` multipliers)
+    divided by the measured cycles of a 64x64, 16 -> 16 channel layer without skipping.
+``skip_ratio_cycles_50``
+    Cycles of that layer with half its output elements skipped (uniformly at random)
+    over its cycles with none skipped.
+``conv_cycles_reference``
+    Cycles of each conv layer of the reference CNN, without and with VELCRO masks
+    replacing 40 % of each layer's elements.
+
+Dense engine figures (:func:`velcro.sim.dense_bench.figures`):
+
+``dense_cycles_over_bound``
+    Measured cycles of a 1024 x 256 PQ layer (k = 256, s = 4, one codebook per
+    segment) over its index-bandwidth bound, total index bits / index-stream bits per
+    cycle; ``dense_cycles`` and ``dense_index_bound`` are the two terms.
+``dense_<mode>_<fc1|fc2>_cycles``
+    Cycles of the reference CNN's dense layers in int8 mode and compressed by
+    ``velcro.sw.vq`` (``pq``: k = 16, s = 4; ``km``: scalar k-means, k = 16), each
+    with its ratio to its own index bound.
+``dense_<simulator>_cycles_per_s``
+    Simulated cycles per second of the shipped dense engine.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+HELP = "conv/dense engine cycles in RTL simulation, simulator speed, Yosys resources"
+
+VELCRO_THRESHOLD = 40.0
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="stimulus seed")
+    parser.add_argument("--no-yosys", action="store_true", help="skip the resource estimate")
+    parser.add_argument("--no-icarus", action="store_true",
+                        help="skip the Icarus speed measurement")
+
+
+def _log(message: str) -> None:
+    print(f"[bench hw] {message}", file=sys.stderr, flush=True)
+
+
+def _conv_model(simulator: str):
+    from ...hw.conv import ConvArray
+    from ...hw.conv_params import SHIPPED
+    from ...sim import runner
+
+    _log(f"building the shipped conv array for {simulator}")
+    return runner.build(f"conv_array-{SHIPPED.name}", lambda: ConvArray(SHIPPED),
+                        simulator=simulator)
+
+
+def _run_conv(model, cases: list[dict], seed: int) -> dict:
+    from ...hw.conv_params import SHIPPED
+
+    result = model.run("velcro.sim.conv_bench", {"lanes": SHIPPED.lanes, "cases": cases,
+                                                  "seed": seed})
+    return result
+
+
+def conv_figures(seed: int) -> dict:
+    """Utilization, skip ratio and reference-layer cycles of the shipped conv array."""
+    from ...hw.conv_cost import ideal_mac_cycles
+    from ...hw.conv_params import SHIPPED, ConvLayer
+    from ...sim.conv_cases import finish_case, layer_spec, random_mask, reference_cases
+
+    rng = np.random.default_rng(seed)
+    layer = ConvLayer(16, 16, 64, 64)
+    x = rng.integers(-128, 128, (16, 64, 64)).astype(np.int8)
+    spec = layer_spec(layer, rng, skip=0.0)
+    half = dict(spec, mask=random_mask(rng, spec["mask"].shape, 0.5))
+    cases = [finish_case("utilization_64x64_16to16", x, [spec], SHIPPED),
+             finish_case("skip50_64x64_16to16", x, [half], SHIPPED)]
+    reference = reference_cases(SHIPPED, threshold=VELCRO_THRESHOLD)[:4]
+    unmasked = [dict(case, name=case["name"] + "_unmasked") for case in
+                reference_cases(SHIPPED, threshold=0.0)[:4]]
+    model = _conv_model("verilator")
+    _log("simulating the utilization, skip and reference layers (Verilator)")
+    result = _run_conv(model, cases + reference + unmasked, seed)
+    cycles = {record["name"]: record["layers"][0]["cycles"] for record in result["cases"]}
+    full, skipped = cycles["utilization_64x64_16to16"], cycles["skip50_64x64_16to16"]
+    per_layer = {}
+    for plain, masked in zip(unmasked, reference, strict=True):
+        name = masked["name"].removeprefix("reference_")
+        shape = masked["layers"][0]["layer"]
+        per_layer[name] = {
+            "shape": f"{shape.c_in}->{shape.c_out} {shape.height}x{shape.width} "
+                     f"stride {shape.stride}",
+            "cycles": cycles[plain["name"]],
+            "cycles_velcro": cycles[masked["name"]],
+            "skipped_fraction": round(float(masked["layers"][0]["mask"].mean()), 3),
+        }
+    return {
+        "conv_utilization": round(ideal_mac_cycles(layer, SHIPPED) / full, 4),
+        "conv_cycles_64x64_16to16": full,
+        "skip_ratio_cycles_50": round(skipped / full, 4),
+        "conv_cycles_reference": per_layer,
+        "conv_verilator_build_s": model.build_seconds,
+        "sim_verilator_cycles_per_s": round(result["sim_cycles"] / result["sim_seconds"]),
+    }
+
+
+def icarus_speed(seed: int) -> dict:
+    """Cycles per second of the shipped conv array under Icarus, on a small layer."""
+    from ...hw.conv_params import SHIPPED, ConvLayer
+    from ...sim.conv_cases import random_case
+
+    rng = np.random.default_rng(seed)
+    model = _conv_model("icarus")
+    case = random_case("icarus_speed_16to4_16x16", ConvLayer(16, 4, 16, 16), rng, SHIPPED, 0.25)
+    _log("simulating a 16x16 layer (Icarus)")
+    result = _run_conv(model, [case], seed)
+    return {"conv_icarus_build_s": model.build_seconds,
+            "sim_icarus_cycles_per_s": round(result["sim_cycles"] / result["sim_seconds"])}
+
+
+def dense_figures(seed: int, icarus: bool) -> dict:
+    """Index-bound ratio, reference-layer cycles and simulator speed of the dense engine."""
+    from ...sim.dense_bench import figures
+
+    _log("building and simulating the shipped dense engine"
+         + (" (Verilator, Icarus)" if icarus else " (Verilator)"))
+    return figures(simulators=("verilator", "icarus") if icarus else ("verilator",), seed=seed)
+
+
+def resources() -> dict:
+    """Yosys ``synth_xilinx -family xcup`` figures of every engine."""
+    from ...hw.engines import ENGINES
+    from ...hw.estimate import synthesize
+
+    figures = {}
+    for unit in ENGINES:
+        _log(f"yosys synth_xilinx -family xcup on {unit.name} (minutes)")
+        figures[unit.name] = synthesize(unit.make(), unit.name)
+    return figures
+
+
+def run(args) -> dict:
+    start = time.perf_counter()
+    result = conv_figures(args.seed)
+    if not args.no_icarus:
+        result.update(icarus_speed(args.seed))
+    result.update(dense_figures(args.seed, icarus=not args.no_icarus))
+    if not args.no_yosys:
+        for name, figures in resources().items():
+            result[f"yosys_{name}"] = {key: value for key, value in figures.items()
+                                       if key != "cells"}
+            if name == "conv_array":
+                from ...hw.conv_params import SHIPPED
+
+                result["conv_dsp_per_multiplier"] = round(
+                    figures["dsp48e2"] / SHIPPED.multipliers, 3)
+    result["bench_seconds"] = round(time.perf_counter() - start)
+    return result
