@@ -71,7 +71,8 @@ class Accelerator:
         self._loaded = []
         self._counters: dict[tuple[int, int], StepCounters] = {}
         self.images = 0
-        self.totals = {"cycles": 0, "mac_cycles": 0, "skipped": 0, "stall_cycles": 0}
+        self.totals = {"cycles": 0, "mac_cycles": 0, "skipped": 0, "stall_cycles": 0,
+                       "images_done": 0}
         self.last_totals: dict = {}
         self.last_steps: list[StepCounters] = []
 

@@ -283,9 +283,10 @@ def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
     # Constants were placed from offset 0 of their own image; shift them behind the
     # descriptors.
     head = _round(len(steps) * DESCRIPTOR_BYTES, wb)
+    steps = [Step(step.opcode, step.name, _shifted(step, head), step.cost) for step in steps]
     program = bytearray()
     for step in steps:
-        program += encode(step.opcode, **_shifted(step, head))
+        program += encode(step.opcode, **step.fields)
     program += bytes(head - len(program))
     program += constants.data
     return Program(cfg, steps, bytes(program), bytes(indices.data) or bytes(wb), input_kind,
