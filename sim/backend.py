@@ -57,6 +57,7 @@ class PortView:
         self.port = port
         self.bank = bank_of(port)
         self.faults: list[tuple[int, int]] = []
+        self.fail_writes = False
         self.errors: list[str] = []
 
     def _check(self, address: int, length: int) -> None:
@@ -74,6 +75,9 @@ class PortView:
 
     async def write(self, address: int, data: bytes) -> None:
         self._check(address, len(data))
+        if self.fail_writes:
+            self.errors.append(f"{self.port}: injected write error at {address:#x}")
+            raise ValueError(self.errors[-1])
         self.memory.write(address, data)
 
 
@@ -148,10 +152,15 @@ class KernelTB:
         """Make ``port`` answer ``SLVERR`` for ``length`` bytes from ``start``."""
         self.views[port].faults.append((start, start + length))
 
+    def fail_writes(self, port: str) -> None:
+        """Make every write through ``port`` answer ``SLVERR``."""
+        self.views[port].fail_writes = True
+
     def heal(self) -> None:
         """Remove every injected fault."""
         for view in self.views.values():
             view.faults.clear()
+            view.fail_writes = False
 
     def stall(self, port: str) -> None:
         """Hold the read data channel of ``port`` forever: the kernel never gets data."""
@@ -334,7 +343,8 @@ class SimAccelerator:
         self.package = None
         self.images = 0
         self._counters = []
-        self.totals = {"cycles": 0, "mac_cycles": 0, "skipped": 0, "stall_cycles": 0}
+        self.totals = {"cycles": 0, "mac_cycles": 0, "skipped": 0, "stall_cycles": 0,
+                       "images_done": 0}
         self.sim = {"cycles": 0, "seconds": 0.0, "build_seconds": 0.0}
 
     def load(self, package) -> None:

@@ -9,10 +9,10 @@ on one simulated card:
     per-descriptor counters and the run totals, or the exception it raised.
 ``{"watchdog": cycles}``
     The per-descriptor limit the driver gives the kernel from now on (0: none).
-``{"fail": (argument, offset, length)}``, ``{"heal": True}``
+``{"fail": (argument, offset, length)}``, ``{"fail_writes": port}``, ``{"heal": True}``
     Make the bytes ``offset .. offset + length`` of the buffer passed as kernel
-    argument ``argument`` (of the first device stage) answer ``SLVERR``; remove
-    every such fault.
+    argument ``argument`` (of the first device stage), or every write through
+    ``port``, answer ``SLVERR``; remove every such fault.
 ``{"poke": (argument, offset, bytes)}``
     Overwrite bytes of that buffer on the host and sync them to the device.
 ``{"reload": True}``
@@ -71,6 +71,8 @@ def _session(platform: SimPlatform, payload: dict) -> dict:
             argument, offset, length = action["fail"]
             buffer = accelerator.buffers(0)[argument]
             platform.tb.fail(REGMAP[argument].port, buffer.device_address + offset, length)
+        elif "fail_writes" in action:
+            platform.tb.fail_writes(action["fail_writes"])
         elif "heal" in action:
             platform.tb.heal()
         elif "poke" in action:
