@@ -114,13 +114,17 @@ def test_errors_end_the_run_and_the_next_run_succeeds(footwear):
         {"reload": True}, {"run": images},
         {"fail_writes": "m_axi_data"}, {"run": images},
         {"heal": True}, {"run": images},
+        # Loading the 28x28 input takes about 800 cycles: over a 200-cycle limit.
+        {"watchdog": 200}, {"run": images}, {"watchdog": None}, {"run": images},
         {"watchdog": 0}, {"stall": "m_axi_program"}, {"run": images, "timeout": 1e-4},
     ]
+    build_kernel(SHIPPED)
     start = time.perf_counter()
     outcomes = session(SHIPPED, package, actions)["outcomes"]
-    assert time.perf_counter() - start < 120
+    assert time.perf_counter() - start < 120, "an error run took too long to end"
     runs = [o for a, o in zip(actions, outcomes, strict=True) if "run" in a]
-    read_error, healed, bad_opcode, reloaded, write_error, rewritten, hung = runs
+    (read_error, healed, bad_opcode, reloaded, write_error, rewritten, over_time, restored,
+     hung) = runs
     assert isinstance(read_error["error"], KernelError)
     assert "AXI_READ" in str(read_error["error"])
     assert "at descriptor 2 (CONV, conv2)" in str(read_error["error"])
@@ -129,7 +133,10 @@ def test_errors_end_the_run_and_the_next_run_succeeds(footwear):
     assert "at descriptor 3 (unknown opcode 14, pool2)" in str(bad_opcode["error"])
     assert isinstance(write_error["error"], KernelError)
     assert "AXI_WRITE" in str(write_error["error"])
-    for outcome in (healed, reloaded, rewritten):
+    assert isinstance(over_time["error"], KernelError)
+    assert "WATCHDOG" in str(over_time["error"])
+    assert "at descriptor 0 (LOAD_MAP, input)" in str(over_time["error"])
+    for outcome in (healed, reloaded, rewritten, restored):
         np.testing.assert_array_equal(outcome["logits"], expected)
     assert isinstance(hung["error"], DeviceTimeout)
     assert "did not finish 1 image(s)" in str(hung["error"])
