@@ -328,7 +328,7 @@ class SimAccelerator:
     ----------
     config : KernelConfig
     simulator : str, optional
-        ``"verilator"`` (default) or ``"icarus"``.
+        ``"verilator"`` or ``"icarus"``; default ``$VELCRO_SIM`` or ``"verilator"``.
     pause : float
         AXI pause probability per channel and cycle.
     seed : int
@@ -336,6 +336,13 @@ class SimAccelerator:
 
     def __init__(self, config: KernelConfig = SHIPPED, *, simulator: str | None = None,
                  pause: float = 0.0, seed: int = 0):
+        from ..sw.errors import DeviceError
+        from . import runner
+
+        try:
+            simulator = runner.check_simulator(simulator or runner.default_simulator())
+        except ValueError as e:
+            raise DeviceError(f"sim: {e}") from None
         self.config = config
         self.simulator = simulator
         self.pause = pause
@@ -351,17 +358,33 @@ class SimAccelerator:
         self.package = package
 
     def run(self, images: np.ndarray, *, timeout: float | None = None) -> np.ndarray:
+        """int32 logits of uint8 ``images``, from one simulation of the kernel.
+
+        Raises
+        ------
+        DeviceError
+            The simulator is missing or failed (the message names its log), or the
+            driver raised one inside the simulation (:class:`KernelError`,
+            :class:`DeviceTimeout`).
+        """
         from ..sw.errors import DeviceError
+        from . import runner
 
         if self.package is None:
             raise DeviceError("no package loaded")
         start = time.perf_counter()
-        model = build_kernel(self.config, self.simulator)
-        self.sim["build_seconds"] += time.perf_counter() - start
-        result = model.run("velcro.sim.kernel_bench", {
-            "config": self.config, "package": self.package, "pause": self.pause,
-            "seed": self.seed, "actions": [{"run": np.asarray(images), "timeout": timeout}],
-        })
+        try:
+            # Checked first: converting the shipped kernel to Verilog takes most of a minute.
+            runner.prepare_environment(self.simulator)
+            model = build_kernel(self.config, self.simulator)
+            self.sim["build_seconds"] += time.perf_counter() - start
+            result = model.run("velcro.sim.kernel_bench", {
+                "config": self.config, "package": self.package, "pause": self.pause,
+                "seed": self.seed, "actions": [{"run": np.asarray(images), "timeout": timeout}],
+            })
+        except runner.SimulationError as e:
+            # The first line names the failure and the log; the log has the rest.
+            raise DeviceError(f"sim: {str(e).splitlines()[0]}") from None
         outcome = result["outcomes"][0]
         if "error" in outcome:
             raise outcome["error"]
