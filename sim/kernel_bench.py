@@ -46,7 +46,7 @@ from .backend import CLOCK_PS, KernelTB, SimPlatform
 def _cycles() -> int:
     from cocotb.simtime import get_sim_time
 
-    return get_sim_time("ps") // CLOCK_PS
+    return int(get_sim_time("ps")) // CLOCK_PS
 
 
 def _session(platform: SimPlatform, payload: dict) -> dict:
