@@ -48,12 +48,22 @@ def _dense_engine():
     return DenseEngine(SHIPPED)
 
 
+def _kernel():
+    from .kernel import VelcroKernel
+    from .kernel_config import SHIPPED
+
+    return VelcroKernel(SHIPPED)
+
+
 ENGINES: tuple[Engine, ...] = (
     Engine("conv_array", _conv_array,
            "16-lane conv3x3 + requantization + ReLU array with VELCRO skipping, 64x64 maps"),
     Engine("dense_engine", _dense_engine,
            "codebook-lookup (PQ/k-means) and int8 dense engine, 16 lookups per cycle "
            "from a 128-bit index stream, k <= 256, s <= 8"),
+    Engine("velcro_kernel", _kernel,
+           "the Vitis RTL kernel: both engines, descriptor sequencer, AXI4-Lite control "
+           "and three 512-bit AXI4 managers (one Verilog file, top module velcro_kernel)"),
 )
 
 

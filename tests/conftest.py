@@ -1,7 +1,10 @@
-"""Shared fixtures."""
+"""Shared fixtures: the tiny hand-made integer package and the exported footwear package."""
 
 import numpy as np
 import pytest
+
+from velcro.sw.package import Layer, Package, pack_mask, save
+from velcro.sw.vq import pack_indices
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +33,74 @@ def torchvision_models():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def footwear_package(tmp_path_factory):
+    """The reference CNN exported for ``footwear`` with VELCRO thresholds (int8 dense)."""
+    from velcro.sw.cli import main
+
+    path = tmp_path_factory.mktemp("footwear") / "footwear.velcro"
+    assert main(["export", "--task", "footwear", "--thresholds", "20,30,30,20",
+                 "--out", str(path)]) == 0
+    return path
+
+
+def make_tiny_package(seed: int = 0) -> Package:
+    """conv3x3 1->2 on 6x6 with skips, maxpool, flatten, dense 18->6 (ReLU), codebook
+    dense 6->4 (ReLU; segments of 2, 8 codewords each), shared-codebook dense 4->3."""
+    rng = np.random.default_rng(seed)
+
+    def ints(lo, hi, shape, dtype):
+        return rng.integers(lo, hi, shape, endpoint=True).astype(dtype)
+
+    mask = rng.random((2, 6, 6)) < 0.3
+    mean = np.where(mask, ints(0, 127, mask.shape, np.int8), 0).astype(np.int8)
+    conv = Layer("conv", "conv3x3", (1, 6, 6), (2, 6, 6), 0.05,
+                 {"stride": 1, "skipped": int(mask.sum())},
+                 {"weight": ints(-127, 127, (2, 1, 3, 3), np.int8),
+                  "bias": ints(-3000, 3000, (2,), np.int32),
+                  "mult": ints(1 << 15, (1 << 16) - 1, (2,), np.uint16),
+                  "shift": np.array([22, 24], np.uint8),
+                  "mask": pack_mask(mask), "mean": mean})
+    pool = Layer("pool", "maxpool2x2", (2, 6, 6), (2, 3, 3), 0.05)
+    flat = Layer("flat", "flatten", (2, 3, 3), (18,), 0.05)
+    hidden = Layer("hidden", "dense", (18,), (6,), 0.1, {"relu": True, "output": "int8"},
+                   {"weight": ints(-127, 127, (6, 18), np.int8),
+                    "bias": ints(-2000, 2000, (6,), np.int32),
+                    "mult": ints(1 << 15, (1 << 16) - 1, (6,), np.uint16),
+                    "shift": np.array([21, 22, 23, 24, 25, 24], np.uint8)})
+    books = Layer("books", "dense_codebook", (6,), (4,), 0.2,
+                  {"relu": True, "output": "int8", "bits": 3, "segment": 2, "shared": False,
+                   "weight_scale": 0.01},
+                  {"codebooks": ints(-127, 127, (3, 8, 2), np.int8),
+                   "indices": pack_indices(rng.integers(0, 8, (4, 3)), 3),
+                   "bias": ints(-500, 500, (4,), np.int32),
+                   "mult": ints(1 << 15, (1 << 16) - 1, (4,), np.uint16),
+                   "shift": np.array([20, 21, 22, 23], np.uint8)})
+    logits = Layer("logits", "dense_codebook", (4,), (3,), 0.001,
+                   {"relu": False, "output": "int32", "bits": 2, "segment": 1, "shared": True,
+                    "weight_scale": 0.02},
+                   {"codebooks": ints(-127, 127, (1, 4, 1), np.int8),
+                    "indices": pack_indices(rng.integers(0, 4, (3, 4)), 2),
+                    "bias": ints(-1000, 1000, (3,), np.int32)})
+    return Package(
+        input_shape=(1, 6, 6), input_scale=2 / 255,
+        layers=[conv, pool, flat, hidden, books, logits],
+        task={"name": "tiny", "classes": [0, 2], "class_names": ["a", "b", "c"]},
+        velcro={"criterion": "variance", "thresholds": [30.0], "C": float(mask.mean())},
+        source={"model": None, "weights": None, "data": None, "image_size": None,
+                "parameters_sha256": "0" * 64})
+
+
+@pytest.fixture
+def tiny_package():
+    return make_tiny_package()
+
+
+@pytest.fixture(scope="session")
+def tiny_package_bytes(tmp_path_factory):
+    """The bytes of the saved tiny package (session-wide: hypothesis tests reuse it)."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.velcro"
+    save(make_tiny_package(), path)
+    return path.read_bytes()

@@ -35,6 +35,18 @@ Dense engine figures (:func:`velcro.sim.dense_bench.figures`):
     with its ratio to its own index bound.
 ``dense_<simulator>_cycles_per_s``
     Simulated cycles per second of the shipped dense engine.
+
+Kernel figures (:func:`kernel_figures`), from the runtime's ``sim`` device running the
+reference CNN exported for ``footwear`` on the shipped kernel, one validation image,
+without and with VELCRO (a uniform 40 % threshold):
+
+``kernel_cycles_reference``
+    Per descriptor: measured cycles and the kernel cost model's (fixed + busy), each
+    without and with VELCRO.
+``kernel_cycles_per_image``, ``kernel_cycles_per_image_velcro``
+    Whole-network cycles per image; ``kernel_images_per_s_300mhz`` projects them.
+``kernel_sim_verilator_cycles_per_s``
+    Simulated cycles per second of the kernel with its bus models.
 """
 
 from __future__ import annotations
@@ -54,6 +66,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-yosys", action="store_true", help="skip the resource estimate")
     parser.add_argument("--no-icarus", action="store_true",
                         help="skip the Icarus speed measurement")
+    parser.add_argument("--no-kernel", action="store_true",
+                        help="skip the whole-kernel simulation of the reference CNN")
 
 
 def _log(message: str) -> None:
@@ -143,6 +157,51 @@ def dense_figures(seed: int, icarus: bool) -> dict:
     return figures(simulators=("verilator", "icarus") if icarus else ("verilator",), seed=seed)
 
 
+def kernel_figures() -> dict:
+    """Cycles of the reference CNN on the shipped kernel, without and with VELCRO."""
+    import tempfile
+    from pathlib import Path
+
+    from ...hw.kernel_config import SHIPPED
+    from ...sim.backend import SimAccelerator
+    from ..cli import main
+    from ..data import make_task
+    from ..package import load
+    from ..runtime.driver import CLOCK_HZ
+    from ..runtime.partition import partition
+    from ..runtime.program import compile_segment
+
+    image = make_task("footwear").split("validation").images[:1]
+    figures, layers = {}, {}
+    with tempfile.TemporaryDirectory(prefix="velcro-bench-") as tmp:
+        for suffix, thresholds in (("", None), ("_velcro", VELCRO_THRESHOLD)):
+            path = Path(tmp) / f"footwear{suffix}.velcro"
+            argv = ["export", "--task", "footwear", "--out", str(path)]
+            if thresholds is not None:
+                argv += ["--thresholds", ",".join([str(thresholds)] * 4)]
+            if main(argv) != 0:
+                raise RuntimeError("exporting the reference package failed")
+            package = load(path)
+            program = compile_segment(list(partition(package, SHIPPED)[0].layers), SHIPPED)
+            _log(f"simulating the kernel on the reference CNN{suffix.replace('_', ' with ')}")
+            device = SimAccelerator(SHIPPED, simulator="verilator")
+            device.load(package)
+            device.run(image)
+            for step, counters in zip(program.steps, device.counters(), strict=False):
+                entry = layers.setdefault(step.name, {"op": step.opcode.name})
+                entry[f"cycles{suffix}"] = counters.cycles
+                entry[f"model{suffix}"] = step.cost.fixed + step.cost.busy
+            figures[f"kernel_cycles_per_image{suffix}"] = device.totals["cycles"]
+            figures["kernel_sim_verilator_cycles_per_s"] = round(
+                device.sim["cycles"] / device.sim["seconds"])
+    figures["kernel_cycles_reference"] = layers
+    figures["kernel_images_per_s_300mhz"] = round(
+        CLOCK_HZ / figures["kernel_cycles_per_image_velcro"], 1)
+    figures["kernel_velcro_cycle_ratio"] = round(
+        figures["kernel_cycles_per_image_velcro"] / figures["kernel_cycles_per_image"], 4)
+    return figures
+
+
 def resources() -> dict:
     """Yosys ``synth_xilinx -family xcup`` figures of every engine."""
     from ...hw.engines import ENGINES
@@ -161,6 +220,8 @@ def run(args) -> dict:
     if not args.no_icarus:
         result.update(icarus_speed(args.seed))
     result.update(dense_figures(args.seed, icarus=not args.no_icarus))
+    if not args.no_kernel:
+        result.update(kernel_figures())
     if not args.no_yosys:
         for name, figures in resources().items():
             result[f"yosys_{name}"] = {key: value for key, value in figures.items()

@@ -6,8 +6,11 @@ quantizes dense layers (:mod:`velcro.sw.vq`), and quantizes the model into a
 executes a package on a device over the first N validation images of the task it was
 built for and compares it with the float model under the same compression (VELCRO
 plan, and codebook weights for codebook layers), rebuilt from the package's
-``source`` record. Devices are chosen by :func:`open_device`; every device offers
-``run(images) -> int32 logits`` and ``counts() -> per-layer MACs``.
+``source`` record. Devices are the runtime's accelerators
+(:class:`velcro.sw.runtime.Accelerator`): ``golden`` (the NumPy model of the kernel),
+``sim`` (the kernel's Verilog in cocotb, which also measures cycles) and
+``alveo[:N]`` (card ``N``); each offers ``run(images) -> int32 logits`` and
+``counts() -> per-layer MACs``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from ..errors import DataError, DeviceError, ModelError, PlanError
 from .compression import check_criterion, parse_thresholds
 
 DENSE_MODES = ("int8", "km", "pq")
-DEVICES = ("golden",)
 
 
 def register(sub) -> None:
@@ -52,9 +54,16 @@ def register(sub) -> None:
 
     p = sub.add_parser("run", help="run a package on the validation images of its task")
     p.add_argument("--package", type=Path, required=True, help="package file (.velcro)")
-    p.add_argument("--device", default="golden", help="golden (the NumPy model; default)")
+    p.add_argument("--device", default="golden", help="golden (the NumPy model of the kernel; "
+                   "default), sim (RTL simulation of the kernel) or alveo[:N] (card N)")
     p.add_argument("--images", type=int, help="first N validation images (default: all)")
     p.add_argument("--json", type=Path, help="write the measured figures as JSON")
+    p.add_argument("--simulator", choices=("verilator", "icarus"),
+                   help="sim: the simulator (default: verilator, or $VELCRO_SIM)")
+    p.add_argument("--axi-pause", type=float, default=0.0,
+                   help="sim: probability of a random pause per AXI channel and cycle")
+    p.add_argument("--xclbin", type=Path, help="alveo: the bitstream (default: "
+                   "bitstreams/build/velcro_u280.xclbin or $VELCRO_XCLBIN)")
     p.set_defaults(func=cmd_run)
 
 
@@ -121,13 +130,22 @@ def codebook_layers(model, args) -> dict:
         raise vq.VQError(f"{e}{hint}") from None
 
 
-def open_device(spec: str, package):
-    """The device named by ``spec`` (``golden``), loaded with ``package``."""
-    from ..golden import GoldenModel
+def open_device(spec: str, package, args=None):
+    """The accelerator named by ``spec`` (:func:`velcro.sw.runtime.parse_device`), loaded
+    with ``package``; ``args`` carries the backend options of ``velcro run``."""
+    from ..runtime import Accelerator, parse_device
 
-    if spec == "golden":
-        return GoldenModel(package)
-    raise DeviceError(f"unknown device {spec!r}; available: {', '.join(DEVICES)}")
+    kind, _ = parse_device(spec)
+    options = {}
+    if args is not None and kind == "sim":
+        if not 0 <= args.axi_pause < 1:
+            raise DeviceError(f"--axi-pause must be in [0, 1), not {args.axi_pause}")
+        options = {"simulator": args.simulator, "pause": args.axi_pause}
+    elif args is not None and kind == "alveo":
+        options = {"xclbin": args.xclbin}
+    device = Accelerator.open(spec, **options)
+    device.load(package)
+    return device
 
 
 def rebuild(package):
@@ -181,6 +199,23 @@ def rebuild(package):
     return model, task, plan, setup.tapped
 
 
+def cycle_record(device, images: int) -> dict:
+    """Measured kernel cycles: totals, per image, and per descriptor (layer)."""
+    totals = device.totals
+    return {
+        "total": totals["cycles"],
+        "per_image": round(totals["cycles"] / images, 1),
+        "stall": totals["stall_cycles"],
+        "mac": totals["mac_cycles"],
+        "layers": [{"name": c.name, "op": c.opcode, "cycles": c.cycles, "busy": c.busy,
+                    "stall": c.stall_cycles, "mac": c.mac_cycles, "skipped": c.skipped}
+                   for c in device.counters()],
+        "simulated_seconds": round(device.sim["seconds"], 2),
+        "simulated_cycles_per_second": round(device.sim["cycles"] / device.sim["seconds"])
+        if device.sim["seconds"] else None,
+    }
+
+
 def predictions_sha256(predictions: np.ndarray) -> str:
     """sha256 of the predicted classes as little-endian int64: compares devices' outputs."""
     return hashlib.sha256(np.asarray(predictions, dtype="<i8").tobytes()).hexdigest()
@@ -192,7 +227,7 @@ def cmd_run(args) -> None:
     from ..plan import applied
 
     package = load(args.package)
-    device = open_device(args.device, package)
+    device = open_device(args.device, package, args)
     model, task, plan, tapped = rebuild(package)
     val = task.split("validation")
     n = len(val) if args.images is None else args.images
@@ -229,6 +264,8 @@ def cmd_run(args) -> None:
         "images_per_second": round(n / seconds, 1),
         "predictions_sha256": predictions_sha256(predictions),
     }
+    if args.device == "sim":
+        record["cycles"] = cycle_record(device, n)
     if args.json:
         write_json(args.json, record)
     print(f"{task.name} on {args.device}: accuracy {100 * record['accuracy']:.2f}% "

@@ -80,8 +80,10 @@ def test_run_errors_are_one_line(exported, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.velcro"
     corrupt.write_bytes(exported.read_bytes()[:-100])
     one_line_error(capsys, ["run", "--package", str(corrupt)], "corrupt.velcro")
-    one_line_error(capsys, ["run", "--package", str(exported), "--device", "alveo:0"],
-                   "unknown device 'alveo:0'; available: golden")
+    one_line_error(capsys, ["run", "--package", str(exported), "--device", "tpu"],
+                   "unknown device 'tpu'; available: golden, sim, alveo[:N]")
+    one_line_error(capsys, ["run", "--package", str(exported), "--device", "alveo:0",
+                            "--xclbin", str(tmp_path / "none.xclbin")], "alveo")
     one_line_error(capsys, ["run", "--package", str(exported), "--images", "0"],
                    "--images must be in [1, ")
 

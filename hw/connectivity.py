@@ -1,0 +1,70 @@
+"""Where the kernel's ``m_axi`` ports reach on the Alveo U280: its HBM pseudo-channels.
+
+The U280's 8 GiB of HBM2 are 32 pseudo-channels of 256 MiB, ``HBM[0]`` at address 0
+and each next one 256 MiB higher. The link step connects every ``m_axi`` port to
+one pseudo-channel (``sp=velcro_kernel_1.<port>:HBM[n]``), and a buffer passed
+through a port must live in that port's channel: the runtime allocates each buffer
+there (PYNQ's ``allocate(target=ol.HBM<n>)``), and the simulation's memory model
+answers a port only inside its channel.
+
+Every port gets a channel of its own, so the three streams (constants, dense
+indices, activations) never share a channel's bandwidth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .regmap import PORTS
+
+__all__ = ["BANKS", "Bank", "CONNECTIVITY", "bank_of"]
+
+HBM_CHANNELS = 32
+HBM_CHANNEL_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Bank:
+    """One memory bank of the card.
+
+    Attributes
+    ----------
+    index : int
+    base : int
+        Device address of its first byte.
+    size : int
+        Bytes.
+    """
+
+    index: int
+    base: int
+    size: int
+
+    @property
+    def name(self) -> str:
+        """PYNQ's name (``ol.HBM3``)."""
+        return f"HBM{self.index}"
+
+    @property
+    def link_name(self) -> str:
+        """The Vitis linker's name (``HBM[3]``)."""
+        return f"HBM[{self.index}]"
+
+    def contains(self, address: int, length: int = 1) -> bool:
+        return self.base <= address and address + length <= self.base + self.size
+
+
+BANKS = tuple(Bank(n, n * HBM_CHANNEL_BYTES, HBM_CHANNEL_BYTES) for n in range(HBM_CHANNELS))
+
+#: The pseudo-channel each port is linked to.
+CONNECTIVITY = MappingProxyType({"m_axi_program": 0, "m_axi_indices": 1, "m_axi_data": 2})
+assert set(CONNECTIVITY) == set(PORTS)
+
+
+def bank_of(port: str) -> Bank:
+    """The bank ``port`` reaches."""
+    try:
+        return BANKS[CONNECTIVITY[port]]
+    except KeyError:
+        raise KeyError(f"no port {port!r}; ports: {', '.join(CONNECTIVITY)}") from None

@@ -1,0 +1,126 @@
+"""The descriptor program: what one kernel call runs, as data the host writes to memory.
+
+A program is a list of 64-byte descriptors at the start of the ``program`` buffer.
+The kernel runs it once per image: from descriptor 0 to an ``END``, then again for
+the next image, until ``images`` are done. Every descriptor is one
+:data:`DESCRIPTOR` (little-endian, low bits first), an opcode and the arguments of
+its op; stream arguments are a byte offset and a record count
+(:mod:`velcro.hw.records`), per-image tensors an offset, a per-image stride and a
+record count. Offsets and strides are multiples of the AXI word size.
+
+``LOAD_MAP`` (``map``)
+    Input tensor ``inputs + offset + image * stride`` (``records`` activation beats,
+    the conv array's ``ifmap`` format) into conv buffer ``buf``.
+``CONV`` (``conv``)
+    A conv3x3 layer from buffer ``buf`` into the other buffer; ``weights``,
+    ``requant`` and (when ``skip``) ``mask`` are streams in ``program``.
+``POOL`` (``map``)
+    2x2 max-pooling of buffer ``buf`` (``channels x height x width``), back into
+    ``buf``.
+``FLATTEN`` (``map``)
+    Buffer ``buf`` flattened in C order into half ``dst`` of the activation buffer.
+``LOAD_VEC`` (``vec``)
+    A vector from ``inputs`` (``records`` beats of the dense engine's ``x`` format)
+    into half ``dst`` of the activation buffer.
+``DENSE`` (``dense``)
+    A dense layer on half ``src`` of the activation buffer (``x_records`` beats); the
+    ``indices`` stream is in ``indices``, ``codebook`` and ``params`` in ``program``;
+    the output goes to half ``dst``, or with ``to_memory`` to ``outputs`` (``out``).
+``STORE_MAP`` (``map``)
+    Buffer ``buf`` to ``outputs + offset + image * stride``.
+``END``
+    The image is done.
+
+Opcode 0 is not an op, so a zeroed or unwritten descriptor is a bad descriptor.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from amaranth.lib import data
+
+__all__ = ["DESCRIPTOR", "DESCRIPTOR_BYTES", "Opcode", "decode", "encode"]
+
+DESCRIPTOR_BYTES = 64
+
+
+class Opcode(enum.IntEnum):
+    """Descriptor opcodes."""
+
+    LOAD_MAP = 1
+    CONV = 2
+    POOL = 3
+    FLATTEN = 4
+    LOAD_VEC = 5
+    DENSE = 6
+    STORE_MAP = 7
+    END = 8
+
+
+#: A stream in a buffer: byte offset from the buffer's base, records.
+STREAM = data.StructLayout({"offset": 32, "records": 32})
+
+#: A per-image tensor: ``base + offset + image * stride``, records.
+TENSOR_IO = data.StructLayout({"offset": 32, "stride": 32, "records": 32})
+
+MAP_ARGS = data.StructLayout({
+    "buf": 1, "dst": 1, "channels": 16, "height": 16, "width": 16, "io": TENSOR_IO,
+})
+
+CONV_ARGS = data.StructLayout({
+    "buf": 1, "relu": 1, "skip": 1, "stride": 2,
+    "c_in": 16, "c_out": 16, "height": 16, "width": 16,
+    "weights": STREAM, "requant": STREAM, "mask": STREAM,
+})
+
+DENSE_ARGS = data.StructLayout({
+    "src": 1, "dst": 1, "to_memory": 1, "relu": 1, "logits": 1, "int8": 1,
+    "n_seg": 16, "s": 8, "index_bits": 8, "n_out": 16, "x_records": 32,
+    "indices": STREAM, "codebook": STREAM, "params": STREAM, "out": TENSOR_IO,
+})
+
+VEC_ARGS = data.StructLayout({"dst": 1, "io": TENSOR_IO})
+
+#: Which argument layout each opcode uses.
+ARGS_OF = {Opcode.LOAD_MAP: "map", Opcode.CONV: "conv", Opcode.POOL: "map",
+           Opcode.FLATTEN: "map", Opcode.LOAD_VEC: "vec", Opcode.DENSE: "dense",
+           Opcode.STORE_MAP: "map", Opcode.END: None}
+
+DESCRIPTOR = data.StructLayout({
+    "opcode": 8,
+    "args": data.UnionLayout({"map": MAP_ARGS, "conv": CONV_ARGS, "dense": DENSE_ARGS,
+                              "vec": VEC_ARGS}),
+})
+assert DESCRIPTOR.size <= 8 * DESCRIPTOR_BYTES
+
+
+def encode(opcode: Opcode, **fields) -> bytes:
+    """The 64 bytes of one descriptor.
+
+    ``fields`` are the arguments of the opcode's layout (nested dicts for streams),
+    e.g. ``encode(Opcode.POOL, buf=0, channels=32, height=28, width=28)``.
+    """
+    opcode = Opcode(opcode)
+    name = ARGS_OF[opcode]
+    if name is None:
+        if fields:
+            raise ValueError(f"{opcode.name} takes no arguments, got {sorted(fields)}")
+        init = {"opcode": opcode}
+    else:
+        init = {"opcode": opcode, "args": {name: fields}}
+    bits = DESCRIPTOR.const(init).as_bits()
+    return bits.to_bytes(DESCRIPTOR_BYTES, "little")
+
+
+def decode(raw: bytes) -> tuple[int, data.Const | None]:
+    """``(opcode, arguments)`` of a descriptor's bytes; the arguments of an unknown
+    opcode or of ``END`` are ``None``."""
+    if len(raw) != DESCRIPTOR_BYTES:
+        raise ValueError(f"a descriptor is {DESCRIPTOR_BYTES} bytes, not {len(raw)}")
+    value = DESCRIPTOR.from_bits(int.from_bytes(raw, "little") & ((1 << DESCRIPTOR.size) - 1))
+    try:
+        name = ARGS_OF[Opcode(value.opcode)]
+    except ValueError:
+        return value.opcode, None
+    return value.opcode, None if name is None else getattr(value.args, name)

@@ -1,0 +1,116 @@
+"""Cost model of ``velcro_kernel``: cycles of every descriptor from its shapes and masks.
+
+A descriptor's cycles split three ways (:mod:`velcro.hw.kernel`):
+
+``busy``
+    Cycles in ``RUN`` (and ``POOL_RUN``): the cycle that starts an engine plus the
+    engine's own cycles, which come from the engines' cost models
+    (:func:`velcro.hw.conv_cost.expected_cycles` and friends,
+    :func:`velcro.hw.dense_config.expected_cycles`). Exact whenever no input stream
+    runs dry; a starved engine only takes longer.
+``fixed``
+    The sequencer's own cycles: fetch request, decode, address computation, command
+    issue, check and accounting (one each), plus the tails of pooling (the pooler's
+    last output, the pooled map's first read) and flattening (the last beat's bytes).
+``stall``
+    Cycles spent waiting for device memory (descriptor fetch, first data of every
+    input stream, write completion); measured by the kernel, not modelled.
+
+so ``cycles == fixed + busy + stall`` for every descriptor, and ``busy`` equals the
+model's figure unless a stream ran dry. ``END`` costs :data:`END_FIXED` plus its
+fetch stall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .buffers import BufferReader
+from .conv_cost import (
+    expected_cycles,
+    expected_drain_cycles,
+    expected_load_cycles,
+    expected_mac_cycles,
+)
+from .conv_params import ConvLayer
+from .dense_config import DenseLayer
+from .dense_config import expected_cycles as dense_cycles
+from .kernel_config import KernelConfig
+
+__all__ = ["END_FIXED", "RUN_FIXED", "StepCost", "conv_cost", "dense_cost", "flatten_cost",
+           "load_map_cost", "load_vector_cost", "pool_cost", "store_map_cost"]
+
+#: FETCH, DECODE, ADDR, ISSUE, CHECK, ACCOUNT.
+STEP_FIXED = 6
+#: FETCH, DECODE, END_IMAGE.
+END_FIXED = 3
+#: Cycles of a run outside its descriptors: the start cycle is the first FETCH; the
+#: counter write-out takes COUNTERS (1) and DONE (1) besides its stall.
+RUN_FIXED = 2
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Modelled figures of one descriptor, per image."""
+
+    busy: int
+    fixed: int = STEP_FIXED
+    mac_cycles: int = 0
+    skipped: int = 0
+
+
+def conv_cost(layer: ConvLayer, mask, config: KernelConfig) -> StepCost:
+    """``CONV``: start cycle plus the conv array's cycles for ``layer`` and ``mask``."""
+    mask = None if mask is None or not np.any(mask) else np.asarray(mask, bool)
+    return StepCost(1 + expected_cycles(layer, mask, config.conv),
+                    mac_cycles=expected_mac_cycles(layer, mask, config.conv),
+                    skipped=0 if mask is None else int(mask.sum()))
+
+
+def load_map_cost(channels: int, height: int, width: int, config: KernelConfig) -> StepCost:
+    """``LOAD_MAP``: start cycle plus a ``LOAD``."""
+    return StepCost(1 + expected_load_cycles(channels, height, width, config.conv))
+
+
+def store_map_cost(channels: int, height: int, width: int, config: KernelConfig) -> StepCost:
+    """``STORE_MAP``: start cycle plus a ``DRAIN`` into the (always ready) packer."""
+    return StepCost(1 + expected_drain_cycles(channels, height, width, config.conv))
+
+
+def pool_cost(channels: int, height: int, width: int, config: KernelConfig) -> StepCost:
+    """``POOL``: a ``DRAIN`` through the pooler, then a ``LOAD`` of the pooled map.
+
+    Between them the pooler writes its last output (a cycle more when that last input
+    beat completes a 2x2 window, i.e. both sizes are even) and the pooled map's first
+    word is read.
+    """
+    drain = 1 + expected_drain_cycles(channels, height, width, config.conv)
+    load = 1 + expected_load_cycles(channels, height // 2, width // 2, config.conv)
+    tail = 2 if height % 2 == 0 and width % 2 == 0 else 1
+    return StepCost(drain + load, fixed=STEP_FIXED + tail + BufferReader.LATENCY)
+
+
+def flatten_cost(channels: int, height: int, width: int, config: KernelConfig) -> StepCost:
+    """``FLATTEN``: a ``DRAIN`` paced by the byte writer, one byte per cycle.
+
+    The array offers its first beat in the third busy cycle and every later beat as
+    soon as the writer takes it, which is in the cycle the previous beat's last byte
+    is written; the last beat's bytes are written after the drain ends.
+    """
+    lanes = config.conv.lanes
+    groups = -(-channels // lanes)
+    last = channels - (groups - 1) * lanes
+    total = channels * height * width
+    return StepCost(1 + 3 + total - last, fixed=STEP_FIXED + last + 1)
+
+
+def load_vector_cost(records: int) -> StepCost:
+    """``LOAD_VEC``: one record per cycle, and the cycle that sees the last one gone."""
+    return StepCost(records + 1)
+
+
+def dense_cost(layer: DenseLayer, config: KernelConfig) -> StepCost:
+    """``DENSE``: the dense engine's cycles from command to last output beat."""
+    return StepCost(dense_cycles(layer, config.dense))

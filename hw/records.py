@@ -1,0 +1,226 @@
+"""Records in device memory, and the adapters between AXI words and engine streams.
+
+Every engine stream is stored in device memory as a sequence of *records*: one
+stream beat each, its payload in the low bits of a little-endian record of
+:func:`record_bytes` bytes (the rest zero). A record is either a power-of-two
+fraction of a data word (several records per word, the first in the low bytes) or a
+whole number of words, so the hardware never shifts records across word
+boundaries; the host packs and unpacks buffers with the same rule.
+
+:class:`Unpacker` turns the words of a DMA channel into ``count`` records, and
+:class:`Packer` turns ``count`` records into words for the write DMA (the last word
+zero-padded). Both take exactly the words that hold the ``count`` records and
+nothing more, so consecutive transfers through one channel never mix.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Module, Mux, Shape, Signal, Value
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+__all__ = ["Packer", "Unpacker", "record_bytes", "record_words", "words_for"]
+
+COUNT_BITS = 32
+
+
+def record_bytes(payload_bits: int, word_bytes: int) -> int:
+    """Bytes of the record holding a ``payload_bits``-bit beat in ``word_bytes``-byte words."""
+    size = -(-payload_bits // 8)
+    if size <= word_bytes:
+        return 1 << ceil_log2(size)
+    return -(-size // word_bytes) * word_bytes
+
+
+def record_words(payload_bits: int, word_bytes: int) -> tuple[int, int]:
+    """``(records per word, words per record)``: one of them is 1."""
+    size = record_bytes(payload_bits, word_bytes)
+    if size <= word_bytes:
+        return word_bytes // size, 1
+    return 1, size // word_bytes
+
+
+def words_for(records: int, payload_bits: int, word_bytes: int) -> int:
+    """Words holding ``records`` records."""
+    per_word, per_record = record_words(payload_bits, word_bytes)
+    return -(-records // per_word) * per_record
+
+
+def _bits(shape) -> int:
+    return Shape.cast(shape).width
+
+
+class Unpacker(wiring.Component):
+    """Words in, ``count`` records out.
+
+    Parameters
+    ----------
+    word_bits : int
+        Data width of the word stream.
+    payload : shape or layout
+        Payload of a record (its low bits).
+
+    Attributes
+    ----------
+    start : In(1)
+        Begin a transfer of ``count`` records (dropping anything left of the last one).
+    count : In(32)
+    words : In(stream of word_bits)
+    records : Out(stream of payload)
+    busy : Out(1)
+        Records of the transfer are still to be delivered.
+    """
+
+    def __init__(self, word_bits: int, payload):
+        self.word_bits = word_bits
+        self.payload_bits = _bits(payload)
+        self.per_word, self.per_record = record_words(self.payload_bits, word_bits // 8)
+        super().__init__({
+            "start": In(1), "count": In(COUNT_BITS),
+            "words": In(stream.Signature(word_bits)),
+            "records": Out(stream.Signature(payload)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        remaining = Signal(COUNT_BITS)
+        take = self.records.valid & self.records.ready
+        m.d.comb += self.busy.eq(remaining != 0)
+        with m.If(self.start):
+            m.d.sync += remaining.eq(self.count)
+        with m.Elif(take):
+            m.d.sync += remaining.eq(remaining - 1)
+        last_record = remaining == 1
+        word_in = self.words.valid & self.words.ready
+
+        if self.per_record == 1:
+            # Several records per word: hold a word, hand out its records in turn.
+            size = self.word_bits // self.per_word
+            word = Signal(self.word_bits)
+            have = Signal()
+            index = Signal(range(self.per_word))
+            last_of_word = (index == self.per_word - 1) | last_record
+            slices = Array(word[size * k:size * k + self.payload_bits]
+                           for k in range(self.per_word))
+            m.d.comb += [
+                self.records.valid.eq(have & (remaining != 0)),
+                self.records.payload.eq(slices[index]),
+                self.words.ready.eq((remaining != 0) & (~have | (take & last_of_word)) &
+                                    ~(take & last_record)),
+            ]
+            with m.If(take):
+                m.d.sync += index.eq(Mux(last_of_word, 0, index + 1))
+                with m.If(last_of_word):
+                    m.d.sync += have.eq(0)
+            with m.If(word_in):
+                m.d.sync += [word.eq(self.words.payload), have.eq(1)]
+            with m.If(self.start):
+                m.d.sync += [have.eq(0), index.eq(0)]
+        else:
+            # One record from several words: collect them, low word first.
+            parts = self.per_record
+            collected = Signal(range(parts + 1))
+            record = Signal(parts * self.word_bits)
+            full = collected == parts
+            m.d.comb += [
+                self.records.valid.eq(full & (remaining != 0)),
+                self.records.payload.eq(record[:self.payload_bits]),
+                self.words.ready.eq((remaining != 0) & (~full | take) &
+                                    ~(take & last_record)),
+            ]
+            with m.If(word_in):
+                m.d.sync += record.eq(Cat(record[self.word_bits:], self.words.payload))
+            with m.If(take):
+                m.d.sync += collected.eq(Mux(word_in, 1, 0))
+            with m.Elif(word_in):
+                m.d.sync += collected.eq(collected + 1)
+            with m.If(self.start):
+                m.d.sync += collected.eq(0)
+        return m
+
+
+class Packer(wiring.Component):
+    """``count`` records in, words out (the last word zero-padded).
+
+    Parameters
+    ----------
+    word_bits : int
+    payload : shape or layout
+
+    Attributes
+    ----------
+    start : In(1)
+    count : In(32)
+    records : In(stream of payload)
+    words : Out(stream of word_bits)
+    busy : Out(1)
+        Records of the transfer are still expected or words still to be sent.
+    """
+
+    def __init__(self, word_bits: int, payload):
+        self.word_bits = word_bits
+        self.payload_bits = _bits(payload)
+        self.per_word, self.per_record = record_words(self.payload_bits, word_bits // 8)
+        super().__init__({
+            "start": In(1), "count": In(COUNT_BITS),
+            "records": In(stream.Signature(payload)),
+            "words": Out(stream.Signature(word_bits)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        remaining = Signal(COUNT_BITS)
+        take = self.records.valid & self.records.ready
+        sent = self.words.valid & self.words.ready
+        last_record = remaining == 1
+        with m.If(self.start):
+            m.d.sync += remaining.eq(self.count)
+        with m.Elif(take):
+            m.d.sync += remaining.eq(remaining - 1)
+
+        if self.per_record == 1:
+            size = self.word_bits // self.per_word
+            word = Signal(self.word_bits)
+            full = Signal()
+            index = Signal(range(self.per_word))
+            closing = (index == self.per_word - 1) | last_record
+            m.d.comb += [
+                self.records.ready.eq((remaining != 0) & (~full | sent)),
+                self.words.valid.eq(full), self.words.payload.eq(word),
+                self.busy.eq((remaining != 0) | full),
+            ]
+            with m.If(sent):
+                m.d.sync += full.eq(0)
+            with m.If(take):
+                record = Value.cast(self.records.payload)
+                # Records of a word are written at their own position; a new word
+                # starts from zero so that padding records and bytes stay zero.
+                lanes = [Mux(index == k, record,
+                             Mux(index == 0, 0, word[size * k:size * (k + 1)]))
+                         for k in range(self.per_word)]
+                m.d.sync += [word.eq(Cat(*lanes)), index.eq(Mux(closing, 0, index + 1))]
+                with m.If(closing):
+                    m.d.sync += full.eq(1)
+            with m.If(self.start):
+                m.d.sync += [index.eq(0), full.eq(0)]
+        else:
+            parts = self.per_record
+            record = Signal(parts * self.word_bits)
+            left = Signal(range(parts + 1))
+            m.d.comb += [
+                self.records.ready.eq((remaining != 0) & ((left == 0) | ((left == 1) & sent))),
+                self.words.valid.eq(left != 0),
+                self.words.payload.eq(record[:self.word_bits]),
+                self.busy.eq((remaining != 0) | (left != 0)),
+            ]
+            with m.If(take):
+                m.d.sync += [record.eq(self.records.payload), left.eq(parts)]
+            with m.Elif(sent):
+                m.d.sync += [record.eq(record >> self.word_bits), left.eq(left - 1)]
+            with m.If(self.start):
+                m.d.sync += left.eq(0)
+        return m
+

@@ -1,0 +1,416 @@
+"""The ``sim`` backend: the host driver against ``velcro_kernel``'s Verilog in cocotb.
+
+Inside the simulator (:mod:`velcro.sim.kernel_bench`), :class:`SimPlatform` gives the
+driver (:mod:`velcro.sw.runtime.driver`) the PYNQ objects it expects, over bus
+models of the card:
+
+* the control port is a cocotbext-axi ``AxiLiteMaster``; register reads and writes
+  are coroutines, made blocking calls with :func:`cocotb.task.resume`, and the
+  synchronous driver runs in a thread started by :func:`cocotb.task.bridge`;
+* device memory is a model of the U280's HBM channels: one sparse memory, which
+  every ``m_axi`` port reaches through an ``AxiSlave`` that answers only inside the
+  channel its port is linked to (:mod:`velcro.hw.connectivity`) and returns
+  ``SLVERR`` elsewhere, so a buffer in the wrong bank fails like on the card;
+* buffers are host arrays (:class:`SimBuffer`); ``sync_to_device`` and
+  ``sync_from_device`` copy between them and device memory, so a missing sync
+  leaves the kernel, or the host, with stale data;
+* time is simulated time (a 300 MHz clock), so the driver's watchdog measures the
+  kernel's time, and ``sleep`` also returns when the kernel raises ``interrupt``.
+
+Random pauses can be put on every AXI channel (the ``pause`` of cocotbext-axi's
+channel models), address ranges of a port can be made to answer ``SLVERR``
+(:meth:`KernelTB.fail`) and a port's read data can be held forever
+(:meth:`KernelTB.stall`).
+
+Outside the simulator, :class:`SimAccelerator` is what ``Accelerator.open("sim")``
+returns: it has the accelerator's interface and runs each batch in a simulator,
+where the driver runs against the RTL.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+
+from ..hw.connectivity import BANKS, CONNECTIVITY, Bank, bank_of
+from ..hw.kernel_config import SHIPPED, KernelConfig
+from ..hw.regmap import REGMAP
+from ..sw.runtime.driver import CLOCK_HZ, INSTANCE, Platform
+
+__all__ = ["CLOCK_PS", "KernelTB", "SimAccelerator", "SimPlatform", "build_kernel"]
+
+#: The kernel clock in simulation: 300 MHz (3.334 ns, an even number of picoseconds).
+CLOCK_PS = 2 * round(1e12 / CLOCK_HZ / 2)
+#: Buffers start on 4 KiB pages, like XRT's.
+PAGE = 4096
+#: Mean length of a run of pause cycles on an AXI channel.
+PAUSE_RUN = 4
+
+
+class PortView:
+    """What one ``m_axi`` port sees of device memory: its bank, minus injected faults."""
+
+    def __init__(self, memory, port: str):
+        self.memory = memory
+        self.port = port
+        self.bank = bank_of(port)
+        self.faults: list[tuple[int, int]] = []
+        self.fail_writes = False
+        self.errors: list[str] = []
+
+    def _check(self, address: int, length: int) -> None:
+        if not self.bank.contains(address, length):
+            self.errors.append(f"{self.port}: {address:#x} is outside {self.bank.name}")
+            raise ValueError(self.errors[-1])
+        for start, end in self.faults:
+            if address < end and start < address + length:
+                self.errors.append(f"{self.port}: injected error at {address:#x}")
+                raise ValueError(self.errors[-1])
+
+    async def read(self, address: int, length: int) -> bytes:
+        self._check(address, length)
+        return self.memory.read(address, length)
+
+    async def write(self, address: int, data: bytes) -> None:
+        self._check(address, len(data))
+        if self.fail_writes:
+            self.errors.append(f"{self.port}: injected write error at {address:#x}")
+            raise ValueError(self.errors[-1])
+        self.memory.write(address, data)
+
+
+class KernelTB:
+    """Clock, reset, control master and memory models around ``velcro_kernel``.
+
+    Parameters
+    ----------
+    dut : cocotb handle
+    pause : float
+        Probability, per cycle and AXI channel, of a pause (no valid from a source,
+        no ready from a sink).
+    seed : int
+    """
+
+    def __init__(self, dut, *, pause: float = 0.0, seed: int = 0):
+        from cocotb.clock import Clock
+        from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
+        from cocotbext.axi.sparse_memory import SparseMemory
+
+        self.dut = dut
+        Clock(dut.ap_clk, CLOCK_PS, unit="ps").start()
+        self.memory = SparseMemory(BANKS[-1].base + BANKS[-1].size)
+        self.control = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"), dut.ap_clk,
+                                     dut.ap_rst_n, reset_active_level=False)
+        self.views = {port: PortView(self.memory, port) for port in CONNECTIVITY}
+        self.ports = {port: AxiSlave(AxiBus.from_prefix(dut, port), dut.ap_clk, dut.ap_rst_n,
+                                     target=view, reset_active_level=False)
+                      for port, view in self.views.items()}
+        self.rng = random.Random(seed)
+        self.pause = pause
+        self.held: set = set()
+
+    def channels(self):
+        """Every AXI channel model: the control master's and each port's."""
+        interfaces = [self.control.write_if, self.control.read_if]
+        for slave in self.ports.values():
+            interfaces += [slave.write_if, slave.read_if]
+        for interface in interfaces:
+            for name in ("aw_channel", "w_channel", "b_channel", "ar_channel", "r_channel"):
+                if hasattr(interface, name):
+                    yield getattr(interface, name)
+
+    async def _drive_pauses(self) -> None:
+        """Draw every channel's pause for every cycle, in one coroutine.
+
+        This does what a ``set_pause_generator`` per channel does, without waking
+        one coroutine per channel and cycle, which would cost more than the RTL.
+        Pauses come in runs (geometric lengths of mean :data:`PAUSE_RUN` cycles) that
+        cover ``pause`` of the cycles; so do the runs between them.
+        """
+        from cocotb.triggers import RisingEdge
+
+        channels = list(self.channels())
+        p = self.pause
+        # Per cycle: leave a pause run with probability 1/L, enter one with
+        # p / (1 - p) / L, which keeps a fraction p of the cycles paused.
+        leave = 1 / PAUSE_RUN
+        enter = min(1.0, p / (1 - p) / PAUSE_RUN)
+        rng = random.Random(self.rng.random())
+        paused = [False] * len(channels)
+        edge = RisingEdge(self.dut.ap_clk)
+        while True:
+            for n, channel in enumerate(channels):
+                flip = rng.random() < (leave if paused[n] else enter)
+                if flip and channel not in self.held:
+                    paused[n] = not paused[n]
+                    channel.pause = paused[n]
+            await edge
+
+    def fail(self, port: str, start: int, length: int) -> None:
+        """Make ``port`` answer ``SLVERR`` for ``length`` bytes from ``start``."""
+        self.views[port].faults.append((start, start + length))
+
+    def fail_writes(self, port: str) -> None:
+        """Make every write through ``port`` answer ``SLVERR``."""
+        self.views[port].fail_writes = True
+
+    def heal(self) -> None:
+        """Remove every injected fault."""
+        for view in self.views.values():
+            view.faults.clear()
+            view.fail_writes = False
+
+    def stall(self, port: str) -> None:
+        """Hold the read data channel of ``port`` forever: the kernel never gets data."""
+        channel = self.ports[port].read_if.r_channel
+        self.held.add(channel)
+        channel.pause = True
+
+    async def reset(self) -> None:
+        import cocotb
+        from cocotb.triggers import RisingEdge
+
+        self.dut.ap_rst_n.value = 0
+        for _ in range(4):
+            await RisingEdge(self.dut.ap_clk)
+        self.dut.ap_rst_n.value = 1
+        await RisingEdge(self.dut.ap_clk)
+        if self.pause:
+            cocotb.start_soon(self._drive_pauses())
+
+
+class SimBank:
+    """A memory bank of the model, handing out page-aligned buffers."""
+
+    def __init__(self, bank: Bank):
+        self.bank = bank
+        self.next = bank.base
+
+    def take(self, size: int) -> int:
+        address = self.next
+        if address + size > self.bank.base + self.bank.size:
+            raise MemoryError(f"{self.bank.name} is full")
+        self.next = -(-(address + size) // PAGE) * PAGE
+        return address
+
+
+class SimBuffer(np.ndarray):
+    """A host array with a device copy in the memory model (PYNQ's ``PynqBuffer``)."""
+
+    def __new__(cls, shape, dtype, memory, address: int):
+        obj = np.zeros(shape, dtype).view(cls)
+        obj.device_address = address
+        obj._memory = memory
+        return obj
+
+    def __array_finalize__(self, obj):
+        self.device_address = getattr(obj, "device_address", None)
+        self._memory = getattr(obj, "_memory", None)
+
+    def sync_to_device(self) -> None:
+        self._memory.write(self.device_address, np.ascontiguousarray(self).tobytes())
+
+    def sync_from_device(self) -> None:
+        raw = self._memory.read(self.device_address, self.nbytes)
+        self[...] = np.frombuffer(raw, self.dtype).reshape(self.shape)
+
+    def freebuffer(self) -> None:
+        """Buffers are not reused; the model's banks are far larger than any test."""
+
+
+class SimHandle:
+    """A started run: ``done`` reads ``CTRL`` until ``AP_DONE`` shows once."""
+
+    def __init__(self, ip):
+        self.ip = ip
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        if not self._done:
+            ctrl = REGMAP["CTRL"]
+            if self.ip.read(ctrl.offset) & ctrl.field_named("AP_DONE").mask:
+                self._done = True
+                isr = REGMAP["ISR"]
+                self.ip.write(isr.offset, isr.field_named("DONE").mask)
+        return self._done
+
+
+class SimIP:
+    """The kernel instance, as PYNQ's ``DefaultIP`` presents it."""
+
+    def __init__(self, tb: KernelTB, sleep):
+        from cocotb.task import resume
+
+        self.tb = tb
+        self.sleep = sleep
+        self.read = resume(self._read)
+        self.write = resume(self._write)
+
+    async def _read(self, offset: int) -> int:
+        return await self.tb.control.read_dword(offset)
+
+    async def _write(self, offset: int, value: int) -> None:
+        await self.tb.control.write_dword(offset, int(value) & 0xFFFFFFFF)
+
+    def start(self, **arguments) -> SimHandle:
+        """Write the arguments, enable the done interrupt and set ``AP_START``."""
+        for reg in REGMAP.arguments:
+            value = arguments[reg.name]
+            value = value.device_address if reg.pointer else int(value)
+            for n, offset in enumerate(reg.words):
+                self.write(offset, value >> (32 * n))
+        self.write(REGMAP["GIE"].offset, REGMAP["GIE"].field_named("ENABLE").mask)
+        self.write(REGMAP["IER"].offset, REGMAP["IER"].field_named("DONE").mask)
+        self.write(REGMAP["CTRL"].offset, REGMAP["CTRL"].field_named("AP_START").mask)
+        return SimHandle(self)
+
+    def call(self, **arguments) -> None:
+        """Start and wait for the end (PYNQ's blocking call)."""
+        handle = self.start(**arguments)
+        while not handle.done:
+            self.sleep(SimPlatform.poll)
+
+
+class SimOverlay:
+    """The design as the driver sees it: ``HBM<n>`` banks and the kernel instance."""
+
+    def __init__(self, tb: KernelTB, sleep):
+        for bank in BANKS:
+            setattr(self, bank.name, SimBank(bank))
+        setattr(self, INSTANCE, SimIP(tb, sleep))
+
+
+class SimPlatform(Platform):
+    """The driver's platform inside a cocotb test (see the module docstring)."""
+
+    min_timeout = 2e-4
+    poll = 1e-4
+
+    def __init__(self, tb: KernelTB):
+        from cocotb.task import resume
+
+        self.tb = tb
+        self.sleep = resume(self._sleep)
+        self.overlay = SimOverlay(tb, self.sleep)
+
+    def allocate(self, shape, dtype, target: SimBank) -> SimBuffer:
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return SimBuffer(shape, dtype, self.tb.memory, target.take(size))
+
+    def clock(self) -> float:
+        from cocotb.simtime import get_sim_time
+
+        return get_sim_time("ns") * 1e-9
+
+    async def _sleep(self, seconds: float) -> None:
+        from cocotb.triggers import First, RisingEdge, Timer
+
+        await First(Timer(max(1, round(seconds * 1e9)), unit="ns"),
+                    RisingEdge(self.tb.dut.interrupt))
+
+
+def build_kernel(config: KernelConfig = SHIPPED, simulator: str | None = None):
+    """The kernel compiled for ``simulator`` (once per configuration and session)."""
+    from ..hw.kernel import VelcroKernel
+    from . import runner
+
+    return runner.build(f"velcro_kernel-{config.name}", lambda: VelcroKernel(config),
+                        simulator=simulator, toplevel="velcro_kernel")
+
+
+class SimAccelerator:
+    """``Accelerator.open("sim")``: every run is a simulation of the kernel.
+
+    Parameters
+    ----------
+    config : KernelConfig
+    simulator : str, optional
+        ``"verilator"`` or ``"icarus"``; default ``$VELCRO_SIM`` or ``"verilator"``.
+    pause : float
+        AXI pause probability per channel and cycle.
+    seed : int
+    """
+
+    def __init__(self, config: KernelConfig = SHIPPED, *, simulator: str | None = None,
+                 pause: float = 0.0, seed: int = 0):
+        from ..sw.errors import DeviceError
+        from . import runner
+
+        try:
+            simulator = runner.check_simulator(simulator or runner.default_simulator())
+        except ValueError as e:
+            raise DeviceError(f"sim: {e}") from None
+        self.config = config
+        self.simulator = simulator
+        self.pause = pause
+        self.seed = seed
+        self.package = None
+        self.images = 0
+        self._counters = []
+        self.totals = {"cycles": 0, "mac_cycles": 0, "skipped": 0, "stall_cycles": 0,
+                       "images_done": 0}
+        self.sim = {"cycles": 0, "seconds": 0.0, "build_seconds": 0.0}
+
+    def load(self, package) -> None:
+        self.package = package
+
+    def run(self, images: np.ndarray, *, timeout: float | None = None) -> np.ndarray:
+        """int32 logits of uint8 ``images``, from one simulation of the kernel.
+
+        Raises
+        ------
+        DeviceError
+            The simulator is missing or failed (the message names its log), or the
+            driver raised one inside the simulation (:class:`KernelError`,
+            :class:`DeviceTimeout`).
+        """
+        from ..sw.errors import DeviceError
+        from . import runner
+
+        if self.package is None:
+            raise DeviceError("no package loaded")
+        start = time.perf_counter()
+        try:
+            # Checked first: converting the shipped kernel to Verilog takes most of a minute.
+            runner.prepare_environment(self.simulator)
+            model = build_kernel(self.config, self.simulator)
+            self.sim["build_seconds"] += time.perf_counter() - start
+            result = model.run("velcro.sim.kernel_bench", {
+                "config": self.config, "package": self.package, "pause": self.pause,
+                "seed": self.seed, "actions": [{"run": np.asarray(images), "timeout": timeout}],
+            })
+        except runner.SimulationError as e:
+            # The first line names the failure and the log; the log has the rest.
+            raise DeviceError(f"sim: {str(e).splitlines()[0]}") from None
+        outcome = result["outcomes"][0]
+        if "error" in outcome:
+            raise outcome["error"]
+        self.images += len(images)
+        self._merge(outcome["counters"])
+        for name in self.totals:
+            self.totals[name] += outcome["totals"].get(name, 0)
+        self.sim["cycles"] += result["sim_cycles"]
+        self.sim["seconds"] += result["sim_seconds"]
+        return outcome["logits"]
+
+    def _merge(self, counters) -> None:
+        if not self._counters:
+            self._counters = counters
+            return
+        for old, new in zip(self._counters, counters, strict=True):
+            for name in ("cycles", "busy", "mac_cycles", "skipped", "stall_cycles"):
+                setattr(old, name, getattr(old, name) + getattr(new, name))
+
+    def counters(self):
+        return self._counters
+
+    def counts(self):
+        from ..sw.golden import GoldenModel
+
+        return [c.times(self.images) for c in GoldenModel(self.package).per_image()]
+
+    def close(self) -> None:
+        """Nothing to release: every run had its own simulator."""

@@ -1,0 +1,175 @@
+"""The user-facing runtime: open a device, load a package, run images.
+
+``Accelerator.open(spec)`` picks the backend:
+
+``golden``
+    The driver against :class:`~velcro.sw.runtime.model.KernelModel`, a NumPy model
+    of the kernel that executes the very descriptors and memory images the card
+    would (with the cost model's cycles).
+``sim``
+    The driver against the generated Verilog in cocotb (:mod:`velcro.sim.backend`);
+    runs start a simulator, the driver code runs inside it.
+``alveo`` or ``alveo:N``
+    The driver on card ``N`` through PYNQ 3.0.1 or XRT's ``pyxrt``
+    (:mod:`velcro.sw.runtime.alveo`).
+
+``load`` partitions the package (:mod:`velcro.sw.runtime.partition`), compiles every
+device stage (:mod:`velcro.sw.runtime.program`) and puts it in device memory; ``run``
+quantizes the images like the golden model, sends them through the stages (host
+stages with the golden rules) and returns int32 logits. Counters of every
+descriptor accumulate over runs (:meth:`Accelerator.counters`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ...hw.kernel_config import SHIPPED, KernelConfig
+from .. import golden
+from ..errors import DeviceError
+from ..package import Package
+from . import host
+from .driver import KernelDriver, Platform, StepCounters
+from .partition import Stage, partition
+from .program import Program, compile_segment
+
+__all__ = ["Accelerator", "DEVICES", "parse_device"]
+
+DEVICES = ("golden", "sim", "alveo[:N]")
+
+
+def parse_device(spec: str) -> tuple[str, int]:
+    """``(kind, index)`` of a device spec; :class:`DeviceError` naming it if bad."""
+    match = re.fullmatch(r"(golden|sim|alveo)(?::(\d+))?", spec or "")
+    if not match or (match.group(2) is not None and match.group(1) != "alveo"):
+        raise DeviceError(f"unknown device {spec!r}; available: {', '.join(DEVICES)}")
+    return match.group(1), int(match.group(2) or 0)
+
+
+class Accelerator:
+    """A package on a device.
+
+    Parameters
+    ----------
+    platform : Platform
+    config : KernelConfig
+        The configuration of the kernel behind ``platform``.
+    name : str
+        The device spec, for messages.
+    """
+
+    def __init__(self, platform: Platform, config: KernelConfig = SHIPPED, name: str = ""):
+        self.platform = platform
+        self.config = config
+        self.name = name
+        self.driver = KernelDriver(platform, config)
+        self.package: Package | None = None
+        self.stages: list[Stage] = []
+        self.programs: list[Program | None] = []
+        self._loaded = []
+        self._counters: dict[tuple[int, int], StepCounters] = {}
+        self.images = 0
+        self.totals = {"cycles": 0, "mac_cycles": 0, "skipped": 0, "stall_cycles": 0,
+                       "images_done": 0}
+        self.last_totals: dict = {}
+        self.last_steps: list[StepCounters] = []
+
+    @classmethod
+    def open(cls, spec: str, *, config: KernelConfig | None = None, **options):
+        """The accelerator named by ``spec`` (see the module docstring).
+
+        ``options`` go to the backend: ``xclbin`` for ``alveo``; ``simulator``,
+        ``pause``, ``seed`` and friends for ``sim``.
+        """
+        kind, index = parse_device(spec)
+        config = config or SHIPPED
+        if kind == "golden":
+            from .model import GoldenPlatform
+
+            return cls(GoldenPlatform(config), config, spec)
+        if kind == "sim":
+            from ...sim.backend import SimAccelerator
+
+            return SimAccelerator(config, **options)
+        from .alveo import open_platform
+
+        return cls(open_platform(index, **options), config, spec)
+
+    def load(self, package: Package) -> None:
+        """Partition and compile ``package`` and put its programs in device memory."""
+        self.unload()
+        self.package = package
+        self.stages = partition(package, self.config)
+        for stage in self.stages:
+            if stage.device:
+                program = compile_segment(list(stage.layers), self.config)
+                self.programs.append(program)
+                self._loaded.append(self.driver.load(program))
+            else:
+                self.programs.append(None)
+                self._loaded.append(None)
+
+    def unload(self) -> None:
+        for loaded in self._loaded:
+            if loaded is not None:
+                self.driver.unload(loaded)
+        self._loaded, self.programs, self.stages = [], [], []
+
+    def run(self, images: np.ndarray, *, timeout: float | None = None) -> np.ndarray:
+        """int32 logits ``[N, n_out]`` of uint8 ``images [N, C, H, W]``."""
+        if self.package is None:
+            raise DeviceError("no package loaded")
+        images = np.asarray(images)
+        expected = tuple(self.package.input_shape)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
+            raise DeviceError(f"images must be uint8 [N, {', '.join(map(str, expected))}], "
+                              f"got {images.dtype} {list(images.shape)}")
+        x = golden.quantize_input(images)
+        self.last_totals = dict.fromkeys(self.totals, 0)
+        self.last_steps = []
+        for index, (stage, loaded) in enumerate(zip(self.stages, self._loaded, strict=True)):
+            if stage.device:
+                if self.programs[index].input_kind == "vector":
+                    x = x.reshape(len(x), -1)
+                result = self.driver.run(loaded, x, timeout=timeout)
+                self._record(index, result)
+                x = result.outputs
+            else:
+                for layer in stage.layers:
+                    x = host.run_layer(layer, x)
+        self.images += len(images)
+        return np.asarray(x, np.int32)
+
+    def _record(self, stage: int, result) -> None:
+        self.last_steps += [StepCounters(**vars(step)) for step in result.steps]
+        for name in self.totals:
+            self.last_totals[name] += result.totals.get(name, 0)
+        for position, step in enumerate(result.steps):
+            key = (stage, position)
+            old = self._counters.get(key)
+            if old is None:
+                self._counters[key] = StepCounters(**vars(step))
+            else:
+                for name in ("cycles", "busy", "mac_cycles", "skipped", "stall_cycles"):
+                    setattr(old, name, getattr(old, name) + getattr(step, name))
+        for name in self.totals:
+            self.totals[name] += result.totals.get(name, 0)
+
+    def buffers(self, stage: int = 0) -> dict:
+        """Device buffers of the ``stage``-th device stage, by kernel argument."""
+        loaded = [item for item in self._loaded if item is not None]
+        return loaded[stage].buffers
+
+    def counters(self) -> list[StepCounters]:
+        """Counters of every device descriptor, summed over all images run so far."""
+        return [self._counters[key] for key in sorted(self._counters)]
+
+    def counts(self):
+        """MACs performed and skipped per layer (:meth:`velcro.sw.golden.GoldenModel.counts`)."""
+        return [c.times(self.images) for c in golden.GoldenModel(self.package).per_image()]
+
+    def close(self) -> None:
+        self.unload()
+        self.platform.close()

@@ -1,0 +1,251 @@
+"""The host driver of ``velcro_kernel``, written against the part of PYNQ's surface it uses.
+
+One driver serves the card, the RTL simulation and the golden model of the kernel.
+A *platform* gives it PYNQ's objects, or objects that behave like them:
+
+``platform.overlay``
+    The loaded design: ``overlay.HBM<n>`` memory banks and the kernel instance
+    ``overlay.velcro_kernel_1`` with ``write(offset, value)``, ``read(offset)`` and
+    ``start(**arguments)``, which returns a handle whose ``done`` says the run ended.
+``platform.allocate(shape, dtype, target=bank)``
+    A device buffer: a NumPy array with ``device_address``, ``sync_to_device()``,
+    ``sync_from_device()`` and ``freebuffer()``.
+``platform.clock()``, ``platform.sleep(seconds)``
+    The device's notion of time (wall time on the card, simulated time in RTL
+    simulation), for the watchdog.
+
+Register offsets come from :data:`~velcro.hw.regmap.REGMAP` by name, buffers go to
+the bank their port is linked to (:mod:`velcro.hw.connectivity`), and formats come
+from the compiled :class:`~velcro.sw.runtime.program.Program`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...hw.connectivity import bank_of
+from ...hw.descriptor import Opcode
+from ...hw.kernel_config import COUNTERS, KernelConfig
+from ...hw.kernel_cost import END_FIXED, RUN_FIXED
+from ...hw.regmap import REGMAP
+from ..errors import DeviceError
+from .program import Program
+
+__all__ = ["CLOCK_HZ", "INSTANCE", "DeviceTimeout", "KernelDriver", "KernelError", "Platform",
+           "RunResult", "StepCounters"]
+
+#: Name of the kernel's compute unit in the linked design.
+INSTANCE = "velcro_kernel_1"
+#: Kernel clock assumed by the watchdog and by throughput projections.
+CLOCK_HZ = 300_000_000
+
+
+class KernelError(DeviceError):
+    """The kernel ended a run with error bits set in its ``status`` register."""
+
+
+class DeviceTimeout(DeviceError):
+    """The kernel did not signal ``ap_done`` within the watchdog time."""
+
+
+class Platform:
+    """What the driver needs from a backend (see the module docstring).
+
+    Attributes
+    ----------
+    overlay : object
+    min_timeout : float
+        Seconds (of the platform's clock) added to every modelled run time.
+    """
+
+    overlay = None
+    min_timeout = 1.0
+    poll = 1e-3
+
+    def allocate(self, shape, dtype, target):
+        raise NotImplementedError
+
+    def clock(self) -> float:
+        raise NotImplementedError
+
+    def sleep(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device."""
+
+
+@dataclass
+class StepCounters:
+    """Counters of one descriptor, summed over the images of a run."""
+
+    name: str
+    opcode: str
+    cycles: int
+    busy: int
+    mac_cycles: int
+    skipped: int
+    stall_cycles: int
+
+
+@dataclass
+class RunResult:
+    """Outputs and counters of one kernel call."""
+
+    outputs: np.ndarray
+    images: int
+    steps: list[StepCounters] = field(default_factory=list)
+    totals: dict = field(default_factory=dict)
+
+
+@dataclass
+class Loaded:
+    """A program in device memory."""
+
+    program: Program
+    buffers: dict
+
+
+def _expected_cycles(program: Program) -> int:
+    """Modelled cycles of one image without memory stalls."""
+    return sum(step.cost.fixed + step.cost.busy for step in program.steps
+               if step.cost is not None) + END_FIXED
+
+
+class KernelDriver:
+    """Runs compiled programs on one ``velcro_kernel`` instance.
+
+    Parameters
+    ----------
+    platform : Platform
+    config : KernelConfig
+        The configuration the kernel was built with.
+    """
+
+    def __init__(self, platform: Platform, config: KernelConfig):
+        self.platform = platform
+        self.config = config
+        self.ip = getattr(platform.overlay, INSTANCE)
+        #: Cycles one descriptor may take before the kernel ends the run with an error;
+        #: ``None``: eight times the longest modelled descriptor plus 65536, 0: no limit.
+        self.watchdog: int | None = None
+
+    # --- memory ------------------------------------------------------------------------
+    def _buffer(self, argument: str, raw: bytes | int):
+        """A buffer for kernel ``argument`` in its port's bank, holding ``raw`` (or
+        that many zero bytes)."""
+        port = REGMAP[argument].port
+        bank = bank_of(port)
+        size = raw if isinstance(raw, int) else len(raw)
+        size = max(size, self.config.word_bytes)
+        if size > bank.size:
+            raise DeviceError(f"{argument}: {size} bytes do not fit {bank.name} "
+                              f"({bank.size} bytes)")
+        buf = self.platform.allocate((size,), np.uint8, target=getattr(self.platform.overlay,
+                                                                       bank.name))
+        if isinstance(raw, int):
+            buf[:] = 0
+        else:
+            buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+            buf[len(raw):] = 0
+        buf.sync_to_device()
+        return buf
+
+    def load(self, program: Program) -> Loaded:
+        """Put ``program``'s images in device memory."""
+        return Loaded(program, {"program": self._buffer("program", program.program),
+                                "indices": self._buffer("indices", program.indices)})
+
+    def unload(self, loaded: Loaded) -> None:
+        for buf in loaded.buffers.values():
+            buf.freebuffer()
+        loaded.buffers.clear()
+
+    # --- registers -----------------------------------------------------------------------
+    def read(self, name: str) -> int:
+        """A register by name (64-bit registers low word first)."""
+        reg = REGMAP[name]
+        value = 0
+        for n, offset in enumerate(reg.words):
+            value |= (int(self.ip.read(offset)) & 0xFFFFFFFF) << (32 * n)
+        return value
+
+    # --- runs ---------------------------------------------------------------------------------
+    def run(self, loaded: Loaded, x: np.ndarray, *, timeout: float | None = None) -> RunResult:
+        """Run the program on every image of ``x`` in one kernel call.
+
+        Raises
+        ------
+        KernelError
+            The kernel reported an error; the message names it and the descriptor.
+        DeviceTimeout
+            ``ap_done`` did not come within ``timeout`` seconds of the platform's clock
+            (default: four times the modelled time plus ``platform.min_timeout``).
+        """
+        program = loaded.program
+        n = len(x)
+        if n == 0:
+            return RunResult(program.unpack_outputs(b"", 0), 0)
+        per_image = _expected_cycles(program)
+        if timeout is None:
+            timeout = 4 * (per_image * n + RUN_FIXED) / CLOCK_HZ + self.platform.min_timeout
+        longest = max(step.cost.fixed + step.cost.busy for step in program.steps
+                      if step.cost is not None)
+        inputs = self._buffer("inputs", program.pack_inputs(x))
+        outputs = self._buffer("outputs", n * program.output_stride)
+        counters = self._buffer("counters", program.counter_bytes)
+        try:
+            handle = self.ip.start(
+                program=loaded.buffers["program"], indices=loaded.buffers["indices"],
+                inputs=inputs, outputs=outputs, counters=counters, images=n,
+                watchdog=min(8 * longest + (1 << 16), (1 << 32) - 1)
+                if self.watchdog is None else self.watchdog)
+            deadline = self.platform.clock() + timeout
+            while not handle.done:
+                if self.platform.clock() > deadline:
+                    raise DeviceTimeout(f"the kernel did not finish {n} image(s) within "
+                                        f"{timeout:.3g} s (modelled: "
+                                        f"{per_image * n / CLOCK_HZ:.3g} s)")
+                self.platform.sleep(self.platform.poll)
+            self._check_status(program)
+            outputs.sync_from_device()
+            counters.sync_from_device()
+            result = RunResult(program.unpack_outputs(bytes(outputs), n), n)
+            result.steps = self._step_counters(program, bytes(counters))
+            result.totals = {name: self.read(name) for name in
+                             ("cycles", "mac_cycles", "skipped", "stall_cycles", "images_done")}
+            return result
+        finally:
+            for buf in (inputs, outputs, counters):
+                buf.freebuffer()
+
+    def _check_status(self, program: Program) -> None:
+        status = self.read("status")
+        if not status:
+            return
+        reg, where = REGMAP["status"], REGMAP["error_at"]
+        errors = [f.name for f in reg.fields if status & f.mask]
+        at = self.read("error_at")
+        pc_field, op_field = where.field_named("PC"), where.field_named("OPCODE")
+        pc = (at & pc_field.mask) >> pc_field.bit
+        opcode = (at & op_field.mask) >> op_field.bit
+        try:
+            op_name = Opcode(opcode).name
+        except ValueError:
+            op_name = f"unknown opcode {opcode}"
+        step = program.steps[pc].name if pc < len(program.steps) else "beyond the program"
+        raise KernelError(f"the kernel stopped with {' and '.join(errors)} (status "
+                          f"{status:#x}) at descriptor {pc} ({op_name}, {step}) after "
+                          f"{self.read('images_done')} image(s)")
+
+    def _step_counters(self, program: Program, raw: bytes) -> list[StepCounters]:
+        rb = self.config.record_bytes("counters")
+        steps = []
+        for index, step in enumerate(program.steps[:-1]):
+            record = COUNTERS.from_bits(int.from_bytes(raw[index * rb:(index + 1) * rb],
+                                                       "little") & ((1 << COUNTERS.size) - 1))
+            steps.append(StepCounters(step.name, step.opcode.name, record.cycles, record.busy,
+                                      record.mac_cycles, record.skipped, record.stall_cycles))
+        return steps

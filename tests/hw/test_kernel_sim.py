@@ -1,0 +1,184 @@
+"""``velcro_kernel``'s Verilog driven by the host runtime in cocotb (velcro.sim.kernel_bench).
+
+Every simulation runs the runtime's own driver against the RTL (the ``sim``
+backend) and compares the logits bit for bit with :mod:`velcro.sw.golden`; cycle
+counters are checked against :mod:`velcro.hw.kernel_cost`. The shipped kernel is
+built once for Verilator and shared by the tests; Icarus runs a small kernel on the
+tiny package, whose partition also puts layers on the host.
+"""
+
+import hashlib
+import time
+
+import numpy as np
+import pytest
+
+from velcro.hw.conv_params import ConvArrayConfig
+from velcro.hw.dense_config import DenseConfig
+from velcro.hw.descriptor import DESCRIPTOR_BYTES
+from velcro.hw.kernel_config import SHIPPED, KernelConfig
+from velcro.hw.kernel_cost import END_FIXED, RUN_FIXED
+from velcro.sim.backend import build_kernel
+from velcro.sw import golden
+from velcro.sw.data import make_task
+from velcro.sw.package import load
+from velcro.sw.runtime import DeviceTimeout, KernelError
+from velcro.sw.runtime.partition import partition
+from velcro.sw.runtime.program import compile_segment
+
+#: A smaller kernel that still runs the reference CNN (for Icarus).
+SMALL = KernelConfig(ConvArrayConfig(lanes=8, max_height=28, max_width=28, max_channels=64),
+                     DenseConfig(width=64, max_k=256, max_s=4, macs=16, max_n_in=1024,
+                                 max_n_out=256), data_width=256, max_program=16)
+#: A tiny kernel: the tiny package splits into two device stages around host layers.
+SPLIT = KernelConfig(ConvArrayConfig(lanes=2, max_height=8, max_width=8, max_channels=4),
+                     DenseConfig(width=64, max_k=256, max_s=2, macs=8, max_n_in=16,
+                                 max_n_out=8), data_width=256, max_program=8)
+
+
+def session(config, package, actions, *, simulator="verilator", pause=0.0, seed=0):
+    model = build_kernel(config, simulator)
+    result = model.run("velcro.sim.kernel_bench", {
+        "config": config, "package": package, "pause": pause, "seed": seed,
+        "actions": actions})
+    return result
+
+
+def validation_images(n, start=0):
+    return make_task("footwear").split("validation").images[start:start + n]
+
+
+def sha256(logits):
+    return hashlib.sha256(np.asarray(logits.argmax(1), "<i8").tobytes()).hexdigest()
+
+
+def check_counters(program, outcome, images, *, exact):
+    """Per descriptor: cycles are fixed + busy + stall; busy is the cost model's (exactly
+    when no AXI channel paused, at least otherwise); MAC cycles and skips are exact."""
+    counters = outcome["counters"]
+    assert [c.name for c in counters] == [s.name for s in program.steps[:-1]]
+    for step, measured in zip(program.steps, counters, strict=False):
+        cost = step.cost
+        assert measured.cycles == images * cost.fixed + measured.busy + measured.stall_cycles, \
+            step.name
+        if exact:
+            assert measured.busy == images * cost.busy, step.name
+        else:
+            assert measured.busy >= images * cost.busy, step.name
+        assert measured.mac_cycles == images * cost.mac_cycles, step.name
+        assert measured.skipped == images * cost.skipped, step.name
+    totals = outcome["totals"]
+    outside = totals["stall_cycles"] - sum(c.stall_cycles for c in counters)
+    assert totals["cycles"] == sum(c.cycles for c in counters) + images * END_FIXED + \
+        RUN_FIXED + outside
+    assert totals["skipped"] == sum(c.skipped for c in counters)
+
+
+@pytest.fixture(scope="module")
+def footwear(footwear_package):
+    package = load(footwear_package)
+    program = compile_segment(list(partition(package, SHIPPED)[0].layers), SHIPPED)
+    return package, program
+
+
+def test_reference_images_match_golden_under_axi_pauses(footwear):
+    package, program = footwear
+    images = validation_images(3)
+    result = session(SHIPPED, package, [{"run": images}], pause=0.3, seed=1)
+    outcome = result["outcomes"][0]
+    np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
+    check_counters(program, outcome, 3, exact=False)
+    assert outcome["totals"]["stall_cycles"] > 0
+
+
+def test_back_to_back_runs_are_cycle_exact_without_pauses(footwear):
+    package, program = footwear
+    first, second = validation_images(2), validation_images(2, start=2)
+    result = session(SHIPPED, package, [{"run": first}, {"run": second}])
+    for images, outcome in zip((first, second), result["outcomes"], strict=True):
+        np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
+        check_counters(program, outcome, 2, exact=True)
+        assert outcome["totals"]["images_done"] == 2
+
+
+def test_errors_end_the_run_and_the_next_run_succeeds(footwear):
+    package, program = footwear
+    images = validation_images(1)
+    expected = golden.run(package, images)
+    conv2 = [s.name for s in program.steps].index("conv2")
+    weights = program.steps[conv2].fields["weights"]
+    actions = [
+        {"fail": ("program", weights["offset"], 64)}, {"run": images},
+        {"heal": True}, {"run": images},
+        {"poke": ("program", 3 * DESCRIPTOR_BYTES, bytes([14]))}, {"run": images},
+        {"reload": True}, {"run": images},
+        {"fail_writes": "m_axi_data"}, {"run": images},
+        {"heal": True}, {"run": images},
+        # Loading the 28x28 input takes about 800 cycles: over a 200-cycle limit.
+        {"watchdog": 200}, {"run": images}, {"watchdog": None}, {"run": images},
+        {"watchdog": 0}, {"stall": "m_axi_program"}, {"run": images, "timeout": 1e-4},
+    ]
+    build_kernel(SHIPPED)
+    start = time.perf_counter()
+    outcomes = session(SHIPPED, package, actions)["outcomes"]
+    assert time.perf_counter() - start < 120, "an error run took too long to end"
+    runs = [o for a, o in zip(actions, outcomes, strict=True) if "run" in a]
+    (read_error, healed, bad_opcode, reloaded, write_error, rewritten, over_time, restored,
+     hung) = runs
+    assert isinstance(read_error["error"], KernelError)
+    assert "AXI_READ" in str(read_error["error"])
+    assert "at descriptor 2 (CONV, conv2)" in str(read_error["error"])
+    assert isinstance(bad_opcode["error"], KernelError)
+    assert "BAD_DESCRIPTOR" in str(bad_opcode["error"])
+    assert "at descriptor 3 (unknown opcode 14, pool2)" in str(bad_opcode["error"])
+    assert isinstance(write_error["error"], KernelError)
+    assert "AXI_WRITE" in str(write_error["error"])
+    assert isinstance(over_time["error"], KernelError)
+    assert "WATCHDOG" in str(over_time["error"])
+    assert "at descriptor 0 (LOAD_MAP, input)" in str(over_time["error"])
+    for outcome in (healed, reloaded, rewritten, restored):
+        np.testing.assert_array_equal(outcome["logits"], expected)
+    assert isinstance(hung["error"], DeviceTimeout)
+    assert "did not finish 1 image(s)" in str(hung["error"])
+
+
+def test_split_package_under_icarus(tiny_package):
+    """STORE_MAP, LOAD_VEC, codebook layers and host stages, with pauses, under Icarus."""
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (4, *tiny_package.input_shape), dtype=np.uint8)
+    result = session(SPLIT, tiny_package, [{"run": images}], simulator="icarus", pause=0.3,
+                     seed=2)
+    outcome = result["outcomes"][0]
+    np.testing.assert_array_equal(outcome["logits"], golden.run(tiny_package, images))
+    assert [c.opcode for c in outcome["counters"]] == [
+        "LOAD_MAP", "CONV", "POOL", "STORE_MAP", "LOAD_VEC", "DENSE", "DENSE"]
+
+
+@pytest.mark.slow
+def test_hundred_footwear_images_under_verilator(footwear):
+    package, program = footwear
+    images = validation_images(100)
+    start = time.perf_counter()
+    result = session(SHIPPED, package, [{"run": images}], pause=0.3, seed=3)
+    seconds = time.perf_counter() - start
+    outcome = result["outcomes"][0]
+    assert sha256(outcome["logits"]) == sha256(golden.run(package, images))
+    np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
+    check_counters(program, outcome, 100, exact=False)
+    print(f"\n100 images, Verilator, pause 0.3: {seconds:.0f} s, "
+          f"{result['sim_cycles'] / result['sim_seconds']:.0f} cycles/s, "
+          f"{outcome['totals']['cycles'] / 100:.0f} cycles per image")
+
+
+@pytest.mark.slow
+def test_footwear_images_under_icarus_on_a_small_kernel(footwear):
+    package, _ = footwear
+    images = validation_images(4)
+    start = time.perf_counter()
+    result = session(SMALL, package, [{"run": images}], simulator="icarus", pause=0.3, seed=4)
+    seconds = time.perf_counter() - start
+    outcome = result["outcomes"][0]
+    assert sha256(outcome["logits"]) == sha256(golden.run(package, images))
+    np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
+    print(f"\n{len(images)} images, Icarus, small kernel, pause 0.3: {seconds:.0f} s, "
+          f"{result['sim_cycles'] / result['sim_seconds']:.0f} cycles/s")

@@ -1,0 +1,31 @@
+"""``velcro run --device sim`` and ``--device golden`` through the runtime."""
+
+import json
+
+from velcro.sw import golden
+from velcro.sw.cli import main
+from velcro.sw.commands.deploy import predictions_sha256
+from velcro.sw.data import make_task
+from velcro.sw.package import load
+
+
+def test_sim_and_golden_runs_agree_and_report_cycles(footwear_package, tmp_path):
+    records = {}
+    for device in ("golden", "sim"):
+        out = tmp_path / f"{device}.json"
+        assert main(["run", "--package", str(footwear_package), "--device", device,
+                     "--images", "2", "--json", str(out)]) == 0
+        records[device] = json.loads(out.read_text())
+    package = load(footwear_package)
+    images = make_task("footwear").split("validation").images[:2]
+    expected = predictions_sha256(golden.run(package, images).argmax(1))
+    assert records["golden"]["predictions_sha256"] == records["sim"]["predictions_sha256"] \
+        == expected
+    assert records["golden"]["macs_skipped"] == records["sim"]["macs_skipped"] > 0
+    assert "cycles" not in records["golden"]
+    cycles = records["sim"]["cycles"]
+    assert [layer["name"] for layer in cycles["layers"]] == [
+        "input", *[layer.name for layer in package.layers]]
+    assert cycles["total"] > sum(layer["cycles"] for layer in cycles["layers"]) > 0
+    assert cycles["per_image"] == cycles["total"] / 2
+    assert records["sim"]["seconds"] > 0 and 0 <= records["sim"]["accuracy"] <= 1
