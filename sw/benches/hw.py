@@ -47,6 +47,8 @@ without and with VELCRO (a uniform 40 % threshold):
     Whole-network cycles per image; ``kernel_images_per_s_300mhz`` projects them.
 ``kernel_sim_verilator_cycles_per_s``
     Simulated cycles per second of the kernel with its bus models.
+``kernel_C``, ``kernel_velcro_C``
+    The fraction of conv outputs each of the two packages replaces by means.
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def kernel_figures() -> dict:
                 entry[f"cycles{suffix}"] = counters.cycles
                 entry[f"model{suffix}"] = step.cost.fixed + step.cost.busy
             figures[f"kernel_cycles_per_image{suffix}"] = device.totals["cycles"]
+            figures[f"kernel{suffix}_C"] = round(package.C, 4)
             figures["kernel_sim_verilator_cycles_per_s"] = round(
                 device.sim["cycles"] / device.sim["seconds"])
     figures["kernel_cycles_reference"] = layers

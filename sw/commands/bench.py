@@ -1,4 +1,5 @@
-"""``velcro bench NAME``: run one benchmark from :mod:`velcro.sw.benches`, print its figures."""
+"""``velcro bench [NAME]``: one benchmark from :mod:`velcro.sw.benches`, or without a name
+the whole suite of :mod:`velcro.sw.benchsuite`; prints the figures."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from ..cli import write_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="measure throughput and cycle figures")
-    sub_names = p.add_subparsers(dest="bench", metavar="NAME", required=True)
+    p = sub.add_parser("bench", help="measure throughput and cycle figures (without NAME: "
+                       "every headline figure in one run, minutes)")
+    p.add_argument("--json", type=Path, help="also write the figures as JSON")
+    p.add_argument("--seed", type=int, default=0, help="stimulus seed of the suite")
+    p.set_defaults(func=_suite)
+    sub_names = p.add_subparsers(dest="bench", metavar="NAME")
     for info in sorted(pkgutil.iter_modules(benches.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{benches.__name__}.{info.name}")
         q = sub_names.add_parser(info.name, help=module.HELP)
@@ -21,11 +26,24 @@ def register(sub) -> None:
         q.set_defaults(func=_runner(module))
 
 
+def _print(result: dict) -> None:
+    for key, value in result.items():
+        print(f"{key:36s} {value}")
+
+
+def _suite(args) -> None:
+    from ..benchsuite import run
+
+    result = run(args.seed)
+    _print(result)
+    if args.json:
+        write_json(args.json, result)
+
+
 def _runner(module):
     def run(args):
         result = module.run(args)
-        for key, value in result.items():
-            print(f"{key:36s} {value}")
+        _print(result)
         if args.json:
             write_json(args.json, result)
     return run
