@@ -182,7 +182,6 @@ class ConvArray(wiring.Component):
 
         # --- operation parameters, latched at start --------------------------------
         p = self.layer
-        op = Signal(2)
         buf = Signal()
         c_in = Signal.like(p.c_in)
         c_out = Signal.like(p.c_out)
@@ -208,7 +207,7 @@ class ConvArray(wiring.Component):
         start_conv = accept & valid & is_conv
         with m.If(accept):
             m.d.sync += [
-                op.eq(p.op), buf.eq(p.buf), c_in.eq(p.c_in), c_out.eq(p.c_out),
+                buf.eq(p.buf), c_in.eq(p.c_in), c_out.eq(p.c_out),
                 height.eq(p.height), width.eq(p.width), stride2.eq(p.stride == 2),
                 relu.eq(p.relu), skip.eq(p.skip), self.error.eq(~valid),
                 groups.eq(sum(p.c_in > g * lanes for g in range(max_groups))),

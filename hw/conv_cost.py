@@ -33,7 +33,7 @@ from .conv import pipeline_latency
 from .conv_params import SHIPPED, ConvArrayConfig, ConvLayer
 
 __all__ = ["block_counts", "expected_cycles", "expected_drain_cycles", "expected_load_cycles",
-           "expected_mac_cycles", "ideal_mac_cycles"]
+           "expected_mac_cycles", "ideal_mac_cycles", "resource_estimate"]
 
 
 def _check_mask(layer: ConvLayer, mask) -> np.ndarray:
@@ -92,3 +92,17 @@ def expected_drain_cycles(channels: int, height: int, width: int,
                           config: ConvArrayConfig = SHIPPED) -> int:
     """Busy cycles of a ``DRAIN`` into a sink that is always ready."""
     return expected_load_cycles(channels, height, width, config) + 2
+
+
+def resource_estimate(config: ConvArrayConfig = SHIPPED) -> dict:
+    """What the array is built from, by construction (Yosys gives the mapped figures).
+
+    ``multipliers`` counts the 9 int8 multipliers of every lane and the requantizer's
+    one; ``buffer_bits`` the two ping-pong feature buffers in their 9 banks;
+    ``kernel_bits`` the double-buffered kernels of all lanes.
+    """
+    return {
+        "multipliers": config.multipliers + 1,
+        "buffer_bits": 9 * config.bank_depth * 8 * config.lanes,
+        "kernel_bits": config.lanes * 2 * config.max_groups * 9 * 8,
+    }

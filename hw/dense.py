@@ -23,6 +23,14 @@ log2(max_k)``), and everything else is sized so as not to slow that down.
   :class:`~velcro.hw.dense_requant.DenseRequant` (bias, requantization, ReLU, or
   int32 logits), one output beat of ``lanes`` results per cycle.
 
+Limits that follow from this organisation: a layer with ``k < max_k`` packs more
+indices per beat than there are lanes, so it runs at ``log2(max_k) / log2(k)`` times
+its index bound (build the engine with ``max_k = k`` to get ``width / log2(k)``
+lanes); a layer whose tables cost more than its lookups (``k / macs * s >
+n_out / lanes``, e.g. 10-output logits) is bound by table building; and every
+segment's table reads ``k * s`` codebook bytes, ``macs`` per cycle from their own
+stream (a codebook shared by all segments is sent again for each).
+
 The int8 mode is the same datapath: the weights are 8-bit indices into the table
 ``x[i] * c`` of every int8 ``c``, built on chip without a codebook (``s = 1``,
 ``k = 256``), so the int8 baseline costs no extra multipliers and reads its weights

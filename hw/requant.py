@@ -5,8 +5,14 @@ unsigned 16-bit, ``shift`` in ``[0, 31]`` (no rounding term when it is 0), an
 arithmetic shift, and ``lo = 0`` after ReLU, ``-128`` otherwise
 (:func:`velcro.sw.golden.requantize`). One result per cycle, :attr:`LATENCY` cycles
 after the operands.
-"""
 
+The 32 x 16-bit product needs more than one DSP48E2 multiplier (27 x 18 bits,
+signed), so it is split at bit 26 of the accumulator:
+``acc * mult = (acc[26:] * mult << 26) + acc[:26] * mult``. The low part, 26 x 16
+bits unsigned, fits one DSP slice; the high part, 6 x 16 bits, is six shifted
+additions in fabric (written out, so that synthesis does not give it a DSP slice
+of its own).
+"""
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
@@ -15,13 +21,14 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["Requantizer"]
 
 ACC_BITS, MULT_BITS, SHIFT_BITS = 32, 16, 5
+LOW_BITS = 26   # accumulator bits multiplied in the DSP slice (27-bit signed port)
 
 
 class Requantizer(wiring.Component):
     """``acc``/``mult``/``shift``/``relu`` in, ``y`` out :attr:`LATENCY` cycles later.
 
-    The product is registered before the rounding add and the shift, which lets the
-    multiplier map onto DSP slices with their output register.
+    Both partial products are registered before the rounding add and the shift, which
+    lets the low one map onto a DSP slice with its output register.
     """
 
     LATENCY = 2
@@ -34,12 +41,19 @@ class Requantizer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        product = Signal(signed(ACC_BITS + MULT_BITS + 1))
+        high_bits = ACC_BITS - LOW_BITS
+        low = Signal(unsigned(LOW_BITS + MULT_BITS))
+        high = Signal(signed(high_bits + MULT_BITS + 1))
         shift = Signal.like(self.shift)
         relu = Signal()
-        m.d.sync += [product.eq(self.acc * self.mult), shift.eq(self.shift),
-                     relu.eq(self.relu)]
+        acc_high = self.acc[LOW_BITS:]
+        # acc_high as two's complement: bit (high_bits - 1) weighs -2 ** (high_bits - 1).
+        terms = [Mux(acc_high[i], self.mult << i, 0) for i in range(high_bits)]
+        m.d.sync += [low.eq(self.acc[:LOW_BITS] * self.mult),
+                     high.eq(sum(terms[:-1]) - terms[-1]),
+                     shift.eq(self.shift), relu.eq(self.relu)]
 
+        product = (high << LOW_BITS) + low
         # (1 << shift) >> 1 is 1 << (shift - 1), and 0 for shift == 0.
         rounding = (Const(1, unsigned(2 ** SHIFT_BITS)) << shift) >> 1
         shifted = Signal(signed(ACC_BITS + MULT_BITS + 2))

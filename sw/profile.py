@@ -27,24 +27,44 @@ VERSION = 1
 
 
 class RunningMoments:
-    """Count, mean and sum of squared deviations (M2) of a stream of tensors, in float64."""
+    """Count, mean and sum of squared deviations (M2) of a stream of tensors, in float64.
+
+    Each batch is copied into a reused float64 buffer, shifted by the running mean (by
+    its first sample for the first batch), and reduced to its sum and sum of squares by
+    two matrix-vector products; Chan's update then merges it. The shift keeps the sum of
+    squares free of cancellation for elements whose mean is large against their spread,
+    exactly the elements VELCRO replaces.
+    """
 
     def __init__(self, shape: tuple[int, ...]):
         self.count = 0
         self.mean = torch.zeros(shape, dtype=torch.float64)
         self.m2 = torch.zeros(shape, dtype=torch.float64)
+        self._buffer = torch.empty(0, dtype=torch.float64)
+        self._ones = torch.empty(0, dtype=torch.float64)
 
     def update(self, batch: torch.Tensor) -> None:
         """Merge a batch ``[B, *shape]`` into the running moments (Chan's parallel update)."""
         n_b = batch.shape[0]
         if n_b == 0:
             return
-        var_b, mean_b = torch.var_mean(batch.detach().to(torch.float64), dim=0, correction=0)
-        m2_b = var_b * n_b
+        flat = batch.detach().reshape(n_b, -1)
+        if self._buffer.shape[0] < n_b:
+            self._buffer = torch.empty((n_b, flat.shape[1]), dtype=torch.float64)
+            self._ones = torch.ones(n_b, dtype=torch.float64)
+        work, ones = self._buffer[:n_b], self._ones[:n_b]
+        work.copy_(flat)
+        shift = self.mean.reshape(-1) if self.count else work[0].clone()
+        work.sub_(shift)
+        total = ones @ work                         # sum of (x - shift)
+        work.mul_(work)
+        squares = ones @ work                       # sum of (x - shift)^2
+        mean_b = shift + total / n_b
+        m2_b = (squares - total * total / n_b).clamp_(min=0.0)
         n = self.count + n_b
-        delta = mean_b - self.mean
+        delta = (mean_b - self.mean.reshape(-1)).reshape(self.mean.shape)
         self.mean += delta * (n_b / n)
-        self.m2 += m2_b + delta ** 2 * (self.count * n_b / n)
+        self.m2 += m2_b.reshape(self.m2.shape) + delta ** 2 * (self.count * n_b / n)
         self.count = n
 
     @property

@@ -16,6 +16,12 @@ Conv array figures:
 ``conv_cycles_reference``
     Cycles of each conv layer of the reference CNN, without and with VELCRO masks
     replacing 40 % of each layer's elements.
+``conv_dsp_per_multiplier``
+    DSP48E2 slices of the synthesized array over its multipliers (9 per lane and
+    one in the requantizer).
+
+Simulator speed (``sim_*_cycles_per_s``) is simulated cycles over the wall time of
+the cocotb test, bench included.
 
 Dense engine figures (:func:`velcro.sim.dense_bench.figures`):
 
@@ -160,9 +166,11 @@ def run(args) -> dict:
             result[f"yosys_{name}"] = {key: value for key, value in figures.items()
                                        if key != "cells"}
             if name == "conv_array":
+                from ...hw.conv_cost import resource_estimate
                 from ...hw.conv_params import SHIPPED
 
-                result["conv_dsp_per_multiplier"] = round(
-                    figures["dsp48e2"] / SHIPPED.multipliers, 3)
+                multipliers = resource_estimate(SHIPPED)["multipliers"]
+                result["conv_multipliers"] = multipliers
+                result["conv_dsp_per_multiplier"] = round(figures["dsp48e2"] / multipliers, 3)
     result["bench_seconds"] = round(time.perf_counter() - start)
     return result

@@ -89,12 +89,15 @@ def check_criterion(name: str) -> str:
 def cmd_compress(args) -> None:
     from ..plan import check_thresholds, compress
     from ..study import prepare, record, run_search, validation_accuracy
+    from ..taps import tap
 
     criterion = check_criterion(args.criterion)
     thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
     if not 0 <= args.tolerance < 100:
         raise PlanError(f"--tolerance must be in [0, 100) accuracy points, not {args.tolerance}")
     model = resolve_model(args)
+    if thresholds is not None:
+        check_thresholds(thresholds, tap(model).names)
     task = resolve_task(args, model)
     start = time.perf_counter()
     setup = prepare(model, task, sensitivity=criterion == "fisher", progress=True)
@@ -102,7 +105,6 @@ def cmd_compress(args) -> None:
     if thresholds is None:
         result = run_search(setup, criterion, args.tolerance / 100, progress=True)
         thresholds = result.thresholds
-    check_thresholds(thresholds, setup.profile.names)
     plan = compress(setup.profile, thresholds, criterion)
     plan.meta.update(task=task.name, classes=list(task.classes))
     rec = record(setup, plan, validation_accuracy(setup, None),

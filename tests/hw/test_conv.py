@@ -107,13 +107,19 @@ def test_tiny_array_under_icarus():
               invalid=[{"op": Op.LOAD, "buf": 0, "c_in": 6, "height": 1, "width": 1}])
 
 
-def test_shipped_array_runs_the_reference_model_and_64x64_maps():
+@pytest.fixture(scope="module")
+def shipped_cases():
     rng = np.random.default_rng(11)
     cases = reference_cases(SHIPPED)
     cases.append(random_case("shipped_20to2_64x64_skip25", ConvLayer(20, 2, 64, 64), rng,
                              SHIPPED, 0.25))
     cases.append(random_case("shipped_17to3_64x61_s2", ConvLayer(17, 3, 64, 61, stride=2), rng,
                              SHIPPED))
-    result = run_cases(SHIPPED, cases, "verilator", stress=0.1, seed=1)
+    return cases
+
+
+@pytest.mark.parametrize("stress", [0.0, 0.1])
+def test_shipped_array_runs_the_reference_model_and_64x64_maps(shipped_cases, stress):
+    result = run_cases(SHIPPED, shipped_cases, "verilator", stress=stress, seed=1)
     skipped = {record["name"]: record["layers"][0]["skipped"] for record in result["cases"]}
     assert skipped["reference_conv2"] > 0

@@ -9,6 +9,7 @@ from velcro.hw.conv_cost import (
     expected_cycles,
     expected_mac_cycles,
     ideal_mac_cycles,
+    resource_estimate,
 )
 from velcro.hw.conv_params import SHIPPED, ConvArrayConfig, ConvConfigError, ConvLayer
 
@@ -75,3 +76,11 @@ def test_mask_shape_is_checked():
 def test_layer_must_fit_the_configuration():
     with pytest.raises(ConvConfigError, match="c_in 20 exceeds"):
         expected_cycles(ConvLayer(20, 1, 4, 4), None, ConvArrayConfig(max_channels=16))
+
+
+def test_resources_by_construction():
+    figures = resource_estimate(SHIPPED)
+    assert figures["multipliers"] == 16 * 9 + 1
+    # 9 banks x 4096 words x 16 lanes x 8 bits: two buffers of 64 planes of 22 x 22 words
+    # rounded up to 512, that is 144 RAMB36 of 4096 x 8 (+ parity unused).
+    assert figures["buffer_bits"] == 144 * 4096 * 8
