@@ -28,3 +28,7 @@ class PackageError(VelcroError):
 
 class DeviceError(VelcroError):
     """A device is unknown or unavailable, or failed to run a package."""
+
+
+class ToolError(VelcroError):
+    """A build tool (Vivado, v++, Yosys) is missing or failed."""
