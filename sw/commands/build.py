@@ -1,11 +1,13 @@
-"""``velcro build verilog|xo|xclbin``: hardware artefacts.
+"""``velcro build verilog|xo|xclbin|estimate``: hardware artefacts.
 
 ``verilog`` writes the engines' Verilog; ``xo`` and ``xclbin`` run the Vitis flow of
-:mod:`velcro.sw.bitstream` for the shipped kernel.
+:mod:`velcro.sw.bitstream` for the shipped kernel; ``estimate`` synthesizes it with
+Yosys and reports its share of the U280 (:mod:`velcro.sw.utilization`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -33,6 +35,13 @@ def register(sub) -> None:
                        help=f"build folder (default: {BUILD_FOLDER})")
         q.add_argument("--force", action="store_true", help="rebuild even if up to date")
         q.set_defaults(func=cmd_vitis)
+    q = targets.add_parser("estimate", help="Yosys resource estimate of the kernel against "
+                           "the U280's capacity")
+    q.add_argument("--json", type=Path, help="also write the figures as JSON")
+    q.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="Yosys processes at a time (the conv array and the rest of the "
+                   "kernel; default: %(default)s)")
+    q.set_defaults(func=cmd_estimate)
 
 
 def cmd_verilog(args) -> None:
@@ -80,3 +89,23 @@ def cmd_vitis(args) -> None:
     product = folder.xo if args.target == "xo" else folder.xclbin
     built = build(folder, force=args.force)
     print(f"{product}{'' if built else '  (up to date)'}")
+
+
+def cmd_estimate(args) -> None:
+    from ...hw.estimate import YosysError
+    from ..cli import write_json
+    from ..errors import ToolError
+    from ..utilization import estimate, table
+
+    if args.jobs < 1:
+        raise VelcroError(f"--jobs must be at least 1, not {args.jobs}")
+    try:
+        report = estimate(_shipped_kernel(), jobs=args.jobs)
+    except YosysError as e:
+        # The first line names the step, the last one Yosys's own complaint.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ToolError(" ".join(dict.fromkeys((lines[0], lines[-1])))) from None
+    print(table(report))
+    print(f"[estimate] {report['seconds']:.0f} s")
+    if args.json:
+        write_json(args.json, report)
