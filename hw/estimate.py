@@ -16,27 +16,44 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["YosysError", "parse_stat", "synthesize"]
+__all__ = ["YosysError", "add_figures", "parse_stat", "synthesize"]
 
 
 class YosysError(RuntimeError):
     """Yosys is missing or failed."""
 
 
-def synthesize(component, name: str, *, family: str = "xcup") -> dict:
+def synthesize(component, name: str, *, family: str = "xcup", apart: tuple[str, ...] = (),
+               jobs: int = 1) -> dict:
     """Synthesize ``component`` (top module ``name``) and return its resource counts.
+
+    Parameters
+    ----------
+    apart : tuple of str
+        Submodules of ``component`` (by their name in its ``elaborate``) synthesized on
+        their own: the rest of the design sees each as a black box, and the figures of
+        the whole are the sums. ABC's LUT mapping is the slow step and runs on one
+        core; split in parts, it runs on ``jobs`` cores at once. Nothing is optimized
+        across the boundary of a part, as with Vivado's ``keep_hierarchy``. Parts start
+        in the order given, before the rest: list the largest first.
+    jobs : int
+        Yosys processes run at the same time.
 
     Returns
     -------
     dict
         ``lut``, ``ff``, ``dsp48e2``, ``bram36`` (RAMB36E2 plus half the RAMB18E2),
         ``lutram`` (distributed-RAM cells), ``uram``, ``carry`` and ``cells`` (the
-        full cell histogram), plus ``yosys_seconds``.
+        full cell histogram), plus ``yosys_seconds`` (wall time); with ``apart``, also
+        ``parts``: the figures of each part and of the ``rest``.
     """
     from amaranth.back import rtlil
 
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, not {jobs!r}")
     with tempfile.TemporaryDirectory(prefix="velcro-yosys-") as tmp:
         (Path(tmp) / "design.il").write_text(rtlil.convert(component, name=name,
                                                            emit_src=False))
@@ -46,19 +63,54 @@ def synthesize(component, name: str, *, family: str = "xcup") -> dict:
         # of initial zeros exhaust the sandbox's 4 GB. splitnets before synthesis
         # avoids a name clash when ABC9's result is reintegrated into Amaranth's
         # netlist (YosysHQ/yosys#4349).
-        script = (f"read_rtlil design.il; delete t:$meminit_v2; proc; splitnets; "
-                  f"synth_xilinx -family {family} -top {name} -flatten; tee -q -o stat.txt stat")
+        read = "read_rtlil design.il; delete t:$meminit_v2"
+        boxes = "".join(f"; blackbox {name}.{part}" for part in apart)
+        tops = {part: (f"{name}.{part}", f"{read}; hierarchy -top {name}.{part}")
+                for part in apart}
+        tops["rest" if apart else name] = (name, read + boxes)
         start = time.perf_counter()
-        result = subprocess.run([*_yosys_command(), "-q", "-p", script], capture_output=True,
-                                text=True, cwd=tmp)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = dict(zip(tops, pool.map(
+                lambda item: _synth_xilinx(tmp, item[0], *item[1], family),
+                tops.items()), strict=True))
         seconds = time.perf_counter() - start
-        stat = Path(tmp) / "stat.txt"
-        if result.returncode != 0 or not stat.exists():
-            raise YosysError(f"yosys synth_xilinx failed on {name} (exit {result.returncode}):\n"
-                             f"{(result.stderr + result.stdout)[-3000:]}")
-        figures = parse_stat(stat.read_text())
+    if not apart:
+        figures = results[name]
+    else:
+        figures = add_figures(*results.values())
+        figures["parts"] = results
     figures["yosys_seconds"] = round(seconds, 1)
     return figures
+
+
+def _synth_xilinx(folder: str, tag: str, top: str, prepare: str, family: str) -> dict:
+    """Run ``prepare`` then ``synth_xilinx`` on ``top`` in ``folder``; its figures."""
+    stat = Path(folder) / f"stat_{tag}.txt"
+    script = (f"{prepare}; proc; splitnets; synth_xilinx -family {family} -top {top} "
+              f"-flatten; tee -q -o {stat.name} stat")
+    start = time.perf_counter()
+    result = subprocess.run([*_yosys_command(), "-q", "-p", script], capture_output=True,
+                            text=True, cwd=folder)
+    if result.returncode != 0 or not stat.exists():
+        raise YosysError(f"yosys synth_xilinx failed on {top} (exit {result.returncode}):\n"
+                         f"{(result.stderr + result.stdout)[-3000:]}")
+    figures = parse_stat(stat.read_text())
+    figures["yosys_seconds"] = round(time.perf_counter() - start, 1)
+    return figures
+
+
+def add_figures(*parts: dict) -> dict:
+    """The figures of a design made of ``parts`` (each as :func:`synthesize` returns)."""
+    total: dict = {"cells": {}}
+    for part in parts:
+        for key, value in part.items():
+            if key == "cells":
+                for cell, n in value.items():
+                    total["cells"][cell] = total["cells"].get(cell, 0) + n
+            elif key not in ("parts", "yosys_seconds"):
+                total[key] = total.get(key, 0) + value
+    total["cells"] = dict(sorted(total["cells"].items()))
+    return total
 
 
 def _yosys_command() -> list[str]:

@@ -32,3 +32,7 @@ class DeviceError(VelcroError):
 
 class ReportError(VelcroError):
     """A result file read by the report is unreadable or not of the shape its writer gives it."""
+
+
+class ToolError(VelcroError):
+    """A build tool (Vivado, v++, Yosys) is missing or failed."""

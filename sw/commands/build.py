@@ -1,11 +1,20 @@
-"""``velcro build verilog``: the Verilog of the hardware engines."""
+"""``velcro build verilog|xo|xclbin|estimate``: hardware artefacts.
+
+``verilog`` writes the engines' Verilog; ``xo`` and ``xclbin`` run the Vitis flow of
+:mod:`velcro.sw.bitstream` for the shipped kernel; ``estimate`` synthesizes it with
+Yosys and reports its share of the U280 (:mod:`velcro.sw.utilization`).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from ..errors import VelcroError
+
+#: Where ``xo`` and ``xclbin`` write, relative to the working directory.
+BUILD_FOLDER = Path("bitstreams") / "build"
 
 
 def register(sub) -> None:
@@ -17,6 +26,22 @@ def register(sub) -> None:
     q.add_argument("--engine", action="append", metavar="NAME",
                    help="only this engine (repeatable; default: all)")
     q.set_defaults(func=cmd_verilog)
+    for target, what in (("xo", "package the kernel as velcro_kernel.xo (Vivado)"),
+                         ("xclbin", "link velcro_u280.xclbin for the Alveo U280 (Vivado, "
+                          "v++)")):
+        q = targets.add_parser(target, help=f"{what}; without the tools, write the inputs "
+                               "and stop")
+        q.add_argument("--out", type=Path, default=BUILD_FOLDER,
+                       help=f"build folder (default: {BUILD_FOLDER})")
+        q.add_argument("--force", action="store_true", help="rebuild even if up to date")
+        q.set_defaults(func=cmd_vitis)
+    q = targets.add_parser("estimate", help="Yosys resource estimate of the kernel against "
+                           "the U280's capacity")
+    q.add_argument("--json", type=Path, help="also write the figures as JSON")
+    q.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="Yosys processes at a time (the conv array and the rest of the "
+                   "kernel; default: %(default)s)")
+    q.set_defaults(func=cmd_estimate)
 
 
 def cmd_verilog(args) -> None:
@@ -43,3 +68,44 @@ def write_verilog(component, name: str, out: Path) -> Path:
     tmp.write_text(verilog.convert(component, name=name, emit_src=False))
     tmp.replace(path)
     return path
+
+
+def _shipped_kernel():
+    # Looked up at call time, so that a test can substitute a smaller kernel.
+    from ...hw import kernel_config
+
+    return kernel_config.SHIPPED
+
+
+def cmd_vitis(args) -> None:
+    from ..bitstream import build_xclbin, build_xo, generate
+
+    start = time.perf_counter()
+    folder = generate(args.out, _shipped_kernel())
+    for path in folder.inputs:
+        print(path)
+    print(f"[build] inputs written ({time.perf_counter() - start:.0f} s)", flush=True)
+    build = build_xo if args.target == "xo" else build_xclbin
+    product = folder.xo if args.target == "xo" else folder.xclbin
+    built = build(folder, force=args.force)
+    print(f"{product}{'' if built else '  (up to date)'}")
+
+
+def cmd_estimate(args) -> None:
+    from ...hw.estimate import YosysError
+    from ..cli import write_json
+    from ..errors import ToolError
+    from ..utilization import estimate, table
+
+    if args.jobs < 1:
+        raise VelcroError(f"--jobs must be at least 1, not {args.jobs}")
+    try:
+        report = estimate(_shipped_kernel(), jobs=args.jobs)
+    except YosysError as e:
+        # The first line names the step, the last one Yosys's own complaint.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ToolError(" ".join(dict.fromkeys((lines[0], lines[-1])))) from None
+    print(table(report))
+    print(f"[estimate] {report['seconds']:.0f} s")
+    if args.json:
+        write_json(args.json, report)

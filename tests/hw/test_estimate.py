@@ -1,9 +1,12 @@
-"""Parsing of Yosys ``stat`` and, with Yosys, one DSP48E2 per multiplier of a lane."""
+"""Parsing of Yosys ``stat``, parts synthesized apart, and one DSP48E2 per multiplier of a lane."""
 
 import pytest
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 from velcro.hw.conv_lane import ConvLane
-from velcro.hw.estimate import parse_stat, synthesize
+from velcro.hw.estimate import add_figures, parse_stat, synthesize
 
 STAT_COUNT_FIRST = """
 === conv_array ===
@@ -49,3 +52,51 @@ def test_counts_after_the_name_or_before_it():
 def test_a_lane_maps_each_multiplier_to_one_dsp():
     figures = synthesize(ConvLane(8), "conv_lane")
     assert figures["dsp48e2"] == 9
+
+
+def test_figures_of_parts_add_up_cell_by_cell():
+    first, second = parse_stat(STAT_COUNT_FIRST), parse_stat(STAT_NAME_FIRST)
+    first["yosys_seconds"], second["parts"] = 5.0, {"x": {}}
+    total = add_figures(first, second)
+    assert (total["dsp48e2"], total["ff"], total["lut"], total["bram36"]) == \
+        (288, 2430, 1077, 45.0)
+    assert total["cells"]["LUT3"] == 77 and total["cells"]["FDRE"] == 2400
+    assert "yosys_seconds" not in total and "parts" not in total
+
+
+class _Product(wiring.Component):
+    """A registered 16 x 16 multiplier: one DSP48E2."""
+
+    a: In(16)
+    b: In(16)
+    p: Out(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.p.eq(self.a * self.b)
+        return m
+
+
+class _TwoProducts(wiring.Component):
+    """``(a * b) * c`` in two multipliers, one of them in the submodule ``first``."""
+
+    a: In(16)
+    b: In(16)
+    c: In(16)
+    p: Out(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.first = first = _Product()
+        m.d.comb += [first.a.eq(self.a), first.b.eq(self.b)]
+        m.d.sync += self.p.eq(first.p[:16] * self.c)
+        return m
+
+
+def test_a_part_synthesized_apart_is_counted_once_in_the_whole():
+    figures = synthesize(_TwoProducts(), "two", apart=("first",), jobs=2)
+    first, rest = figures["parts"]["first"], figures["parts"]["rest"]
+    assert (first["dsp48e2"], rest["dsp48e2"], figures["dsp48e2"]) == (1, 1, 2)
+    assert figures["ff"] == first["ff"] + rest["ff"]
+    with pytest.raises(ValueError, match="jobs must be a positive integer, not 0"):
+        synthesize(None, "two", jobs=0)

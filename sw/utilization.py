@@ -1,0 +1,136 @@
+"""How much of the Alveo U280 the kernel takes: ``velcro build estimate``.
+
+The figures come from Yosys (:func:`velcro.hw.estimate.synthesize`, ``synth_xilinx
+-family xcup``) run on the whole ``velcro_kernel``, its two engines synthesized apart
+from the rest. Against the U280's XCU280 (:data:`U280`, the whole device; the platform's
+shell takes a share that no open tool reports):
+
+``LUT``
+    LUTs as logic plus LUTs as memory (distributed RAM and shift registers, by the
+    number of LUTs each primitive occupies), as Vivado's "CLB LUTs".
+``FF``, ``DSP``, ``URAM``
+    Flip-flops, DSP48E2 slices, URAM288 blocks.
+``BRAM36``
+    RAMB36E2 blocks plus half the RAMB18E2.
+
+``conv_arrays_that_fit`` is how many conv arrays the device would hold next to one
+copy of the rest of the kernel (its DMAs, sequencer, dense engine, buffers), limited
+by the scarcest resource class (``conv_arrays_limited_by``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from types import MappingProxyType
+
+__all__ = ["CONV", "DENSE", "U280", "conv_arrays_that_fit", "estimate", "lut_count", "resources",
+           "table"]
+
+#: Resources of the XCU280 on the Alveo U280.
+U280 = MappingProxyType({"LUT": 1_303_680, "FF": 2_607_360, "DSP": 9_024, "BRAM36": 2_016,
+                         "URAM": 960})
+
+# LUTs occupied by each distributed-RAM and shift-register primitive of UltraScale+.
+_LUTS_PER_MEMORY_CELL = MappingProxyType({
+    "RAM32X1S": 1, "RAM32X1D": 2, "RAM32M": 4, "RAM32M16": 8,
+    "RAM64X1S": 1, "RAM64X1D": 2, "RAM64M": 4, "RAM64M8": 8,
+    "RAM128X1S": 2, "RAM128X1D": 4, "RAM256X1S": 4, "RAM256X1D": 8, "RAM512X1S": 8,
+    "SRL16E": 1, "SRLC16E": 1, "SRLC32E": 1,
+})
+#: The engines' names inside ``velcro_kernel``, synthesized apart from the rest.
+CONV, DENSE = "conv", "dense"
+
+_MEMORY_CELL = re.compile(r"RAM(16|32|64|128|256|512)[XM]\w*|SRL\w*")
+
+
+def lut_count(cells: dict[str, int]) -> tuple[int, int]:
+    """LUTs as logic and LUTs as memory in a Yosys cell histogram."""
+    logic = sum(n for cell, n in cells.items() if re.fullmatch(r"LUT[1-6]", cell))
+    memory = 0
+    for cell, n in cells.items():
+        if _MEMORY_CELL.fullmatch(cell):
+            if cell not in _LUTS_PER_MEMORY_CELL:
+                raise ValueError(f"unknown LUT-memory primitive {cell}; known: "
+                                 f"{', '.join(_LUTS_PER_MEMORY_CELL)}")
+            memory += n * _LUTS_PER_MEMORY_CELL[cell]
+    return logic, memory
+
+
+def _used(figures: dict) -> dict[str, float]:
+    logic, memory = lut_count(figures["cells"])
+    bram = figures["bram36"]
+    return {"LUT": logic + memory, "FF": figures["ff"], "DSP": figures["dsp48e2"],
+            "BRAM36": int(bram) if float(bram).is_integer() else bram, "URAM": figures["uram"]}
+
+
+def resources(figures: dict) -> dict[str, dict]:
+    """``{class: {"used", "available", "percent"}}`` for each class of :data:`U280`."""
+    used = _used(figures)
+    return {name: {"used": used[name], "available": available,
+                   "percent": round(100 * used[name] / available, 3)}
+            for name, available in U280.items()}
+
+
+def conv_arrays_that_fit(kernel: dict, conv: dict) -> tuple[int, str]:
+    """Conv arrays that fit beside one copy of the rest of the kernel, and the limiting class.
+
+    ``kernel`` and ``conv`` are :func:`~velcro.hw.estimate.synthesize` figures.
+    """
+    whole, array = _used(kernel), _used(conv)
+    best, limit = math.inf, ""
+    for name, available in U280.items():
+        if array[name] <= 0:
+            continue
+        rest = max(0, whole[name] - array[name])
+        copies = int((available - rest) // array[name])
+        if copies < best:
+            best, limit = copies, name
+    if limit == "":
+        raise ValueError("the conv array uses none of the counted resources")
+    return max(0, best), limit
+
+
+def estimate(config, *, jobs: int = 1) -> dict:
+    """Synthesize the kernel built with ``config``; the report.
+
+    The dense engine, the conv array and the rest of the kernel are synthesized
+    separately, ``jobs`` Yosys processes at a time: the conv array's figures are then
+    its own, and on two cores the dense engine (the longest) runs beside the other two.
+    """
+    from ..hw.estimate import synthesize
+    from ..hw.kernel import VelcroKernel
+    from ..hw.kernel_xml import KERNEL_NAME
+
+    start = time.perf_counter()
+    kernel = synthesize(VelcroKernel(config), KERNEL_NAME, apart=(DENSE, CONV), jobs=jobs)
+    conv = kernel["parts"][CONV]
+    fit, limit = conv_arrays_that_fit(kernel, conv)
+    parts = {}
+    for name, figures in ((KERNEL_NAME, kernel), *kernel["parts"].items()):
+        logic, memory = lut_count(figures["cells"])
+        parts[name] = {**{k: v for k, v in figures.items() if k not in ("cells", "parts")},
+                       "lut_logic": logic, "lut_memory": memory}
+    return {
+        "resources": resources(kernel),
+        "conv_arrays_that_fit": fit,
+        "conv_arrays_limited_by": limit,
+        "conv_array": resources(conv),
+        "parts": parts,
+        "kernel": config.name,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def table(report: dict) -> str:
+    """The report as a text table: used, available and percent per class."""
+    lines = [f"{'resource':8s} {'kernel':>10s} {'conv array':>11s} {'U280':>10s} {'kernel %':>9s}"]
+    for name, row in report["resources"].items():
+        conv = report["conv_array"][name]["used"]
+        lines.append(f"{name:8s} {row['used']:>10,} {conv:>11,} {row['available']:>10,} "
+                     f"{row['percent']:>8.2f}%")
+    lines.append(f"conv arrays that fit beside the rest of the kernel: "
+                 f"{report['conv_arrays_that_fit']} (limited by "
+                 f"{report['conv_arrays_limited_by']})")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""``velcro build estimate``: U280 shares, LUTs as memory, conv arrays that fit.
+
+The arithmetic and the command are checked on hand-made cell histograms (Yosys itself
+is tested in ``tests/hw/test_estimate.py``); a slow test synthesizes the shipped kernel
+(the acceptance figure: under 10 % of every resource class of the U280).
+"""
+
+import gc
+import json
+
+import pytest
+
+from velcro.hw import estimate as estimate_module
+from velcro.hw import kernel_config
+from velcro.hw.estimate import add_figures, parse_stat
+from velcro.sw.cli import main
+from velcro.sw.utilization import U280, conv_arrays_that_fit, lut_count, resources, table
+
+CLASSES = ["LUT", "FF", "DSP", "BRAM36", "URAM"]
+
+STAT = """
+=== velcro_kernel ===
+
+     1000   LUT6
+      300   LUT3
+       10   RAM64M
+        2   RAM32M16
+        4   SRLC32E
+     5000   FDRE
+       16   FDSE
+      152   DSP48E2
+       20   RAMB36E2
+        7   RAMB18E2
+        3   URAM288
+       80   CARRY4
+"""
+
+
+def figures(lut=0, ff=0, dsp=0, ramb36=0, ramb18=0, uram=0, ram64m=0) -> dict:
+    """Figures of :func:`velcro.hw.estimate.synthesize` for a design of these cells."""
+    cells = {"LUT6": lut, "FDRE": ff, "DSP48E2": dsp, "RAMB36E2": ramb36, "RAMB18E2": ramb18,
+             "URAM288": uram, "RAM64M": ram64m}
+    text = "".join(f"  {n}  {cell}\n" for cell, n in cells.items() if n)
+    return parse_stat(text)
+
+
+def test_luts_count_logic_and_memory_by_the_luts_each_primitive_occupies():
+    cells = parse_stat(STAT)["cells"]
+    assert lut_count(cells) == (1300, 10 * 4 + 2 * 8 + 4 * 1)
+    with pytest.raises(ValueError, match="unknown LUT-memory primitive RAM64X9Q"):
+        lut_count({"RAM64X9Q": 1})
+
+
+def test_each_class_is_a_share_of_the_u280():
+    shares = resources(parse_stat(STAT))
+    assert list(shares) == CLASSES
+    assert {name: row["available"] for name, row in shares.items()} == \
+        {"LUT": 1_303_680, "FF": 2_607_360, "DSP": 9_024, "BRAM36": 2_016, "URAM": 960}
+    used = {name: row["used"] for name, row in shares.items()}
+    # LUT-RAM occupies LUTs; a RAMB18 is half a RAMB36.
+    assert used == {"LUT": 1360, "FF": 5016, "DSP": 152, "BRAM36": 23.5, "URAM": 3}
+    assert shares["DSP"]["percent"] == round(100 * 152 / 9024, 3) == 1.684
+    assert shares["BRAM36"]["percent"] == round(100 * 23.5 / 2016, 3)
+
+
+def test_conv_arrays_fit_beside_one_rest_of_the_kernel_limited_by_the_scarcest_class():
+    conv = figures(lut=30_000, ff=40_000, dsp=160, ramb36=100)
+    kernel = figures(lut=50_000, ff=60_000, dsp=176, ramb36=120, uram=4)
+    # DSP: (9024 - 16) // 160 = 56; LUT: (1303680 - 20000) // 30000 = 42;
+    # FF: (2607360 - 20000) // 40000 = 64; BRAM36: (2016 - 20) // 100 = 19.
+    assert conv_arrays_that_fit(kernel, conv) == (19, "BRAM36")
+    no_bram = figures(lut=30_000, ff=40_000, dsp=160)
+    assert conv_arrays_that_fit(figures(lut=50_000, ff=60_000, dsp=176), no_bram) == (42, "LUT")
+    # A kernel the device cannot hold even once fits no conv array.
+    assert conv_arrays_that_fit(figures(dsp=20_000), figures(dsp=100)) == (0, "DSP")
+    with pytest.raises(ValueError, match="uses none"):
+        conv_arrays_that_fit(figures(ff=10), figures())
+
+
+def test_table_lists_every_class_and_the_fit():
+    report = {"resources": resources(parse_stat(STAT)),
+              "conv_array": resources(figures(dsp=144, lut=900)),
+              "conv_arrays_that_fit": 61, "conv_arrays_limited_by": "DSP"}
+    lines = table(report).splitlines()
+    assert [line.split()[0] for line in lines[1:6]] == CLASSES
+    assert lines[3].split() == ["DSP", "152", "144", "9,024", "1.68%"]
+    assert lines[-1] == "conv arrays that fit beside the rest of the kernel: 61 (limited by DSP)"
+
+
+def check_report(report: dict) -> None:
+    """The JSON shape of the issue, with percentages that follow from the counts."""
+    assert list(report["resources"]) == CLASSES
+    for name, row in report["resources"].items():
+        assert set(row) == {"used", "available", "percent"}
+        assert row["available"] == U280[name]
+        assert row["percent"] == round(100 * row["used"] / row["available"], 3)
+    assert isinstance(report["conv_arrays_that_fit"], int)
+    assert report["conv_arrays_limited_by"] in CLASSES
+    # The kernel is the sum of its parts, the conv array one of them.
+    for name in CLASSES:
+        assert report["conv_array"][name]["used"] <= report["resources"][name]["used"]
+
+
+# The stand-in for Yosys never elaborates the kernel; Amaranth would warn about that.
+@pytest.mark.filterwarnings("ignore:.*created but never used")
+def test_estimate_command_reports_the_kernel_and_its_conv_array(tmp_path, monkeypatch, capsys):
+    conv = figures(lut=9_000, ff=7_000, dsp=145, ramb36=144)
+    dense = figures(lut=20_000, ff=8_000, dsp=83, ramb36=2, ram64m=100)
+    rest = figures(lut=8_000, ff=16_000, dsp=7, ramb36=17)
+    calls = []
+
+    def synthesize(component, name, *, apart=(), jobs=1):
+        calls.append((type(component).__name__, name, apart, jobs))
+        return {**add_figures(dense, conv, rest), "yosys_seconds": 1.0,
+                "parts": {"dense": dense, "conv": conv, "rest": rest}}
+
+    monkeypatch.setattr(estimate_module, "synthesize", synthesize)
+    path = tmp_path / "estimate.json"
+    assert main(["build", "estimate", "--json", str(path), "--jobs", "3"]) == 0
+    gc.collect()  # the kernel is in a reference cycle: free it while the filter applies
+    assert calls == [("VelcroKernel", "velcro_kernel", ("dense", "conv"), 3)]
+    report = json.loads(path.read_text())
+    check_report(report)
+    assert {name: row["used"] for name, row in report["resources"].items()} == \
+        {"LUT": 37_400, "FF": 31_000, "DSP": 235, "BRAM36": 163, "URAM": 0}
+    # BRAM36: (2016 - 19) // 144 = 13 arrays; DSP would allow (9024 - 90) // 145 = 61.
+    assert (report["conv_arrays_that_fit"], report["conv_arrays_limited_by"]) == (13, "BRAM36")
+    assert report["parts"]["conv"]["dsp48e2"] == 145
+    assert report["parts"]["dense"]["lut_memory"] == 400
+    assert list(report["parts"]) == ["velcro_kernel", "dense", "conv", "rest"]
+    assert report["kernel"] == kernel_config.SHIPPED.name
+    out = capsys.readouterr().out
+    assert "conv arrays that fit beside the rest of the kernel: 13 (limited by BRAM36)" in out
+
+
+def test_estimate_needs_a_job(capsys):
+    assert main(["build", "estimate", "--jobs", "0"]) == 2
+    assert "--jobs must be at least 1, not 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_shipped_kernel_takes_under_a_tenth_of_every_u280_resource(tmp_path):
+    path = tmp_path / "estimate.json"
+    assert main(["build", "estimate", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    check_report(report)
+    assert all(row["percent"] < 10 for row in report["resources"].values()), \
+        report["resources"]
+    # 16 lanes of nine multipliers map to DSP slices.
+    assert report["conv_array"]["DSP"]["used"] >= 144
+    assert report["conv_arrays_that_fit"] >= 10
