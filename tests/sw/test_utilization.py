@@ -142,7 +142,8 @@ def test_estimate_needs_a_job(capsys):
 @pytest.mark.slow
 def test_the_shipped_kernel_takes_under_a_tenth_of_every_u280_resource(tmp_path):
     path = tmp_path / "estimate.json"
-    assert main(["build", "estimate", "--json", str(path)]) == 0
+    # One Yosys process: other slow tests may share the cores (6.4 minutes on one core).
+    assert main(["build", "estimate", "--json", str(path), "--jobs", "1"]) == 0
     report = json.loads(path.read_text())
     check_report(report)
     assert all(row["percent"] < 10 for row in report["resources"].values()), \
