@@ -109,6 +109,8 @@ def _require(tools: list[str], folder: BuildFolder) -> None:
 
 def _run(tool: str, args: list[str], folder: BuildFolder, log: Path, product: Path) -> None:
     print(f"[build] {tool} {' '.join(args)}", flush=True)
+    # A product left by an earlier run must not pass for this run's.
+    product.unlink(missing_ok=True)
     result = subprocess.run([tool, *args], cwd=folder.path)
     if result.returncode != 0 or not product.is_file():
         raise ToolError(f"{tool} failed (exit {result.returncode}) without writing "

@@ -8,14 +8,18 @@ shell takes a share that no open tool reports):
 ``LUT``
     LUTs as logic plus LUTs as memory (distributed RAM and shift registers, by the
     number of LUTs each primitive occupies), as Vivado's "CLB LUTs".
-``FF``, ``DSP``, ``URAM``
-    Flip-flops, DSP48E2 slices, URAM288 blocks.
+``FF``, ``DSP``
+    Flip-flops, DSP48E2 slices.
 ``BRAM36``
     RAMB36E2 blocks plus half the RAMB18E2.
+``URAM``
+    URAM288 blocks; ``synth_xilinx`` maps memories to them only when asked
+    (``-uram``), and the kernel's memories are sized for block RAM.
 
 ``conv_arrays_that_fit`` is how many conv arrays the device would hold next to one
 copy of the rest of the kernel (its DMAs, sequencer, dense engine, buffers), limited
-by the scarcest resource class (``conv_arrays_limited_by``).
+by the scarcest resource class (``conv_arrays_limited_by``). ``parts`` has the Yosys
+figures of the whole kernel and of each part synthesized on its own.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ def estimate(config, *, jobs: int = 1) -> dict:
     for name, figures in ((KERNEL_NAME, kernel), *kernel["parts"].items()):
         logic, memory = lut_count(figures["cells"])
         parts[name] = {**{k: v for k, v in figures.items() if k not in ("cells", "parts")},
-                       "lut_logic": logic, "lut_memory": memory}
+                       "lut": logic + memory, "lut_logic": logic, "lut_memory": memory}
     return {
         "resources": resources(kernel),
         "conv_arrays_that_fit": fit,

@@ -39,8 +39,8 @@ def register(sub) -> None:
                            "the U280's capacity")
     q.add_argument("--json", type=Path, help="also write the figures as JSON")
     q.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="Yosys processes at a time (the conv array and the rest of the "
-                   "kernel; default: %(default)s)")
+                   help="Yosys processes at a time, for the three parts synthesized "
+                   "apart: dense engine, conv array, rest (default: %(default)s)")
     q.set_defaults(func=cmd_estimate)
 
 

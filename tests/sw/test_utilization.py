@@ -126,7 +126,8 @@ def test_estimate_command_reports_the_kernel_and_its_conv_array(tmp_path, monkey
     # BRAM36: (2016 - 19) // 144 = 13 arrays; DSP would allow (9024 - 90) // 145 = 61.
     assert (report["conv_arrays_that_fit"], report["conv_arrays_limited_by"]) == (13, "BRAM36")
     assert report["parts"]["conv"]["dsp48e2"] == 145
-    assert report["parts"]["dense"]["lut_memory"] == 400
+    assert (report["parts"]["dense"]["lut"], report["parts"]["dense"]["lut_memory"]) == \
+        (20_400, 400)
     assert list(report["parts"]) == ["velcro_kernel", "dense", "conv", "rest"]
     assert report["kernel"] == kernel_config.SHIPPED.name
     out = capsys.readouterr().out
@@ -141,7 +142,8 @@ def test_estimate_needs_a_job(capsys):
 @pytest.mark.slow
 def test_the_shipped_kernel_takes_under_a_tenth_of_every_u280_resource(tmp_path):
     path = tmp_path / "estimate.json"
-    assert main(["build", "estimate", "--json", str(path)]) == 0
+    # One Yosys process: other slow tests may share the cores (6.4 minutes on one core).
+    assert main(["build", "estimate", "--json", str(path), "--jobs", "1"]) == 0
     report = json.loads(path.read_text())
     check_report(report)
     assert all(row["percent"] < 10 for row in report["resources"].values()), \
