@@ -213,6 +213,12 @@ def conv_layer(layer: Layer) -> ConvLayer:
     return ConvLayer(c_in, layer.out_shape[0], h, w, layer.attrs["stride"])
 
 
+def _map_io(c: int, h: int, w: int, cfg: KernelConfig) -> tuple[int, int]:
+    """Activation records of a ``c x h x w`` map and its per-image stride in bytes."""
+    records = -(-c // cfg.conv.lanes) * h * w
+    return records, _round(records * cfg.record_bytes("act"), cfg.word_bytes)
+
+
 def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
     """The kernel program running ``layers`` (a segment the kernel supports) per image."""
     if not layers:
@@ -234,8 +240,7 @@ def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
     in_shape = tuple(first.in_shape)
     if input_kind == "map":
         c, h, w = in_shape
-        records = -(-c // cfg.conv.lanes) * h * w
-        input_stride = _round(records * cfg.record_bytes("act"), wb)
+        records, input_stride = _map_io(c, h, w, cfg)
         steps.append(Step(Opcode.LOAD_MAP, "input", dict(
             buf=buf, channels=c, height=h, width=w,
             io={"offset": 0, "stride": input_stride, "records": records}),
@@ -271,8 +276,7 @@ def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
                 step.fields["out"]["stride"] = output_stride
     if output_kind == "map":
         c, h, w = last.out_shape
-        records = -(-c // cfg.conv.lanes) * h * w
-        output_stride = _round(records * cfg.record_bytes("act"), wb)
+        records, output_stride = _map_io(c, h, w, cfg)
         steps.append(Step(Opcode.STORE_MAP, "output", dict(
             buf=buf, channels=c, height=h, width=w,
             io={"offset": 0, "stride": output_stride, "records": records}),
