@@ -29,19 +29,26 @@ VERSION = 1
 class RunningMoments:
     """Count, mean and sum of squared deviations (M2) of a stream of tensors, in float64.
 
-    Each batch is copied into a reused float64 buffer, shifted by the running mean (by
-    its first sample for the first batch), and reduced to its sum and sum of squares by
-    two matrix-vector products; Chan's update then merges it. The shift keeps the sum of
-    squares free of cancellation for elements whose mean is large against their spread,
-    exactly the elements VELCRO replaces.
+    Each batch is shifted by the running mean (by its first sample for the first
+    batch) and reduced to its sum and sum of squares in float64, a few rows at a time
+    through a reused buffer small enough to stay in cache; Chan's update then merges
+    the batch. The shift keeps the sum of squares free of cancellation for elements
+    whose mean is large against their spread, exactly the elements VELCRO replaces.
     """
+
+    #: Bytes of the float64 work buffer; a block of rows of this size stays in L2/L3.
+    BLOCK_BYTES = 4 << 20
 
     def __init__(self, shape: tuple[int, ...]):
         self.count = 0
         self.mean = torch.zeros(shape, dtype=torch.float64)
         self.m2 = torch.zeros(shape, dtype=torch.float64)
-        self._buffer = torch.empty(0, dtype=torch.float64)
+        size = int(np.prod(shape, dtype=np.int64))
+        self._rows = max(1, self.BLOCK_BYTES // (8 * max(size, 1)))
+        self._buffer = torch.empty((0, size), dtype=torch.float64)
         self._ones = torch.empty(0, dtype=torch.float64)
+        self._total = torch.empty(size, dtype=torch.float64)
+        self._squares = torch.empty(size, dtype=torch.float64)
 
     def update(self, batch: torch.Tensor) -> None:
         """Merge a batch ``[B, *shape]`` into the running moments (Chan's parallel update)."""
@@ -49,16 +56,20 @@ class RunningMoments:
         if n_b == 0:
             return
         flat = batch.detach().reshape(n_b, -1)
-        if self._buffer.shape[0] < n_b:
-            self._buffer = torch.empty((n_b, flat.shape[1]), dtype=torch.float64)
-            self._ones = torch.ones(n_b, dtype=torch.float64)
-        work, ones = self._buffer[:n_b], self._ones[:n_b]
-        work.copy_(flat)
-        shift = self.mean.reshape(-1) if self.count else work[0].clone()
-        work.sub_(shift)
-        total = ones @ work                         # sum of (x - shift)
-        work.mul_(work)
-        squares = ones @ work                       # sum of (x - shift)^2
+        shift = (self.mean.reshape(-1) if self.count
+                 else flat[0].to(torch.float64, copy=True))
+        if self._buffer.shape[0] < min(n_b, self._rows):
+            self._buffer = torch.empty((min(n_b, self._rows), flat.shape[1]), dtype=torch.float64)
+            self._ones = torch.ones(self._buffer.shape[0], dtype=torch.float64)
+        total, squares = self._total.zero_(), self._squares.zero_()
+        for start in range(0, n_b, self._rows):
+            rows = min(self._rows, n_b - start)
+            work, ones = self._buffer[:rows], self._ones[:rows]
+            work.copy_(flat[start:start + rows])
+            work.sub_(shift)
+            total.addmv_(work.T, ones)              # sum of (x - shift)
+            work.mul_(work)
+            squares.addmv_(work.T, ones)            # sum of (x - shift)^2
         mean_b = shift + total / n_b
         m2_b = (squares - total * total / n_b).clamp_(min=0.0)
         n = self.count + n_b

@@ -9,10 +9,15 @@ from velcro.sw.profile import Profile, RunningMoments, profile
 from velcro.sw.taps import tap
 
 
+@pytest.mark.parametrize("block_rows", [None, 1, 3])
 @pytest.mark.parametrize("chunks", [[500], [1, 1, 498], [7, 100, 3, 390], [250, 250]])
-def test_running_moments_equal_two_pass_numpy(rng, chunks):
+def test_running_moments_equal_two_pass_numpy(rng, monkeypatch, chunks, block_rows):
+    if block_rows:  # batches reduced a few rows at a time through the work buffer
+        monkeypatch.setattr(RunningMoments, "BLOCK_BYTES", 8 * 20 * block_rows)
     data = rng.normal(3.0, 2.5, (sum(chunks), 4, 5)) * rng.uniform(0, 10, (4, 5))
     m = RunningMoments((4, 5))
+    if block_rows:
+        assert m._rows == block_rows
     start = 0
     for n in chunks:
         m.update(torch.from_numpy(data[start:start + n]))
