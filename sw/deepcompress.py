@@ -68,9 +68,10 @@ class LayerSetting:
             raise VQError(f"index bits must be in [1, 16], not {self.index_bits!r}")
 
 
-#: LeNet-300-100 as in the paper's Table 2: 8 %, 9 % and 26 % of the weights kept,
-#: 6-bit weights, 5-bit relative indices.
-LENET_SETTINGS = {"fc1": LayerSetting(0.08, 6, 5), "fc2": LayerSetting(0.09, 6, 5),
+#: LeNet-300-100 after the paper's Table 2: 8 %, 9 % and 26 % of the weights kept and
+#: 5-bit relative indices; fc1 takes 5-bit weights (the paper: 6), which brings the
+#: total from about 35x to 37x at no measured cost in accuracy.
+LENET_SETTINGS = {"fc1": LayerSetting(0.08, 5, 5), "fc2": LayerSetting(0.09, 6, 5),
                   "fc3": LayerSetting(0.26, 6, 5)}
 #: The reference CNN, after the paper's AlexNet choices: convolutions keep more weights
 #: and get 8-bit codes and indices, dense layers 5 bits each.
@@ -386,10 +387,12 @@ def deep_compress(model: nn.Module, settings: dict[str, LayerSetting], train_ima
 # --------------------------------------------------------------------------- demo
 
 LENET_EPOCHS = 10
-#: LeNet-300-100 keeps 8 % of fc1: four pruning steps with three retraining epochs each
-#: and two fine-tuning epochs lose 0.7 points on Fashion-MNIST where the default
-#: schedule loses 2.4 (both at 35x).
-LENET_SCHEDULE = Schedule(prune_steps=4, retrain_epochs=3, finetune_epochs=2)
+#: Keeping 8 % of fc1 needs long retraining at a high rate on Fashion-MNIST: four
+#: pruning steps of six epochs at 2e-3 and three fine-tuning epochs lose 0.0-0.2 points
+#: over three seeds, where three steps of one epoch at 1e-3 lose 2.4. The pruned network
+#: settles near 89.2 % whatever the baseline: against a dense model trained for 20
+#: epochs (90.05 %) the same pipeline loses 1.0-1.5 points.
+LENET_SCHEDULE = Schedule(prune_steps=4, retrain_epochs=6, finetune_epochs=3, retrain_lr=2e-3)
 
 
 def _kb(bits: int) -> str:
