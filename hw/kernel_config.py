@@ -24,7 +24,7 @@ from .dense_requant import PARAMS
 from .descriptor import DESCRIPTOR_BYTES
 from .records import record_bytes, words_for
 
-__all__ = ["COUNTERS", "KernelConfig", "SHIPPED", "STREAMS"]
+__all__ = ["COUNTERS", "CONFIGS", "KernelConfig", "SHIPPED", "SMALL", "STREAMS"]
 
 #: One record per descriptor, written at the end of a run: the descriptor's totals
 #: over all images of the run.
@@ -150,3 +150,12 @@ class KernelConfig:
 
 SHIPPED = KernelConfig()
 """The kernel that goes on the card: shipped engines, 512-bit ports."""
+
+SMALL = KernelConfig(ConvArrayConfig(lanes=8, max_height=28, max_width=28, max_channels=64),
+                     DenseConfig(width=64, max_k=256, max_s=4, macs=16, max_n_in=1024,
+                                 max_n_out=256), data_width=256, max_program=16)
+"""A smaller kernel that still runs the reference CNN: half the conv lanes, a quarter
+of the dense MACs, 256-bit ports; what Icarus simulates in reasonable time."""
+
+#: Kernel configurations by the name ``velcro run --kernel`` takes.
+CONFIGS = {"shipped": SHIPPED, "small": SMALL}

@@ -332,10 +332,15 @@ class SimAccelerator:
     pause : float
         AXI pause probability per channel and cycle.
     seed : int
+    jobs : int
+        Simulator processes per run: the images are split into this many contiguous
+        parts, each simulated as a kernel run of its own (seed ``seed + part``), and the
+        logits joined in order. The counters add up over the parts, so they include one
+        run's fixed cycles per part.
     """
 
     def __init__(self, config: KernelConfig = SHIPPED, *, simulator: str | None = None,
-                 pause: float = 0.0, seed: int = 0):
+                 pause: float = 0.0, seed: int = 0, jobs: int = 1):
         from ..sw.errors import DeviceError
         from . import runner
 
@@ -343,6 +348,9 @@ class SimAccelerator:
             simulator = runner.check_simulator(simulator or runner.default_simulator())
         except ValueError as e:
             raise DeviceError(f"sim: {e}") from None
+        if not isinstance(jobs, int) or jobs < 1:
+            raise DeviceError(f"sim: jobs must be a positive integer, not {jobs!r}")
+        self.jobs = jobs
         self.config = config
         self.simulator = simulator
         self.pause = pause
@@ -358,7 +366,7 @@ class SimAccelerator:
         self.package = package
 
     def run(self, images: np.ndarray, *, timeout: float | None = None) -> np.ndarray:
-        """int32 logits of uint8 ``images``, from one simulation of the kernel.
+        """int32 logits of uint8 ``images``, from one simulation of the kernel per job.
 
         Raises
         ------
@@ -367,34 +375,49 @@ class SimAccelerator:
             driver raised one inside the simulation (:class:`KernelError`,
             :class:`DeviceTimeout`).
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         from ..sw.errors import DeviceError
         from . import runner
 
         if self.package is None:
             raise DeviceError("no package loaded")
+        images = np.asarray(images)
         start = time.perf_counter()
         try:
             # Checked first: converting the shipped kernel to Verilog takes most of a minute.
             runner.prepare_environment(self.simulator)
             model = build_kernel(self.config, self.simulator)
-            self.sim["build_seconds"] += time.perf_counter() - start
-            result = model.run("velcro.sim.kernel_bench", {
-                "config": self.config, "package": self.package, "pause": self.pause,
-                "seed": self.seed, "actions": [{"run": np.asarray(images), "timeout": timeout}],
-            })
         except runner.SimulationError as e:
-            # The first line names the failure and the log; the log has the rest.
             raise DeviceError(f"sim: {str(e).splitlines()[0]}") from None
-        outcome = result["outcomes"][0]
-        if "error" in outcome:
-            raise outcome["error"]
+        self.sim["build_seconds"] += time.perf_counter() - start
+        parts = np.array_split(images, min(self.jobs, len(images))) if len(images) else [images]
+
+        def simulate(part: int):
+            try:
+                return model.run("velcro.sim.kernel_bench", {
+                    "config": self.config, "package": self.package, "pause": self.pause,
+                    "seed": self.seed + part,
+                    "actions": [{"run": parts[part], "timeout": timeout}],
+                })
+            except runner.SimulationError as e:
+                # The first line names the failure and the log; the log has the rest.
+                raise DeviceError(f"sim: {str(e).splitlines()[0]}") from None
+
+        with ThreadPoolExecutor(len(parts)) as pool:
+            results = list(pool.map(simulate, range(len(parts))))
+        outcomes = [result["outcomes"][0] for result in results]
+        for outcome in outcomes:
+            if "error" in outcome:
+                raise outcome["error"]
+        for result, outcome in zip(results, outcomes, strict=True):
+            self._merge(outcome["counters"])
+            for name in self.totals:
+                self.totals[name] += outcome["totals"].get(name, 0)
+            self.sim["cycles"] += result["sim_cycles"]
+            self.sim["seconds"] += result["sim_seconds"]
         self.images += len(images)
-        self._merge(outcome["counters"])
-        for name in self.totals:
-            self.totals[name] += outcome["totals"].get(name, 0)
-        self.sim["cycles"] += result["sim_cycles"]
-        self.sim["seconds"] += result["sim_seconds"]
-        return outcome["logits"]
+        return np.concatenate([outcome["logits"] for outcome in outcomes])
 
     def _merge(self, counters) -> None:
         if not self._counters:

@@ -60,6 +60,12 @@ def register(sub) -> None:
     p.add_argument("--json", type=Path, help="write the measured figures as JSON")
     p.add_argument("--simulator", choices=("verilator", "icarus"),
                    help="sim: the simulator (default: verilator, or $VELCRO_SIM)")
+    p.add_argument("--kernel", choices=("shipped", "small"), default="shipped",
+                   help="sim, golden: the kernel configuration (small: half the conv lanes, "
+                   "256-bit ports; what Icarus simulates in reasonable time)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="sim: simulator processes, each running a contiguous part of the "
+                   "images (default 1)")
     p.add_argument("--axi-pause", type=float, default=0.0,
                    help="sim: probability of a random pause per AXI channel and cycle")
     p.add_argument("--xclbin", type=Path, help="alveo: the bitstream (default: "
@@ -133,16 +139,22 @@ def codebook_layers(model, args) -> dict:
 def open_device(spec: str, package, args=None):
     """The accelerator named by ``spec`` (:func:`velcro.sw.runtime.parse_device`), loaded
     with ``package``; ``args`` carries the backend options of ``velcro run``."""
+    from ...hw.kernel_config import CONFIGS
     from ..runtime import Accelerator, parse_device
 
     kind, _ = parse_device(spec)
     options = {}
+    kernel = getattr(args, "kernel", "shipped")
+    if kind == "alveo" and kernel != "shipped":
+        raise DeviceError(f"alveo runs the shipped kernel; --kernel {kernel} is for sim "
+                          "and golden")
+    options["config"] = CONFIGS[kernel]
     if args is not None and kind == "sim":
         if not 0 <= args.axi_pause < 1:
             raise DeviceError(f"--axi-pause must be in [0, 1), not {args.axi_pause}")
-        options = {"simulator": args.simulator, "pause": args.axi_pause}
+        options.update(simulator=args.simulator, pause=args.axi_pause, jobs=args.jobs)
     elif args is not None and kind == "alveo":
-        options = {"xclbin": args.xclbin}
+        options.update(xclbin=args.xclbin)
     device = Accelerator.open(spec, **options)
     device.load(package)
     return device
@@ -251,6 +263,7 @@ def cmd_run(args) -> None:
     record = {
         "package": str(args.package),
         "device": args.device,
+        "kernel": getattr(args, "kernel", "shipped"),
         "task": task.name,
         "C": package.C,
         "images": n,

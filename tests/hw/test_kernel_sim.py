@@ -16,7 +16,7 @@ import pytest
 from velcro.hw.conv_params import ConvArrayConfig
 from velcro.hw.dense_config import DenseConfig
 from velcro.hw.descriptor import DESCRIPTOR_BYTES
-from velcro.hw.kernel_config import SHIPPED, KernelConfig
+from velcro.hw.kernel_config import SHIPPED, SMALL, KernelConfig
 from velcro.hw.kernel_cost import END_FIXED, RUN_FIXED
 from velcro.sim.backend import build_kernel
 from velcro.sw import golden
@@ -26,10 +26,6 @@ from velcro.sw.runtime import DeviceTimeout, KernelError
 from velcro.sw.runtime.partition import partition
 from velcro.sw.runtime.program import compile_segment
 
-#: A smaller kernel that still runs the reference CNN (for Icarus).
-SMALL = KernelConfig(ConvArrayConfig(lanes=8, max_height=28, max_width=28, max_channels=64),
-                     DenseConfig(width=64, max_k=256, max_s=4, macs=16, max_n_in=1024,
-                                 max_n_out=256), data_width=256, max_program=16)
 #: A tiny kernel: the tiny package splits into two device stages around host layers.
 SPLIT = KernelConfig(ConvArrayConfig(lanes=2, max_height=8, max_width=8, max_channels=4),
                      DenseConfig(width=64, max_k=256, max_s=2, macs=8, max_n_in=16,
@@ -152,6 +148,27 @@ def test_split_package_under_icarus(tiny_package):
     np.testing.assert_array_equal(outcome["logits"], golden.run(tiny_package, images))
     assert [c.opcode for c in outcome["counters"]] == [
         "LOAD_MAP", "CONV", "POOL", "STORE_MAP", "LOAD_VEC", "DENSE", "DENSE"]
+
+
+def test_sim_device_splits_a_run_across_simulator_jobs(tiny_package):
+    """jobs=2 simulates two contiguous parts in parallel: the logits in order, and the
+    exact counters (MAC cycles, skips) add up to those of one run over all images."""
+    from velcro.sw.runtime import Accelerator
+
+    rng = np.random.default_rng(9)
+    images = rng.integers(0, 256, (5, *tiny_package.input_shape), dtype=np.uint8)
+    devices = {}
+    for jobs in (1, 2):
+        device = Accelerator.open("sim", config=SPLIT, simulator="icarus", pause=0.2,
+                                  jobs=jobs)
+        device.load(tiny_package)
+        np.testing.assert_array_equal(device.run(images), golden.run(tiny_package, images))
+        devices[jobs] = device
+    assert devices[2].totals["images_done"] == devices[1].totals["images_done"]
+    assert devices[1].images == devices[2].images == 5
+    for one, two in zip(devices[1].counters(), devices[2].counters(), strict=True):
+        assert (two.mac_cycles, two.skipped) == (one.mac_cycles, one.skipped)
+    assert devices[2].totals["cycles"] > devices[1].totals["cycles"]  # two runs' fixed cost
 
 
 @pytest.mark.slow

@@ -86,6 +86,10 @@ def test_run_errors_are_one_line(exported, tmp_path, capsys):
                             "--xclbin", str(tmp_path / "none.xclbin")], "alveo")
     one_line_error(capsys, ["run", "--package", str(exported), "--images", "0"],
                    "--images must be in [1, ")
+    one_line_error(capsys, ["run", "--package", str(exported), "--device", "alveo",
+                            "--kernel", "small"], "alveo runs the shipped kernel")
+    one_line_error(capsys, ["run", "--package", str(exported), "--device", "sim",
+                            "--jobs", "0"], "jobs must be a positive integer")
 
 
 def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
