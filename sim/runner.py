@@ -276,7 +276,7 @@ def port_names(component) -> list[str]:
 #: yosys passes after the memory-initialisation cleanup, per simulator. Verilator
 #: optimises on its own and gets Amaranth's usual script. Icarus interprets what it is
 #: given, so it gets one flattened module with processes lowered to multiplexers and
-#: constant and redundant logic removed: the small kernel runs 1.8x faster. (Without
+#: constant and redundant logic removed: the small kernel runs twice as fast. (Without
 #: ``-norename``: yosys' internal ``$procmux`` names are not Verilog identifiers.)
 _YOSYS_PASSES = {
     "verilator": ["proc -nomux -norom", "memory_collect", "write_verilog -norename"],

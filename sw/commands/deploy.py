@@ -263,7 +263,7 @@ def cmd_run(args) -> None:
     record = {
         "package": str(args.package),
         "device": args.device,
-        "kernel": getattr(args, "kernel", "shipped"),
+        "kernel": args.kernel,
         "task": task.name,
         "C": package.C,
         "images": n,
