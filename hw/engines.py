@@ -35,22 +35,22 @@ class Engine:
 
 
 def _conv_array():
-    from .conv import ConvArray
-    from .conv_params import SHIPPED
+    from .conv.array import ConvArray
+    from .conv.config import SHIPPED
 
     return ConvArray(SHIPPED)
 
 
 def _dense_engine():
-    from .dense import DenseEngine
-    from .dense_config import SHIPPED
+    from .dense.config import SHIPPED
+    from .dense.engine import DenseEngine
 
     return DenseEngine(SHIPPED)
 
 
 def _kernel():
-    from .kernel import VelcroKernel
-    from .kernel_config import SHIPPED
+    from .kernel.config import SHIPPED
+    from .kernel.top import VelcroKernel
 
     return VelcroKernel(SHIPPED)
 

@@ -27,7 +27,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from .axi import axi4_read_signature, drive_fixed
+from .bus import axi4_read_signature, drive_fixed
 
 __all__ = ["COMMAND", "ReadDma"]
 

@@ -21,8 +21,8 @@ from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from .axi import axi4_write_signature, drive_fixed
-from .axi_read import COMMAND
+from .bus import axi4_write_signature, drive_fixed
+from .read import COMMAND
 
 __all__ = ["WriteDma"]
 

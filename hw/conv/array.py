@@ -11,7 +11,7 @@ instead of ``9 * lanes``. Writes carry a byte enable per lane.
 Per cycle every lane multiplies one 3x3 window by one 3x3 kernel (``9 * lanes``
 MACs), an adder tree sums the lanes, and an output element accumulates over
 ``ceil(c_in / lanes)`` cycles before requantization; output channels are processed
-one after another. :class:`~velcro.hw.conv_scan.SkipScanner` decides what is
+one after another. :class:`~velcro.hw.conv.scan.SkipScanner` decides what is
 computed: skipped elements cost no MAC cycle and whole blocks of skipped elements
 pass in one cycle, written together with the computed ones of their block.
 
@@ -31,18 +31,12 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .conv_format import (
-    MASK_LAYOUT,
-    REQUANT_LAYOUT,
-    TAPS,
-    activations_layout,
-    weights_layout,
-)
-from .conv_lane import ConvLane
-from .conv_params import SHIPPED, ConvArrayConfig, Op
-from .conv_scan import SkipScanner, descriptor_layout, issue_layout
-from .conv_walk import PlaneWalker
-from .requant import Requantizer
+from ..requant import Requantizer
+from .config import SHIPPED, ConvArrayConfig, Op
+from .format import MASK_LAYOUT, REQUANT_LAYOUT, TAPS, activations_layout, weights_layout
+from .lane import ConvLane
+from .scan import SkipScanner, descriptor_layout, issue_layout
+from .walk import PlaneWalker
 
 __all__ = ["ConvArray", "LayerSignature", "StatsSignature", "pipeline_latency",
            "tree_latency"]
@@ -143,15 +137,15 @@ class ConvArray(wiring.Component):
     layer : In(LayerSignature)
         Operation and layer shape, sampled at ``start``.
     ifmap : In stream
-        ``LOAD`` data (:func:`~velcro.hw.conv_format.activations_layout`).
+        ``LOAD`` data (:func:`~velcro.hw.conv.format.activations_layout`).
     ofmap : Out stream
         ``DRAIN`` data (same layout).
     weights : In stream
-        ``CONV`` kernels (:func:`~velcro.hw.conv_format.weights_layout`).
+        ``CONV`` kernels (:func:`~velcro.hw.conv.format.weights_layout`).
     requant : In stream
-        ``CONV`` bias and requantization (:data:`~velcro.hw.conv_format.REQUANT_LAYOUT`).
+        ``CONV`` bias and requantization (:data:`~velcro.hw.conv.format.REQUANT_LAYOUT`).
     mask : In stream
-        ``CONV`` skip masks and means (:data:`~velcro.hw.conv_format.MASK_LAYOUT`),
+        ``CONV`` skip masks and means (:data:`~velcro.hw.conv.format.MASK_LAYOUT`),
         read only when ``layer.skip`` is set.
     stats : Out(StatsSignature)
         Counters of the last operation.

@@ -1,12 +1,12 @@
 """Cost model of the conv array: cycles of every operation, from shapes and masks alone.
 
 The model restates the timing rules of the design (module docstrings of
-:mod:`~velcro.hw.conv` and :mod:`~velcro.hw.conv_scan`) as arithmetic; the
+:mod:`~velcro.hw.conv.array` and :mod:`~velcro.hw.conv.scan`) as arithmetic; the
 simulations assert the measured counts against it, exactly when no stream is held
 back, and within the injected idle cycles otherwise.
 
 ``CONV`` with ``G = ceil(c_in / lanes)`` channel groups and a pipeline of ``P``
-cycles (:func:`~velcro.hw.conv.pipeline_latency`):
+cycles (:func:`~velcro.hw.conv.array.pipeline_latency`):
 
 * a block of 3x3 output elements with ``n`` computed elements costs
   ``D = max(1, n * G)`` scanner cycles; channel ``c`` costs ``D_c = sum D``;
@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv import pipeline_latency
-from .conv_params import SHIPPED, ConvArrayConfig, ConvLayer
+from .array import pipeline_latency
+from .config import SHIPPED, ConvArrayConfig, ConvLayer
 
 __all__ = ["block_counts", "expected_cycles", "expected_drain_cycles", "expected_load_cycles",
            "expected_mac_cycles", "ideal_mac_cycles", "resource_estimate"]

@@ -1,6 +1,6 @@
 """How tensors travel on the conv array's streams: Amaranth layouts and NumPy packers.
 
-Every stream of :class:`~velcro.hw.conv.ConvArray` carries one of the layouts below;
+Every stream of :class:`~velcro.hw.conv.array.ConvArray` carries one of the layouts below;
 the packers turn golden-model tensors into the integer payloads of those layouts
 (and back), taking field offsets from the layouts so the two cannot drift apart.
 Element 0 of an array layout sits in the least significant bits.

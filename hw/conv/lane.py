@@ -13,7 +13,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .conv_format import TAPS
+from .format import TAPS
 
 __all__ = ["ConvLane"]
 

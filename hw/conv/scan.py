@@ -5,7 +5,7 @@ Output elements are visited in 3x3 *blocks* of one output channel, in order
 unit of skipping: the 9 elements of a block live in the 9 different banks of the
 output buffer at the same word, so the whole block, means of skipped elements and
 results of computed ones, is written in one cycle
-(:class:`~velcro.hw.conv.ConvArray`). The scanner therefore spends
+(:class:`~velcro.hw.conv.array.ConvArray`). The scanner therefore spends
 
 * ``groups`` cycles on every computed element (one per channel group of ``lanes``
   input channels; all lanes work on the same element in lockstep), and
@@ -27,8 +27,8 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .conv_format import MASK_LAYOUT, TAPS
-from .conv_params import ConvArrayConfig
+from .config import ConvArrayConfig
+from .format import MASK_LAYOUT, TAPS
 
 __all__ = ["SkipScanner", "descriptor_layout", "issue_layout"]
 
@@ -95,7 +95,7 @@ class SkipScanner(wiring.Component):
     release : Out
         Per half, one cycle: its channel has issued all its work; reload the half.
     mask : In stream
-        One :data:`~velcro.hw.conv_format.MASK_LAYOUT` beat per block (when ``skip``).
+        One :data:`~velcro.hw.conv.format.MASK_LAYOUT` beat per block (when ``skip``).
     desc : Out stream
         One :func:`descriptor_layout` beat per block, sent when the block is loaded.
     issue : Out

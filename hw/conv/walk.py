@@ -13,7 +13,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .conv_params import ConvArrayConfig
+from .config import ConvArrayConfig
 
 __all__ = ["PlaneWalker"]
 

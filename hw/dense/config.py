@@ -1,7 +1,7 @@
 """Parameters, layer descriptions and the cycle cost model of the dense engine.
 
 :class:`DenseConfig` holds the elaboration parameters of
-:class:`~velcro.hw.dense.DenseEngine` and validates them; :class:`DenseLayer` is one
+:class:`~velcro.hw.dense.engine.DenseEngine` and validates them; :class:`DenseLayer` is one
 layer as the engine sees it at run time; :func:`expected_cycles` is the engine's cost
 model and :func:`index_bound` the index-bandwidth lower bound it is measured against.
 This module needs neither Amaranth nor a simulator, so host code can size and time a

@@ -8,10 +8,10 @@ so the engine is built around the index stream: it looks up as many indices per
 cycle as one ``width``-bit beat holds at the widest index (``lanes = width /
 log2(max_k)``), and everything else is sized so as not to slow that down.
 
-- :class:`~velcro.hw.dense_unpack.DenseIndexUnpacker` cuts the packed stream
+- :class:`~velcro.hw.dense.unpack.DenseIndexUnpacker` cuts the packed stream
   (segment-major, runs padded to bytes) into groups of ``lanes`` indices of one
   segment, one group per cycle.
-- :class:`~velcro.hw.dense_lut.DenseLutBuilder` stores the activations and builds
+- :class:`~velcro.hw.dense.lut.DenseLutBuilder` stores the activations and builds
   each segment's table with ``macs`` multipliers into one of two banks of the table
   memory, while the lookups read the other; its latency overlaps the lookups.
 - The lookup stage reads ``LUT_j[idx]`` for every lane (the table memory has a read
@@ -20,7 +20,7 @@ log2(max_k)``), and everything else is sized so as not to slow that down.
   one row per cycle; the read port is transparent so that a group may follow its own
   row's write (a segment of at most ``lanes`` outputs).
 - After the last group, the rows drain through
-  :class:`~velcro.hw.dense_requant.DenseRequant` (bias, requantization, ReLU, or
+  :class:`~velcro.hw.dense.requant.DenseRequant` (bias, requantization, ReLU, or
   int32 logits), one output beat of ``lanes`` results per cycle.
 
 Limits that follow from this organisation: a layer with ``k < max_k`` packs more
@@ -41,14 +41,14 @@ Streams and formats
 All streams are ``amaranth.lib.stream`` (payload/valid/ready). Per layer: one
 ``cmd`` beat (:func:`command_layout`), then ``x`` (activations, ``width // 8`` int8 per
 beat), ``indices`` (packed indices, or int8 weights ``w.T`` row-major in int8 mode),
-``codebook`` (none in int8 mode) and ``params`` (one :data:`~velcro.hw.dense_requant.PARAMS`
+``codebook`` (none in int8 mode) and ``params`` (one :data:`~velcro.hw.dense.requant.PARAMS`
 per output), all consumed concurrently; ``out`` carries ``ceil(n_out / lanes)`` beats.
-:mod:`velcro.hw.dense_streams` encodes and decodes every stream. A new command is
+:mod:`velcro.hw.dense.format` encodes and decodes every stream. A new command is
 taken once the previous layer's last output beat has gone.
 
 Cost
 ----
-:func:`~velcro.hw.dense_config.expected_cycles` gives the cycles of a layer exactly
+:func:`~velcro.hw.dense.config.expected_cycles` gives the cycles of a layer exactly
 when no stream stalls: per segment ``max(k / macs, 1) * s`` cycles of table building
 against ``ceil(n_out / lanes)`` cycles of lookups, overlapped, plus a few cycles of
 start-up and drain.
@@ -58,11 +58,11 @@ from amaranth import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .dense_config import DenseConfig, DenseLayer, expected_cycles
-from .dense_lut import DenseLutBuilder, table_row, table_rows
-from .dense_requant import PARAMS, DenseRequant
-from .dense_unpack import DenseIndexUnpacker
-from .requant import ACC_BITS
+from ..requant import ACC_BITS
+from .config import DenseConfig, DenseLayer, expected_cycles
+from .lut import DenseLutBuilder, table_row, table_rows
+from .requant import PARAMS, DenseRequant
+from .unpack import DenseIndexUnpacker
 
 
 def command_layout(config: DenseConfig) -> data.StructLayout:

@@ -10,7 +10,7 @@ each encoder is also the layout of that buffer:
 - ``codebook``: per segment, per block of ``macs`` codewords, per element ``t``:
   element ``t`` of those codewords (zero past ``k``); a shared codebook is repeated
   for every segment;
-- ``params``: one :data:`~velcro.hw.dense_requant.PARAMS` per output;
+- ``params``: one :data:`~velcro.hw.dense.requant.PARAMS` per output;
 - ``out``: ``lanes`` results per beat, int32 words or int8 bytes.
 """
 
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dense import command_layout
-from .dense_config import DenseConfig, DenseLayer
-from .dense_requant import PARAMS
-from .requant import ACC_BITS
+from ..requant import ACC_BITS
+from .config import DenseConfig, DenseLayer
+from .engine import command_layout
+from .requant import PARAMS
 
 
 def to_beats(octets, width: int) -> list[int]:

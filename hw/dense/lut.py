@@ -32,7 +32,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .dense_config import DenseConfig
+from .config import DenseConfig
 
 
 def table_row(config: DenseConfig) -> data.ArrayLayout:

@@ -14,7 +14,7 @@ from amaranth import Cat, EnableInserter, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .requant import ACC_BITS, MULT_BITS, SHIFT_BITS, Requantizer
+from ..requant import ACC_BITS, MULT_BITS, SHIFT_BITS, Requantizer
 
 #: Per-output parameters, one beat of the parameter stream each.
 PARAMS = data.StructLayout({

@@ -23,7 +23,7 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .dense_config import DenseConfig
+from .config import DenseConfig
 
 
 def unpacker_settings(config: DenseConfig) -> data.StructLayout:

@@ -1,7 +1,7 @@
 """Parameters of ``velcro_kernel`` and the record formats they imply.
 
-:class:`KernelConfig` fixes the engines (a :class:`~velcro.hw.conv_params.ConvArrayConfig`
-and a :class:`~velcro.hw.dense_config.DenseConfig`), the AXI data width and the sizes
+:class:`KernelConfig` fixes the engines (a :class:`~velcro.hw.conv.config.ConvArrayConfig`
+and a :class:`~velcro.hw.dense.config.DenseConfig`), the AXI data width and the sizes
 of the kernel's own buffers, and names every stream that crosses device memory with
 its payload width. The host packs buffers from the same names
 (:meth:`KernelConfig.record_bytes`), so the hardware and the runtime cannot disagree
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 from amaranth.lib import data
 
-from .conv_format import MASK_LAYOUT, REQUANT_LAYOUT, activations_layout, weights_layout
-from .conv_params import SHIPPED as CONV_SHIPPED
-from .conv_params import ConvArrayConfig
-from .dense_config import SHIPPED as DENSE_SHIPPED
-from .dense_config import DenseConfig
-from .dense_requant import PARAMS
+from ..conv.config import SHIPPED as CONV_SHIPPED
+from ..conv.config import ConvArrayConfig
+from ..conv.format import MASK_LAYOUT, REQUANT_LAYOUT, activations_layout, weights_layout
+from ..dense.config import SHIPPED as DENSE_SHIPPED
+from ..dense.config import DenseConfig
+from ..dense.requant import PARAMS
 from .descriptor import DESCRIPTOR_BYTES
 from .records import record_bytes, words_for
 

@@ -1,4 +1,9 @@
-"""Where the kernel's ``m_axi`` ports reach on the Alveo U280: its HBM pseudo-channels.
+"""How the kernel sits in the linked design on the Alveo U280: its names, its clock and
+the HBM pseudo-channels its ``m_axi`` ports reach.
+
+The top module is :data:`KERNEL_NAME`, linked as one compute unit :data:`INSTANCE`
+clocked at :data:`CLOCK_HZ` (the frequency the link step asks for, the watchdog
+assumes and throughput projections use).
 
 The U280's 8 GiB of HBM2 are 32 pseudo-channels of 256 MiB, ``HBM[0]`` at address 0
 and each next one 256 MiB higher. The link step connects every ``m_axi`` port to
@@ -18,7 +23,14 @@ from types import MappingProxyType
 
 from .regmap import PORTS
 
-__all__ = ["BANKS", "Bank", "CONNECTIVITY", "bank_of"]
+__all__ = ["BANKS", "CLOCK_HZ", "CONNECTIVITY", "INSTANCE", "KERNEL_NAME", "Bank", "bank_of"]
+
+#: The kernel's top module, and its name in ``kernel.xml`` and the ``.xclbin``.
+KERNEL_NAME = "velcro_kernel"
+#: Name of the kernel's compute unit in the linked design.
+INSTANCE = f"{KERNEL_NAME}_1"
+#: Kernel clock, in Hz.
+CLOCK_HZ = 300_000_000
 
 HBM_CHANNELS = 32
 HBM_CHANNEL_BYTES = 256 << 20

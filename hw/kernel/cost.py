@@ -1,12 +1,12 @@
 """Cost model of ``velcro_kernel``: cycles of every descriptor from its shapes and masks.
 
-A descriptor's cycles split three ways (:mod:`velcro.hw.kernel`):
+A descriptor's cycles split three ways (:mod:`velcro.hw.kernel.top`):
 
 ``busy``
     Cycles in ``RUN`` (and ``POOL_RUN``): the cycle that starts an engine plus the
     engine's own cycles, which come from the engines' cost models
-    (:func:`velcro.hw.conv_cost.expected_cycles` and friends,
-    :func:`velcro.hw.dense_config.expected_cycles`). Exact whenever no input stream
+    (:func:`velcro.hw.conv.cost.expected_cycles` and friends,
+    :func:`velcro.hw.dense.config.expected_cycles`). Exact whenever no input stream
     runs dry; a starved engine only takes longer.
 ``fixed``
     The sequencer's own cycles: fetch request, decode, address computation, command
@@ -27,17 +27,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .buffers import BufferReader
-from .conv_cost import (
+from ..conv.config import ConvLayer
+from ..conv.cost import (
     expected_cycles,
     expected_drain_cycles,
     expected_load_cycles,
     expected_mac_cycles,
 )
-from .conv_params import ConvLayer
-from .dense_config import DenseLayer
-from .dense_config import expected_cycles as dense_cycles
-from .kernel_config import KernelConfig
+from ..dense.config import DenseLayer
+from ..dense.config import expected_cycles as dense_cycles
+from .buffers import BufferReader
+from .config import KernelConfig
 
 __all__ = ["END_FIXED", "RUN_FIXED", "StepCost", "conv_cost", "dense_cost", "flatten_cost",
            "load_map_cost", "load_vector_cost", "pool_cost", "store_map_cost"]

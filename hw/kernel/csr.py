@@ -1,6 +1,6 @@
 """The ``s_axi_control`` register bank: AXI4-Lite, ``ap_ctrl_hs`` block and kernel arguments.
 
-Generated from a :class:`~velcro.hw.regmap.RegisterMap`: every argument becomes a
+Generated from a :class:`~velcro.hw.kernel.regmap.RegisterMap`: every argument becomes a
 field of the ``args`` member (read/write, byte strobes honoured), every status
 register a field of the ``status`` member (read-only), and the control block at
 ``0x00``-``0x0C`` behaves as the register map describes it. Nothing here knows an
@@ -17,7 +17,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .axi import axi4_lite_signature
+from ..axi.bus import axi4_lite_signature
 from .regmap import REGMAP, RegisterMap
 
 __all__ = ["ControlRegisters"]

@@ -5,7 +5,7 @@ The kernel runs it once per image: from descriptor 0 to an ``END``, then again f
 the next image, until ``images`` are done. Every descriptor is one
 :data:`DESCRIPTOR` (little-endian, low bits first), an opcode and the arguments of
 its op; stream arguments are a byte offset and a record count
-(:mod:`velcro.hw.records`), per-image tensors an offset, a per-image stride and a
+(:mod:`velcro.hw.kernel.records`), per-image tensors an offset, a per-image stride and a
 record count. Offsets and strides are multiples of the AXI word size.
 
 ``LOAD_MAP`` (``map``)

@@ -15,8 +15,8 @@ from amaranth.hdl import Array, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .conv_format import activations_layout
-from .conv_params import ConvArrayConfig
+from ..conv.config import ConvArrayConfig
+from ..conv.format import activations_layout
 
 __all__ = ["Flatten"]
 

@@ -19,8 +19,8 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .conv_format import activations_layout
-from .conv_params import ConvArrayConfig
+from ..conv.config import ConvArrayConfig
+from ..conv.format import activations_layout
 
 __all__ = ["MaxPool2x2"]
 

@@ -1,8 +1,8 @@
 """The kernel's control register map, written once as data.
 
 Every consumer reads this module: the AXI4-Lite register bank of the RTL
-(:class:`~velcro.hw.csr.ControlRegisters`), ``kernel.xml`` for the Vitis flow
-(:mod:`velcro.hw.kernel_xml`) and the host driver (:mod:`velcro.sw.runtime`), which
+(:class:`~velcro.hw.kernel.csr.ControlRegisters`), ``kernel.xml`` for the Vitis flow
+(:mod:`velcro.sw.build.kernel_xml`) and the host driver (:mod:`velcro.sw.runtime`), which
 asks for a register by name and never types an offset.
 
 Layout (Vitis ``ap_ctrl_hs`` conventions, UG1393 "Control Requirements for

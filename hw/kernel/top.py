@@ -1,9 +1,9 @@
 """``velcro_kernel``: the Vitis RTL kernel that runs a whole network per call.
 
-Ports follow the Vitis RTL-kernel conventions with flat names (:mod:`velcro.hw.axi`):
+Ports follow the Vitis RTL-kernel conventions with flat names (:mod:`velcro.hw.axi.bus`):
 ``ap_clk``, ``ap_rst_n`` (synchronous, active low), ``interrupt``, the
-``s_axi_control`` register bank (:mod:`velcro.hw.regmap`, :mod:`velcro.hw.csr`) and
-one AXI4 manager per entry of :data:`~velcro.hw.regmap.PORTS`, 64-bit addresses,
+``s_axi_control`` register bank (:mod:`velcro.hw.kernel.regmap`, :mod:`velcro.hw.kernel.csr`) and
+one AXI4 manager per entry of :data:`~velcro.hw.kernel.regmap.PORTS`, 64-bit addresses,
 ``data_width``-bit data:
 
 ``m_axi_program``
@@ -17,16 +17,16 @@ one AXI4 manager per entry of :data:`~velcro.hw.regmap.PORTS`, 64-bit addresses,
 
 Datapath
 --------
-Three read DMAs (:class:`~velcro.hw.axi_read.ReadDma`) feed the engines through
-:class:`~velcro.hw.records.Unpacker` adapters; a channel that serves two kinds of
+Three read DMAs (:class:`~velcro.hw.axi.read.ReadDma`) feed the engines through
+:class:`~velcro.hw.kernel.records.Unpacker` adapters; a channel that serves two kinds of
 stream (conv kernels or dense codebooks, conv requantization or dense parameters)
 fans out to both adapters, and only the one started by the current descriptor takes
 words. The conv array keeps feature maps on chip between layers (its ping-pong
-buffers). Pooling drains the array through :class:`~velcro.hw.pool.MaxPool2x2` into
+buffers). Pooling drains the array through :class:`~velcro.hw.kernel.pool.MaxPool2x2` into
 an on-chip buffer and loads the pooled map back; flattening drains it through
-:class:`~velcro.hw.flatten.Flatten` into the dense engine's activation buffer, two
+:class:`~velcro.hw.kernel.flatten.Flatten` into the dense engine's activation buffer, two
 halves that dense layers read and write alternately. Results leave through
-:class:`~velcro.hw.records.Packer` and the write DMA.
+:class:`~velcro.hw.kernel.records.Packer` and the write DMA.
 
 Sequencer
 ---------
@@ -45,7 +45,7 @@ run ends with ``ap_done`` like any other.
 Counters: ``busy`` counts the cycles in ``RUN`` (the engines' cost-model cycles plus
 the cycle that starts them), ``stall_cycles`` the cycles in ``WAIT_DESC``,
 ``PREFETCH`` and waits for the write DMA; every other cycle of a descriptor is a
-fixed cost of the sequencer (:mod:`velcro.hw.kernel_cost`).
+fixed cost of the sequencer (:mod:`velcro.hw.kernel.cost`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from .axi import (
+from ..axi.bus import (
     axi4_lite_signature,
     axi4_signature,
     axi4_write_signature,
@@ -66,18 +66,18 @@ from .axi import (
     flat_members,
     tie_off_flat,
 )
-from .axi_read import ReadDma
-from .axi_write import WriteDma
+from ..axi.read import ReadDma
+from ..axi.write import WriteDma
+from ..conv.array import ConvArray
+from ..conv.config import Op
+from ..conv.format import MASK_LAYOUT, REQUANT_LAYOUT, activations_layout, weights_layout
+from ..dense.engine import DenseEngine
+from ..dense.requant import PARAMS
 from .buffers import BufferReader
-from .conv import ConvArray
-from .conv_format import MASK_LAYOUT, REQUANT_LAYOUT, activations_layout, weights_layout
-from .conv_params import Op
+from .config import COUNTERS, SHIPPED, KernelConfig
 from .csr import ControlRegisters
-from .dense import DenseEngine
-from .dense_requant import PARAMS
 from .descriptor import DESCRIPTOR, DESCRIPTOR_BYTES, Opcode
 from .flatten import Flatten
-from .kernel_config import COUNTERS, SHIPPED, KernelConfig
 from .pool import MaxPool2x2
 from .records import Packer, Unpacker, record_words
 from .regmap import PORTS, REGMAP
@@ -99,7 +99,7 @@ class VelcroKernel(wiring.Component):
     ap_clk, ap_rst_n : In(1)
     interrupt : Out(1)
     s_axi_control_* : the control port (AXI4-Lite subordinate)
-    m_axi_<port>_* : AXI4 managers, one per :data:`~velcro.hw.regmap.PORTS` entry
+    m_axi_<port>_* : AXI4 managers, one per :data:`~velcro.hw.kernel.regmap.PORTS` entry
     """
 
     def __init__(self, config: KernelConfig = SHIPPED):

@@ -1,7 +1,11 @@
-"""Benchmarks run by ``velcro bench NAME``: one module per benchmark.
+"""Benchmarks: ``velcro bench NAME`` runs one module of :data:`BENCHES`, ``velcro bench``
+alone the whole suite (:mod:`velcro.sw.bench.suite`).
 
-Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+Each benchmark module defines ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> dict`` returning the measured figures; ``velcro bench`` prints them
 and writes them as JSON with ``--json``. Benchmarks measure and report; they do not
 pass or fail.
 """
+
+#: The modules ``velcro bench NAME`` offers, by name.
+BENCHES = ("golden", "hw", "profile", "vq")

@@ -14,15 +14,10 @@ DEFAULT_THRESHOLDS = (20.0, 30.0, 30.0, 20.0)
 def reference_package(task_name: str = "footwear", thresholds=DEFAULT_THRESHOLDS):
     """The shipped reference CNN quantized for a task with a uniform-ish VELCRO plan."""
     from ..data import make_task
-    from ..model import load_reference
-    from ..plan import compress
-    from ..quantize import quantize
-    from ..study import prepare
+    from ..export import export
+    from ..models import load_reference
 
-    model = load_reference()
-    task = make_task(task_name)
-    plan = compress(prepare(model, task, sensitivity=False).profile, thresholds)
-    return quantize(model, task, plan)
+    return export(load_reference(), make_task(task_name), thresholds)
 
 
 def bench_golden(package, images, batch_size: int = 32, workers: int | None = None,
@@ -63,15 +58,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--images", type=int, default=2000, help="images per timing run")
     parser.add_argument("--package", type=Path, help="a .velcro package (default: the "
                         "reference CNN on footwear, thresholds 20,30,30,20)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images per golden-model step (default 32)")
     parser.add_argument("--workers", type=int, help="threads (default: one per CPU)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs; the best is reported (default 3)")
 
 
 def run(args) -> dict:
     from ..data import load_fashion_mnist
     from ..errors import DataError
-    from ..package import load
+    from ..export.package import load
 
     if args.images < 1 or args.repeats < 1 or args.batch_size < 1:
         raise DataError("--images, --repeats and --batch-size must be positive")

@@ -31,7 +31,7 @@ Dense engine figures (:func:`velcro.sim.dense_bench.figures`):
     cycle; ``dense_cycles`` and ``dense_index_bound`` are the two terms.
 ``dense_<mode>_<fc1|fc2>_cycles``
     Cycles of the reference CNN's dense layers in int8 mode and compressed by
-    ``velcro.sw.vq`` (``pq``: k = 16, s = 4; ``km``: scalar k-means, k = 16), each
+    ``velcro.sw.vq.methods`` (``pq``: k = 16, s = 4; ``km``: scalar k-means, k = 16), each
     with its ratio to its own index bound.
 ``dense_<simulator>_cycles_per_s``
     Simulated cycles per second of the shipped dense engine.
@@ -77,9 +77,9 @@ def _log(message: str) -> None:
 
 
 def _conv_model(simulator: str):
-    from ...hw.conv import ConvArray
-    from ...hw.conv_params import SHIPPED
-    from ...sim import runner
+    from velcro.hw.conv.array import ConvArray
+    from velcro.hw.conv.config import SHIPPED
+    from velcro.sim import runner
 
     _log(f"building the shipped conv array for {simulator}")
     return runner.build(f"conv_array-{SHIPPED.name}", lambda: ConvArray(SHIPPED),
@@ -87,7 +87,7 @@ def _conv_model(simulator: str):
 
 
 def _run_conv(model, cases: list[dict], seed: int) -> dict:
-    from ...hw.conv_params import SHIPPED
+    from velcro.hw.conv.config import SHIPPED
 
     result = model.run("velcro.sim.conv_bench", {"lanes": SHIPPED.lanes, "cases": cases,
                                                   "seed": seed})
@@ -96,9 +96,9 @@ def _run_conv(model, cases: list[dict], seed: int) -> dict:
 
 def conv_figures(seed: int) -> dict:
     """Utilization, skip ratio and reference-layer cycles of the shipped conv array."""
-    from ...hw.conv_cost import ideal_mac_cycles
-    from ...hw.conv_params import SHIPPED, ConvLayer
-    from ...sim.conv_cases import finish_case, layer_spec, random_mask, reference_cases
+    from velcro.hw.conv.config import SHIPPED, ConvLayer
+    from velcro.hw.conv.cost import ideal_mac_cycles
+    from velcro.sim.conv_cases import finish_case, layer_spec, random_mask, reference_cases
 
     rng = np.random.default_rng(seed)
     layer = ConvLayer(16, 16, 64, 64)
@@ -138,8 +138,8 @@ def conv_figures(seed: int) -> dict:
 
 def icarus_speed(seed: int) -> dict:
     """Cycles per second of the shipped conv array under Icarus, on a small layer."""
-    from ...hw.conv_params import SHIPPED, ConvLayer
-    from ...sim.conv_cases import random_case
+    from velcro.hw.conv.config import SHIPPED, ConvLayer
+    from velcro.sim.conv_cases import random_case
 
     rng = np.random.default_rng(seed)
     model = _conv_model("icarus")
@@ -152,7 +152,7 @@ def icarus_speed(seed: int) -> dict:
 
 def dense_figures(seed: int, icarus: bool) -> dict:
     """Index-bound ratio, reference-layer cycles and simulator speed of the dense engine."""
-    from ...sim.dense_bench import figures
+    from velcro.sim.dense_bench import figures
 
     _log("building and simulating the shipped dense engine"
          + (" (Verilator, Icarus)" if icarus else " (Verilator)"))
@@ -161,42 +161,35 @@ def dense_figures(seed: int, icarus: bool) -> dict:
 
 def kernel_figures() -> dict:
     """Cycles of the reference CNN on the shipped kernel, without and with VELCRO."""
-    import tempfile
-    from pathlib import Path
+    from velcro.hw.kernel.config import SHIPPED
+    from velcro.hw.kernel.connectivity import CLOCK_HZ
+    from velcro.sim.backend import SimAccelerator
 
-    from ...hw.kernel_config import SHIPPED
-    from ...sim.backend import SimAccelerator
-    from ..cli import main
     from ..data import make_task
-    from ..package import load
-    from ..runtime.driver import CLOCK_HZ
+    from ..export import export
+    from ..models import load_reference
     from ..runtime.partition import partition
     from ..runtime.program import compile_segment
 
-    image = make_task("footwear").split("validation").images[:1]
+    task = make_task("footwear")
+    image = task.split("validation").images[:1]
+    model = load_reference()
     figures, layers = {}, {}
-    with tempfile.TemporaryDirectory(prefix="velcro-bench-") as tmp:
-        for suffix, thresholds in (("", None), ("_velcro", VELCRO_THRESHOLD)):
-            path = Path(tmp) / f"footwear{suffix}.velcro"
-            argv = ["export", "--task", "footwear", "--out", str(path)]
-            if thresholds is not None:
-                argv += ["--thresholds", ",".join([str(thresholds)] * 4)]
-            if main(argv) != 0:
-                raise RuntimeError("exporting the reference package failed")
-            package = load(path)
-            program = compile_segment(list(partition(package, SHIPPED)[0].layers), SHIPPED)
-            _log(f"simulating the kernel on the reference CNN{suffix.replace('_', ' with ')}")
-            device = SimAccelerator(SHIPPED, simulator="verilator")
-            device.load(package)
-            device.run(image)
-            for step, counters in zip(program.steps, device.counters(), strict=False):
-                entry = layers.setdefault(step.name, {"op": step.opcode.name})
-                entry[f"cycles{suffix}"] = counters.cycles
-                entry[f"model{suffix}"] = step.cost.fixed + step.cost.busy
-            figures[f"kernel_cycles_per_image{suffix}"] = device.totals["cycles"]
-            figures[f"kernel{suffix}_C"] = round(package.C, 4)
-            figures["kernel_sim_verilator_cycles_per_s"] = round(
-                device.sim["cycles"] / device.sim["seconds"])
+    for suffix, thresholds in (("", None), ("_velcro", [VELCRO_THRESHOLD] * 4)):
+        package = export(model, task, thresholds)
+        program = compile_segment(list(partition(package, SHIPPED)[0].layers), SHIPPED)
+        _log(f"simulating the kernel on the reference CNN{suffix.replace('_', ' with ')}")
+        device = SimAccelerator(SHIPPED, simulator="verilator")
+        device.load(package)
+        device.run(image)
+        for step, counters in zip(program.steps, device.counters(), strict=False):
+            entry = layers.setdefault(step.name, {"op": step.opcode.name})
+            entry[f"cycles{suffix}"] = counters.cycles
+            entry[f"model{suffix}"] = step.cost.fixed + step.cost.busy
+        figures[f"kernel_cycles_per_image{suffix}"] = device.totals["cycles"]
+        figures[f"kernel{suffix}_C"] = round(package.C, 4)
+        figures["kernel_sim_verilator_cycles_per_s"] = round(
+            device.sim["cycles"] / device.sim["seconds"])
     figures["kernel_cycles_reference"] = layers
     figures["kernel_images_per_s_300mhz"] = round(
         CLOCK_HZ / figures["kernel_cycles_per_image_velcro"], 1)
@@ -207,8 +200,9 @@ def kernel_figures() -> dict:
 
 def resources() -> dict:
     """Yosys ``synth_xilinx -family xcup`` figures of every engine."""
-    from ...hw.engines import ENGINES
-    from ...hw.estimate import synthesize
+    from velcro.hw.engines import ENGINES
+
+    from ..build.yosys import synthesize
 
     figures = {}
     for unit in ENGINES:
@@ -230,8 +224,8 @@ def run(args) -> dict:
             result[f"yosys_{name}"] = {key: value for key, value in figures.items()
                                        if key != "cells"}
             if name == "conv_array":
-                from ...hw.conv_cost import resource_estimate
-                from ...hw.conv_params import SHIPPED
+                from velcro.hw.conv.config import SHIPPED
+                from velcro.hw.conv.cost import resource_estimate
 
                 multipliers = resource_estimate(SHIPPED)["multipliers"]
                 result["conv_multipliers"] = multipliers

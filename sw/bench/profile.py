@@ -7,9 +7,9 @@ import time
 import torch
 
 from ..data import load_fashion_mnist, to_float
-from ..model import load_reference
-from ..profile import profile
-from ..taps import tap
+from ..locality.profile import profile
+from ..locality.taps import tap
+from ..models import load_reference
 
 
 def _best_of(fn, repeats: int) -> float:

@@ -4,16 +4,16 @@ The figures come from the same functions as the single benchmarks, run on smalle
 samples so that the whole suite stays within minutes:
 
 RTL (the shipped kernel in Verilator, the reference CNN exported for ``footwear``,
-one validation image; see :func:`velcro.sw.benches.hw.kernel_figures`)
+one validation image; see :func:`velcro.sw.bench.hw.kernel_figures`)
     ``kernel_cycles_reference`` (per descriptor, without and with VELCRO, with the cost
     model's figure beside each), ``kernel_cycles_per_image``,
     ``kernel_cycles_per_image_velcro``, ``velcro_C`` (the fraction of conv outputs the
     VELCRO package replaces), ``velcro_cycle_saving`` (1 - cycles with / without) and
     ``velcro_saving_over_C``, ``projected_images_per_s_300mhz``.
-Engines (:func:`velcro.sw.benches.hw.conv_figures`, ``dense_figures``)
+Engines (:func:`velcro.sw.bench.hw.conv_figures`, ``dense_figures``)
     ``conv_utilization`` (MAC utilization of a 64x64, 16 -> 16 layer), ``skip_ratio_cycles_50``,
     ``conv_cycles_reference``, ``dense_cycles_over_bound`` and the reference dense layers.
-Software (:mod:`velcro.sw.benches.golden`, ``profile``)
+Software (:mod:`velcro.sw.bench.golden`, ``profile``)
     ``golden_images_per_s``, ``torch_images_per_s``, ``profile_images_per_s``,
     ``profile_seconds`` and ``search_seconds`` (the preprocessing split of ``footwear``
     profiled, then a coarse variance search on its search split).
@@ -38,11 +38,11 @@ def _log(message: str) -> None:
 
 def software_figures(golden_images: int = 512, profile_images: int = 1000) -> dict:
     """Golden and torch throughput, profiling throughput, profile and search times."""
-    from .benches.golden import bench_golden, reference_package
-    from .benches.profile import bench_profile
-    from .data import make_task
-    from .model import load_reference
-    from .study import prepare, run_search
+    from ..data import make_task
+    from ..locality.experiment import prepare, run_search
+    from ..models import load_reference
+    from .golden import bench_golden, reference_package
+    from .profile import bench_profile
 
     _log("golden model and torch throughput")
     package = reference_package()
@@ -74,7 +74,7 @@ def software_figures(golden_images: int = 512, profile_images: int = 1000) -> di
 
 def run(seed: int = 0) -> dict:
     """Run the whole suite; the figures in one flat dictionary."""
-    from .benches import hw
+    from . import hw
 
     start = time.perf_counter()
     figures = {"cpus": len(os.sched_getaffinity(0)),

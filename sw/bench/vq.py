@@ -8,7 +8,7 @@ import time
 import faiss
 import numpy as np
 
-from ..vq import VQError, product_quantize
+from ..vq.methods import VQError, product_quantize
 
 
 def bench_pq(size: int = 4096, k: int = 256, segment: int = 4, seed: int = 0) -> dict:

@@ -2,7 +2,7 @@
 
 :func:`generate` writes every input of the flow into one folder (``bitstreams/build``
 by default): the kernel's Verilog, ``kernel.xml``, the Vivado packaging script and the
-``v++`` link configuration (:mod:`velcro.sw.vitis`). :func:`build_xo` then runs
+``v++`` link configuration (:mod:`velcro.sw.build.vitis`). :func:`build_xo` then runs
 Vivado in batch mode on the script, which ends in ``package_xo``; :func:`build_xclbin`
 runs ``v++ -l -t hw`` for the U280 platform on the XO file.
 
@@ -20,10 +20,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..hw.kernel_config import KernelConfig
-from ..hw.kernel_xml import KERNEL_NAME
-from .errors import ToolError
-from .vitis import CLOCK_HZ, PLATFORM, link_config, package_tcl
+from velcro.hw.kernel.config import KernelConfig
+from velcro.hw.kernel.connectivity import CLOCK_HZ, KERNEL_NAME
+
+from ..errors import ToolError
+from ..files import write_text
+from .vitis import PLATFORM, link_config, package_tcl
 
 __all__ = ["BuildFolder", "build_xclbin", "build_xo", "generate", "write_if_changed"]
 
@@ -71,10 +73,7 @@ def write_if_changed(path: Path, text: str) -> bool:
     path = Path(path)
     if path.is_file() and path.read_text() == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, text)
     return True
 
 
@@ -82,8 +81,9 @@ def generate(out: Path, config: KernelConfig) -> BuildFolder:
     """Write the Verilog, ``kernel.xml``, ``package_xo.tcl`` and ``link.cfg`` into ``out``."""
     from amaranth.back import verilog
 
-    from ..hw.kernel import VelcroKernel
-    from ..hw.kernel_xml import kernel_xml
+    from velcro.hw.kernel.top import VelcroKernel
+
+    from .kernel_xml import kernel_xml
 
     folder = BuildFolder(Path(out))
     write_if_changed(folder.verilog, verilog.convert(VelcroKernel(config), name=KERNEL_NAME,

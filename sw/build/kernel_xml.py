@@ -3,7 +3,7 @@
 The Vitis linker and XRT learn the kernel's interface from this file (UG1702, "RTL
 Kernel XML File"): the ``s_axi_control`` window, every ``m_axi`` port with its data
 width, and the arguments with their register offsets, sizes and C types. Everything
-comes from :data:`~velcro.hw.regmap.REGMAP` and :data:`~velcro.hw.regmap.PORTS`;
+comes from :data:`~velcro.hw.kernel.regmap.REGMAP` and :data:`~velcro.hw.kernel.regmap.PORTS`;
 types are plain C types (``unsigned int``, ``void*``) because PYNQ maps ``type=``
 through a table of C type names (``*`` marks a pointer).
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from xml.etree import ElementTree
 
-from .regmap import PORTS, REGMAP, RegisterMap
+from velcro.hw.kernel.connectivity import KERNEL_NAME
+from velcro.hw.kernel.regmap import PORTS, REGMAP, RegisterMap
 
-__all__ = ["KERNEL_NAME", "VLNV", "kernel_xml"]
+__all__ = ["VLNV", "kernel_xml"]
 
-KERNEL_NAME = "velcro_kernel"
 VLNV = f"velcro.org:kernel:{KERNEL_NAME}:1.0"
 
 

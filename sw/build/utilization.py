@@ -1,6 +1,6 @@
 """How much of the Alveo U280 the kernel takes: ``velcro build estimate``.
 
-The figures come from Yosys (:func:`velcro.hw.estimate.synthesize`, ``synth_xilinx
+The figures come from Yosys (:func:`velcro.sw.build.yosys.synthesize`, ``synth_xilinx
 -family xcup``) run on the whole ``velcro_kernel``, its two engines synthesized apart
 from the rest. Against the U280's XCU280 (:data:`U280`, the whole device; the platform's
 shell takes a share that no open tool reports):
@@ -80,7 +80,7 @@ def resources(figures: dict) -> dict[str, dict]:
 def conv_arrays_that_fit(kernel: dict, conv: dict) -> tuple[int, str]:
     """Conv arrays that fit beside one copy of the rest of the kernel, and the limiting class.
 
-    ``kernel`` and ``conv`` are :func:`~velcro.hw.estimate.synthesize` figures.
+    ``kernel`` and ``conv`` are :func:`~velcro.sw.build.yosys.synthesize` figures.
     """
     whole, array = _used(kernel), _used(conv)
     best, limit = math.inf, ""
@@ -103,9 +103,10 @@ def estimate(config, *, jobs: int = 1) -> dict:
     separately, ``jobs`` Yosys processes at a time: the conv array's figures are then
     its own, and on two cores the dense engine (the longest) runs beside the other two.
     """
-    from ..hw.estimate import synthesize
-    from ..hw.kernel import VelcroKernel
-    from ..hw.kernel_xml import KERNEL_NAME
+    from velcro.hw.kernel.connectivity import KERNEL_NAME
+    from velcro.hw.kernel.top import VelcroKernel
+
+    from .yosys import synthesize
 
     start = time.perf_counter()
     kernel = synthesize(VelcroKernel(config), KERNEL_NAME, apart=(DENSE, CONV), jobs=jobs)

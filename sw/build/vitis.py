@@ -1,6 +1,6 @@
 """The inputs of the Vitis flow for the Alveo U280, generated from the hardware's own data.
 
-Two texts besides the Verilog and ``kernel.xml`` (:mod:`velcro.hw.kernel_xml`):
+Two texts besides the Verilog and ``kernel.xml`` (:mod:`velcro.sw.build.kernel_xml`):
 
 :func:`package_tcl`
     The Vivado batch script that packages the kernel's Verilog as an IP
@@ -8,26 +8,26 @@ Two texts besides the Verilog and ``kernel.xml`` (:mod:`velcro.hw.kernel_xml`):
     turns it into ``velcro_kernel.xo`` with ``package_xo -kernel_xml``. Vivado infers
     the AXI interfaces from the port names; the script ties each one to ``ap_clk``,
     declares the clock frequency, and writes the ``s_axi_control`` memory map from
-    :data:`~velcro.hw.regmap.REGMAP`, so the IP, ``kernel.xml`` and the host driver
+    :data:`~velcro.hw.kernel.regmap.REGMAP`, so the IP, ``kernel.xml`` and the host driver
     read one register map.
 :func:`link_config`
     The ``v++ --link`` configuration: one compute unit named as the host driver
-    expects (:data:`~velcro.sw.runtime.driver.INSTANCE`) and an ``sp=`` line per
-    ``m_axi`` port to the HBM pseudo-channel of :data:`~velcro.hw.connectivity.CONNECTIVITY`.
+    expects (:data:`~velcro.hw.kernel.connectivity.INSTANCE`) and an ``sp=`` line per
+    ``m_axi`` port to the HBM pseudo-channel of :data:`~velcro.hw.kernel.connectivity.CONNECTIVITY`.
 
-The kernel clock is :data:`~velcro.sw.runtime.driver.CLOCK_HZ`, the frequency the
+The kernel clock is :data:`~velcro.hw.kernel.connectivity.CLOCK_HZ`, the frequency the
 driver's watchdog and throughput projections assume.
 """
 
 from __future__ import annotations
 
-from ..hw.connectivity import CONNECTIVITY, bank_of
-from ..hw.kernel_xml import KERNEL_NAME, VLNV
-from ..hw.regmap import PORTS, REGMAP, RegisterMap
-from .runtime.driver import CLOCK_HZ, INSTANCE
+from velcro.hw.kernel.connectivity import CLOCK_HZ, CONNECTIVITY, INSTANCE, KERNEL_NAME, bank_of
+from velcro.hw.kernel.regmap import PORTS, REGMAP, RegisterMap
+
+from .kernel_xml import VLNV
 from .tcl import Call, Script, Var
 
-__all__ = ["CLOCK_HZ", "INSTANCE", "PART", "PLATFORM", "link_config", "package_tcl"]
+__all__ = ["PART", "PLATFORM", "link_config", "package_tcl"]
 
 #: The Vitis platform (shell) of the card.
 PLATFORM = "xilinx_u280_gen3x16_xdma_1_202211_1"

@@ -2,23 +2,17 @@
 
 Each test builds its configuration once and runs all its cases in one simulation;
 the bench checks every output bit-exactly against ``velcro.sw.golden`` and every
-cycle count against ``velcro.hw.conv_cost``, and the checks are repeated here on
+cycle count against ``velcro.hw.conv.cost``, and the checks are repeated here on
 the returned measurements.
 """
 
 import numpy as np
 import pytest
 
-from velcro.hw.conv import ConvArray
-from velcro.hw.conv_params import SHIPPED, ConvArrayConfig, ConvLayer, Op
+from velcro.hw.conv.array import ConvArray
+from velcro.hw.conv.config import SHIPPED, ConvArrayConfig, ConvLayer, Op
 from velcro.sim import runner
-from velcro.sim.conv_cases import (
-    edge_cases,
-    finish_case,
-    layer_spec,
-    random_case,
-    reference_cases,
-)
+from velcro.sim.conv_cases import edge_cases, finish_case, layer_spec, random_case, reference_cases
 
 SMALL = ConvArrayConfig(lanes=4, max_height=16, max_width=16, max_channels=12)
 TINY = ConvArrayConfig(lanes=2, max_height=8, max_width=8, max_channels=5)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from velcro.hw.conv import ConvArray
-from velcro.hw.conv_params import SHIPPED, ConvArrayConfig, ConvConfigError, ConvLayer
+from velcro.hw.conv.array import ConvArray
+from velcro.hw.conv.config import SHIPPED, ConvArrayConfig, ConvConfigError, ConvLayer
 
 
 @pytest.mark.parametrize("name", ["lanes", "max_height", "max_width", "max_channels"])

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from velcro.hw.conv import pipeline_latency
-from velcro.hw.conv_cost import (
+from velcro.hw.conv.array import pipeline_latency
+from velcro.hw.conv.config import SHIPPED, ConvArrayConfig, ConvConfigError, ConvLayer
+from velcro.hw.conv.cost import (
     block_counts,
     expected_cycles,
     expected_mac_cycles,
     ideal_mac_cycles,
     resource_estimate,
 )
-from velcro.hw.conv_params import SHIPPED, ConvArrayConfig, ConvConfigError, ConvLayer
 
 P = pipeline_latency(SHIPPED)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from amaranth.hdl import Const
 
-from velcro.hw.conv_format import (
+from velcro.hw.conv.format import (
     MASK_LAYOUT,
     REQUANT_LAYOUT,
     activations_layout,

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from velcro.hw import dense_streams
-from velcro.hw.dense import DenseEngine
-from velcro.hw.dense_config import SHIPPED, DenseConfig, DenseLayer, expected_cycles, index_bound
-from velcro.hw.dense_requant import DenseRequant
-from velcro.hw.dense_unpack import DenseIndexUnpacker
+from velcro.hw.dense import format as dense_streams
+from velcro.hw.dense.config import SHIPPED, DenseConfig, DenseLayer, expected_cycles, index_bound
+from velcro.hw.dense.engine import DenseEngine
+from velcro.hw.dense.requant import DenseRequant
+from velcro.hw.dense.unpack import DenseIndexUnpacker
 from velcro.sim.dense_bench import random_case
 from velcro.sw import golden
-from velcro.sw.vq import pack_indices
+from velcro.sw.export.bits import pack_indices
 
 SMALL = DenseConfig(width=64, max_k=256, max_s=8, macs=8, max_n_in=128, max_n_out=64)
 INPUTS = ("cmd", "x", "indices", "codebook", "params")

@@ -10,7 +10,7 @@ compiled only by the slow test.
 import numpy as np
 import pytest
 
-from velcro.hw.dense_config import SHIPPED, DenseConfig, DenseLayer, expected_cycles, index_bound
+from velcro.hw.dense.config import SHIPPED, DenseConfig, DenseLayer, expected_cycles, index_bound
 from velcro.sim import runner
 from velcro.sim.dense_bench import (
     BOUND_LAYER,

@@ -9,9 +9,17 @@ from xml.etree import ElementTree
 
 import pytest
 
-from velcro.hw.kernel_xml import KERNEL_NAME, kernel_xml
-from velcro.hw.regmap import ADDR_BITS, PORTS, REGMAP, Argument, Register, RegisterMap, Status
-from velcro.sw.runtime.driver import INSTANCE
+from velcro.hw.kernel.connectivity import INSTANCE, KERNEL_NAME
+from velcro.hw.kernel.regmap import (
+    ADDR_BITS,
+    PORTS,
+    REGMAP,
+    Argument,
+    Register,
+    RegisterMap,
+    Status,
+)
+from velcro.sw.build.kernel_xml import kernel_xml
 
 
 def test_layout_is_pinned():

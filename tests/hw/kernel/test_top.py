@@ -2,7 +2,7 @@
 
 Every simulation runs the runtime's own driver against the RTL (the ``sim``
 backend) and compares the logits bit for bit with :mod:`velcro.sw.golden`; cycle
-counters are checked against :mod:`velcro.hw.kernel_cost`. The shipped kernel is
+counters are checked against :mod:`velcro.hw.kernel.cost`. The shipped kernel is
 built once for Verilator and shared by the tests; Icarus runs a small kernel on the
 tiny package, whose partition also puts layers on the host.
 """
@@ -13,15 +13,15 @@ import time
 import numpy as np
 import pytest
 
-from velcro.hw.conv_params import ConvArrayConfig
-from velcro.hw.dense_config import DenseConfig
-from velcro.hw.descriptor import DESCRIPTOR_BYTES
-from velcro.hw.kernel_config import SHIPPED, SMALL, KernelConfig
-from velcro.hw.kernel_cost import END_FIXED, RUN_FIXED
+from velcro.hw.conv.config import ConvArrayConfig
+from velcro.hw.dense.config import DenseConfig
+from velcro.hw.kernel.config import SHIPPED, SMALL, KernelConfig
+from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
+from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES
 from velcro.sim.backend import build_kernel
 from velcro.sw import golden
 from velcro.sw.data import make_task
-from velcro.sw.package import load
+from velcro.sw.export.package import load
 from velcro.sw.runtime import DeviceTimeout, KernelError
 from velcro.sw.runtime.partition import partition
 from velcro.sw.runtime.program import compile_segment

@@ -14,15 +14,15 @@ from amaranth.hdl import Module, unsigned
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
-from velcro.hw.buffers import BufferReader
-from velcro.hw.conv_format import activations_layout, pack_activations, unpack_activations
-from velcro.hw.conv_params import ConvArrayConfig
-from velcro.hw.csr import ControlRegisters
-from velcro.hw.descriptor import DESCRIPTOR_BYTES, Opcode, decode, encode
-from velcro.hw.flatten import Flatten
-from velcro.hw.pool import MaxPool2x2
-from velcro.hw.records import Packer, Unpacker, record_bytes, record_words, words_for
-from velcro.hw.regmap import REGMAP
+from velcro.hw.conv.config import ConvArrayConfig
+from velcro.hw.conv.format import activations_layout, pack_activations, unpack_activations
+from velcro.hw.kernel.buffers import BufferReader
+from velcro.hw.kernel.csr import ControlRegisters
+from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES, Opcode, decode, encode
+from velcro.hw.kernel.flatten import Flatten
+from velcro.hw.kernel.pool import MaxPool2x2
+from velcro.hw.kernel.records import Packer, Unpacker, record_bytes, record_words, words_for
+from velcro.hw.kernel.regmap import REGMAP
 from velcro.sw import golden
 
 CONFIG = ConvArrayConfig(lanes=4, max_height=9, max_width=9, max_channels=10)

@@ -1,8 +1,10 @@
 import json
 
 from velcro.sw.cli import main
+from velcro.sw.data import make_task
+from velcro.sw.export import export
 from velcro.sw.golden import GoldenModel
-from velcro.sw.package import load
+from velcro.sw.models import load_reference
 
 
 def test_bench_golden_rejects_a_package_not_fitting_the_images(tiny_package_bytes, tmp_path,
@@ -21,9 +23,7 @@ def test_bench_golden_on_the_reference_package(tmp_path, capsys):
     assert "images_per_s" in printed
     record = json.loads(out.read_text())
     assert record["images"] == 64 and record["images_per_s"] > 0
-    exported = tmp_path / "ref.velcro"
-    assert main(["export", "--task", "footwear", "--thresholds", "20,30,30,20",
-                 "--out", str(exported)]) == 0
-    per_image = GoldenModel(load(exported)).per_image()
+    package = export(load_reference(), make_task("footwear"), [20, 30, 30, 20])
+    per_image = GoldenModel(package).per_image()
     assert record["macs_per_image"] == sum(c.macs for c in per_image)
     assert record["macs_skipped_per_image"] == sum(c.skipped for c in per_image)

@@ -20,15 +20,21 @@ from xml.etree import ElementTree
 
 import pytest
 
-from velcro.hw import kernel_config
-from velcro.hw.conv_params import ConvArrayConfig
-from velcro.hw.dense_config import DenseConfig
-from velcro.hw.kernel_config import KernelConfig
-from velcro.hw.regmap import PORTS, REGMAP
-from velcro.sw.bitstream import BuildFolder, build_xclbin, build_xo, generate, write_if_changed
+from velcro.hw.conv.config import ConvArrayConfig
+from velcro.hw.dense.config import DenseConfig
+from velcro.hw.kernel import config as kernel_config
+from velcro.hw.kernel.config import KernelConfig
+from velcro.hw.kernel.regmap import PORTS, REGMAP
+from velcro.sw.build.bitstream import (
+    BuildFolder,
+    build_xclbin,
+    build_xo,
+    generate,
+    write_if_changed,
+)
+from velcro.sw.build.vitis import PLATFORM
 from velcro.sw.cli import main
 from velcro.sw.errors import ToolError
-from velcro.sw.vitis import PLATFORM
 
 SMALL = KernelConfig(ConvArrayConfig(lanes=2, max_height=8, max_width=8, max_channels=4),
                      DenseConfig(width=64, max_k=256, max_s=2, macs=8, max_n_in=16,
@@ -246,7 +252,7 @@ def test_make_calls_the_cli(tmp_path):
     log = tmp_path / "args.txt"
     fake.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
     fake.chmod(0o755)
-    bitstreams = Path(__file__).parents[2] / "bitstreams"
+    bitstreams = Path(__file__).parents[3] / "bitstreams"
     for target in ("xo", "xclbin", "estimate"):
         subprocess.run(["make", "-C", str(bitstreams), target, f"VELCRO={fake}",
                         f"OUT={tmp_path / 'out'}"], check=True, capture_output=True)

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from velcro.sw.tcl import Call, Script, Var, quote
+from velcro.sw.build.tcl import Call, Script, Var, quote
 
 WORDS = ["plain", "-force", "/a/b/c.v", "HBM[0]", "two words", "$HOME", "[exec rm -rf x]",
          "a {brace", "close} brace", "back\\slash", "semi;colon", "#hash", 'quote"d', "",

@@ -10,11 +10,11 @@ import json
 
 import pytest
 
-from velcro.hw import estimate as estimate_module
-from velcro.hw import kernel_config
-from velcro.hw.estimate import add_figures, parse_stat
+from velcro.hw.kernel import config as kernel_config
+from velcro.sw.build import yosys as estimate_module
+from velcro.sw.build.utilization import U280, conv_arrays_that_fit, lut_count, resources, table
+from velcro.sw.build.yosys import add_figures, parse_stat
 from velcro.sw.cli import main
-from velcro.sw.utilization import U280, conv_arrays_that_fit, lut_count, resources, table
 
 CLASSES = ["LUT", "FF", "DSP", "BRAM36", "URAM"]
 
@@ -37,7 +37,7 @@ STAT = """
 
 
 def figures(lut=0, ff=0, dsp=0, ramb36=0, ramb18=0, uram=0, ram64m=0) -> dict:
-    """Figures of :func:`velcro.hw.estimate.synthesize` for a design of these cells."""
+    """Figures of :func:`velcro.sw.build.yosys.synthesize` for a design of these cells."""
     cells = {"LUT6": lut, "FDRE": ff, "DSP48E2": dsp, "RAMB36E2": ramb36, "RAMB18E2": ramb18,
              "URAM288": uram, "RAM64M": ram64m}
     text = "".join(f"  {n}  {cell}\n" for cell, n in cells.items() if n)

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from velcro.hw.connectivity import CONNECTIVITY, bank_of
-from velcro.hw.kernel_xml import KERNEL_NAME, VLNV
-from velcro.hw.regmap import PORTS, REGMAP
-from velcro.sw.vitis import CLOCK_HZ, INSTANCE, PART, link_config, package_tcl
+from velcro.hw.kernel.connectivity import CLOCK_HZ, CONNECTIVITY, INSTANCE, KERNEL_NAME, bank_of
+from velcro.hw.kernel.regmap import PORTS, REGMAP
+from velcro.sw.build.kernel_xml import VLNV
+from velcro.sw.build.vitis import PART, link_config, package_tcl
 
 # Vivado stubs: every call is printed as hex-encoded words; the object-returning ipx
 # commands return handles that name what they made, so properties can be traced.

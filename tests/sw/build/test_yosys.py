@@ -5,8 +5,8 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from velcro.hw.conv_lane import ConvLane
-from velcro.hw.estimate import add_figures, parse_stat, synthesize
+from velcro.hw.conv.lane import ConvLane
+from velcro.sw.build.yosys import add_figures, parse_stat, synthesize
 
 STAT_COUNT_FIRST = """
 === conv_array ===

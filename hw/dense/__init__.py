@@ -1,0 +1,10 @@
+"""The dense engine: codebook lookups (product quantization, k-means) and int8 dense layers.
+
+``config``
+    The engine's geometry and a layer's parameters, checked, with the cost model.
+``format``
+    Stream beats of a layer, and the host-side packing.
+``engine``
+    The engine; ``lut`` (the lookup-table builder), ``unpack`` (the index unpacker)
+    and ``requant`` are its units.
+"""
