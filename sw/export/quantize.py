@@ -1,25 +1,27 @@
 """Post-training int8 quantization of a sequential CNN into a deployment package.
 
-The scheme (DESIGN.md section 3; the integer rules themselves are in
-:mod:`velcro.sw.golden`):
+The integers of a package and the arithmetic the accelerator does with them are
+defined once, in :mod:`velcro.sw.golden`; this module chooses the real scales that
+those integers stand for:
 
-- input: uint8 pixels ``p`` (the float model sees ``p / 255``) become int8 ``p >> 1``
-  with scale ``2 / 255`` (:func:`velcro.sw.golden.quantize_input`);
-- weights: int8 in ``[-127, 127]``, symmetric, one scale per output channel
-  (``max |W[o]| / 127``), except in the last layer, whose int32 accumulators are the
+- input: a pixel ``p`` is ``p / 255`` to the float model; its int8 value
+  (:func:`velcro.sw.golden.quantize_input`) has the scale ``2 / 255``;
+- weights: symmetric in ``[-127, 127]``, one scale per output channel
+  (``max |W[o]| / 127``), except in the last layer, whose accumulators are the
   logits: there one scale for the whole layer keeps every logit on the same scale, so
   the integer argmax is the float argmax;
 - activations: one scale per tensor, ``max / 127`` over the calibration images (the
   task's preprocessing split) with the VELCRO plan applied, as in the float model
-  that is deployed; after ReLU the int8 range is ``[0, 127]``;
-- bias: int32 at the accumulator scale ``s_in * s_w[o]``;
-- requantization: ``M[o] = s_in * s_w[o] / s_out`` as ``mult / 2**shift`` with
-  ``mult <= 65535`` and the largest ``shift <= 31`` that allows (:func:`requant_params`);
+  that is deployed;
+- bias: at the accumulator scale ``s_in * s_w[o]``;
+- requantization: the factors of ``M[o] = s_in * s_w[o] / s_out``
+  (:func:`requant_params`);
 - VELCRO: the plan's float means become int8 ``round(mean / s_out)`` at the masked
   elements of each conv layer's output, and the masks are bit-packed;
-- dense layers are int8 as above, or codebook layers from :mod:`velcro.sw.vq` (scalar
-  k-means or x-axis PQ): int8 codebooks with one scale per layer
-  (:func:`velcro.sw.vq.deploy`) and packed indices (:func:`velcro.sw.vq.pack_indices`);
+- dense layers are int8 as above, or codebook layers from :mod:`velcro.sw.vq.methods`
+  (scalar k-means or x-axis PQ): int8 codebooks with one scale per layer
+  (:func:`velcro.sw.export.codebooks.deploy`) and packed indices
+  (:func:`velcro.sw.export.bits.pack_indices`);
   activation scales are then calibrated with the codebook weights.
 
 Supported layers, in an ``nn.Sequential`` (nested ones are flattened): ``Conv2d`` 3x3
@@ -39,39 +41,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Task, to_float
-from .errors import ModelError, PlanError
-from .golden import INPUT_SHIFT, MULT_BITS, SHIFT_MAX
-from .package import Layer, Package, check, pack_mask
-from .plan import Plan
+from .. import golden
+from ..data import Task, to_float
+from ..errors import ModelError, PlanError
+from ..locality.plan import Plan
+from .bits import pack_indices, pack_mask
+from .package import Layer, Package, check
 
-INPUT_SCALE = (1 << INPUT_SHIFT) / 255
-MULT_MAX = (1 << MULT_BITS) - 1
+INPUT_SCALE = (1 << golden.INPUT_SHIFT) / 255
 SUPPORTED = ("Conv2d 3x3 (padding 1, stride 1 or 2) + ReLU, MaxPool2d(2), Flatten, "
              "Linear (+ ReLU), Dropout, Identity")
 _BATCH = 256
 
 
 def requant_params(scale) -> tuple[np.ndarray, np.ndarray]:
-    """``mult`` (uint16) and ``shift`` (uint8) with ``mult / 2**shift`` nearest ``scale``.
+    """The requantization factors of ``scale`` (:func:`velcro.sw.golden.requant_params`).
 
-    The shift is the largest in ``[0, 31]`` that keeps ``mult <= 65535``, which gives
-    a relative error of at most ``2**-16`` whenever ``scale >= 2**-15``.
+    Raises
+    ------
+    PlanError
+        A scale the factors cannot express.
     """
-    scale = np.atleast_1d(np.asarray(scale, dtype=np.float64))
-    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-        raise PlanError(f"requantization scales must be positive and finite, got "
-                        f"{scale[~(np.isfinite(scale) & (scale > 0))][:3]}")
-    if np.any(scale > MULT_MAX):
-        raise PlanError(f"requantization scale {scale.max():g} exceeds {MULT_MAX} "
-                        "(the output scale is too small for the input scales)")
-    shift = np.clip(np.floor(np.log2(MULT_MAX / scale)), 0, SHIFT_MAX).astype(np.int64)
-    mult = np.round(scale * np.exp2(shift))
-    # log2 may round up at an exact power of two; one step back is then enough.
-    over = mult > MULT_MAX
-    shift[over] -= 1
-    mult[over] = np.round(scale[over] * np.exp2(shift[over]))
-    return mult.astype(np.uint16), shift.astype(np.uint8)
+    try:
+        return golden.requant_params(scale)
+    except golden.GoldenError as e:
+        raise PlanError(str(e)) from None
 
 
 @dataclass
@@ -229,8 +223,8 @@ def _check_plan(groups: list[_Group], plan: Plan | None) -> None:
 
 
 def _deploy(groups: list[_Group], dense: dict) -> dict:
-    """``vq.deploy`` every quantized dense layer, checking it belongs to the model."""
-    from . import vq
+    """:func:`deploy` every quantized dense layer, checking it belongs to the model."""
+    from .codebooks import deploy
 
     layers = {g.name: g.module for g in groups if g.op == "dense"}
     deployed = {}
@@ -242,7 +236,7 @@ def _deploy(groups: list[_Group], dense: dict) -> dict:
         if tuple(q.shape) != expected:
             raise ModelError(f"quantized layer {name!r} is {list(q.shape)}, the model's "
                              f"weights are {list(expected)}")
-        deployed[name] = vq.deploy(q)
+        deployed[name] = deploy(q)
     return deployed
 
 
@@ -260,15 +254,15 @@ def quantize(model: nn.Module, task: Task, plan: Plan | None = None,
     plan
         VELCRO masks and float means per conv layer, in order; None skips nothing.
     source
-        How to rebuild the float model (``model``, ``weights``, ``data``,
-        ``image_size``), recorded in the manifest; the parameters' sha256 is added here.
+        What the package records of the float model it came from (``model``,
+        ``weights``, ``data``, ``image_size``: names for people, never followed); the
+        parameters' sha256 is added here.
     dense
-        ``layer name -> quantized layer`` (:mod:`velcro.sw.vq` scalar k-means or x-axis
-        PQ) for the dense layers that become codebook layers (:func:`velcro.sw.vq.deploy`:
-        int8 codebooks, one scale per layer); the other dense layers are int8.
+        ``layer name -> quantized layer`` (:mod:`velcro.sw.vq.methods` scalar k-means or x-axis
+        PQ) for the dense layers that become codebook layers
+        (:func:`velcro.sw.export.codebooks.deploy`: int8 codebooks, one scale per layer); the
+        other dense layers are int8.
     """
-    from .vq import pack_indices
-
     groups = layer_groups(model)
     _check_plan(groups, plan)
     deployed = _deploy(groups, dense or {})

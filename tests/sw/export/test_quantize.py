@@ -5,17 +5,21 @@ import pytest
 import torch
 from torch import nn
 
-from velcro.sw import golden, vq
+from velcro.sw import golden
 from velcro.sw.data import Dataset, Task, make_task, to_float
 from velcro.sw.errors import ModelError, PlanError
 from velcro.sw.evaluate import predict
-from velcro.sw.model import lenet_300_100, load_reference
-from velcro.sw.package import codebook_weight, unpack_mask
-from velcro.sw.plan import applied, compress
-from velcro.sw.profile import profile
-from velcro.sw.quantize import layer_groups, quantize, requant_params
-from velcro.sw.study import prepare
-from velcro.sw.taps import tap
+from velcro.sw.export.bits import unpack_mask
+from velcro.sw.export.codebooks import deploy
+from velcro.sw.export.package import codebook_weight
+from velcro.sw.export.quantize import layer_groups, quantize, requant_params
+from velcro.sw.locality.experiment import prepare
+from velcro.sw.locality.plan import applied, compress
+from velcro.sw.locality.profile import profile
+from velcro.sw.locality.taps import tap
+from velcro.sw.models import lenet_300_100, load_reference
+from velcro.sw.vq import methods as vq
+from velcro.sw.vq.finetune import dense_weights
 
 
 def test_requant_params_approximate_the_scale_within_2_to_the_minus_16(rng):
@@ -158,7 +162,7 @@ def test_reference_package_accuracy_is_within_half_a_point_of_float(name):
 
 def test_codebook_layers_are_vq_deployed_and_follow_the_float_model(rng):
     model, task = small_cnn(), synthetic_task(rng)
-    weights = vq.dense_weights(model, ["fc1", "fc3"])
+    weights = dense_weights(model, ["fc1", "fc3"])
     dense = {"fc1": vq.product_quantize(weights["fc1"], 16, 4),
              "fc3": vq.kmeans(weights["fc3"], 8)}
     package = quantize(model, task, None, dense=dense)
@@ -166,7 +170,7 @@ def test_codebook_layers_are_vq_deployed_and_follow_the_float_model(rng):
     assert [layers[n].op for n in ("fc1", "fc2", "fc3")] == ["dense_codebook", "dense",
                                                              "dense_codebook"]
     for name, q in dense.items():
-        deployed = vq.deploy(q)
+        deployed = deploy(q)
         layer = layers[name]
         np.testing.assert_array_equal(layer.arrays["codebooks"], deployed.codebooks)
         np.testing.assert_array_equal(codebook_weight(layer), deployed.weight())
@@ -175,10 +179,10 @@ def test_codebook_layers_are_vq_deployed_and_follow_the_float_model(rng):
         assert layer.attrs["segment"] == deployed.segment == (4 if name == "fc1" else 1)
     assert layers["fc1"].attrs["shared"] is False and layers["fc3"].attrs["shared"] is True
     assert layers["fc3"].out_scale == pytest.approx(layers["fc2"].out_scale
-                                                    * vq.deploy(dense["fc3"]).scale)
+                                                    * deploy(dense["fc3"]).scale)
     # The float model with the same codebook weights is what the integers approximate.
     for name, q in dense.items():
-        deployed = vq.deploy(q)
+        deployed = deploy(q)
         getattr(model, name).weight.data = torch.from_numpy(
             (deployed.weight() * deployed.scale).astype(np.float32))
     images = task.split("validation").images
@@ -190,7 +194,7 @@ def test_codebook_layers_are_vq_deployed_and_follow_the_float_model(rng):
 
 def test_codebook_layers_must_exist_and_be_deployable(rng):
     model, task = small_cnn(), synthetic_task(rng)
-    weights = vq.dense_weights(model, ["fc1"])
+    weights = dense_weights(model, ["fc1"])
     with pytest.raises(ModelError, match="no dense layer 'c1'"):
         quantize(model, task, dense={"c1": vq.kmeans(weights["fc1"], 4)})
     with pytest.raises(ModelError, match=r"is \[16, 72\], the model's weights are \[12, 16\]"):

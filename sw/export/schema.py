@@ -1,0 +1,485 @@
+"""The schema of a ``.velcro`` package (version 1): the integer network and its checks.
+
+:class:`Package` and :class:`Layer` hold the network in memory and
+:meth:`Package.manifest` gives its ``manifest.json``. :func:`parse_manifest` checks every
+manifest field and :func:`check_values` every array's contents; anything wrong raises
+:class:`~velcro.sw.errors.PackageError` naming the field. The file that holds a package,
+and the reading and writing that run these checks, are :mod:`velcro.sw.export.package`.
+This module imports only NumPy and the standard library.
+
+Schema version 1
+----------------
+``manifest.json``::
+
+    format          "velcro-package"
+    schema_version  1
+    input           {"shape": [C, H, W], "dtype": "uint8", "scale": float}
+                    pixels are uint8; the network input is int8 ``pixel >> 1``
+                    (golden.quantize_input), worth ``scale`` each
+    task            {"name": str, "classes": [int], "class_names": [str]}
+                    classes: labels of the specialized task (indices into class_names,
+                    the model's output classes)
+    velcro          {"criterion": str | null, "thresholds": [float] (one per conv3x3),
+                     "C": float}  C = skipped / total conv3x3 output elements
+    source          {"model": str | null, "weights": str | null, "data": str | null,
+                     "image_size": [H, W] | null, "parameters_sha256": str}
+                    what the package came from, for people: names, never paths of
+                    the exporting machine (null: the shipped reference model /
+                    Fashion-MNIST); nothing here is ever imported, called or opened;
+                    parameters_sha256: quantize.parameters_sha256 of the float model,
+                    against which ``velcro run --weights`` checks a float model
+    layers          [layer, ...] in execution order
+
+Every layer has ``name`` (``[A-Za-z0-9_.#-]+``, unique), ``op``, ``in_shape``,
+``out_shape``, ``out_scale`` (real value of one output unit) and ``arrays``: a map
+``role -> {"file": "arrays/<name>.<role>.npy", "dtype": str, "shape": [int],
+"sha256": hex of the array's C-order data bytes}``. The ops:
+
+``conv3x3``  (+ ``stride`` 1 or 2, ``skipped`` int) -- 3x3 convolution, zero padding
+    1, bias, requantization, ReLU, VELCRO skip. ``in_shape [C_in, H, W]``, ``out_shape
+    [C_out, (H-1)//stride+1, (W-1)//stride+1]``. Arrays: ``weight`` int8 ``[C_out, C_in,
+    3, 3]``, ``bias`` int32 ``[C_out]``, ``mult`` uint16 ``[C_out]``, ``shift`` uint8
+    ``[C_out]`` (<= 31), ``mask`` uint8 ``[ceil(C_out*H_out*W_out / 8)]``: the skip mask
+    bit-packed, element ``(c, y, x)`` is bit ``f % 8`` (LSB first) of byte ``f // 8``
+    with ``f = (c*H_out + y)*W_out + x``, padding bits zero, ``skipped`` bits set;
+    ``mean`` int8 ``[C_out, H_out, W_out]`` in ``[0, 127]``, zero where not skipped.
+``maxpool2x2`` -- ``[C, H, W] -> [C, H//2, W//2]``, no arrays, ``out_scale`` unchanged.
+``flatten`` -- ``[C, H, W] -> [C*H*W]`` in C order, no arrays, ``out_scale`` unchanged.
+``dense`` (+ ``relu`` bool, ``output`` "int8" | "int32") -- ``[n_in] -> [n_out]``.
+    Arrays: ``weight`` int8 ``[n_out, n_in]``, ``bias`` int32 ``[n_out]``, and for int8
+    output ``mult``, ``shift`` as for conv3x3. An int32 output is left unrequantized
+    (logits); only the last layer has one, and the last layer must have one.
+``dense_codebook`` (+ ``relu``, ``output`` as for dense; ``bits`` 1..16, ``segment`` s,
+    ``shared`` bool, ``weight_scale`` float) -- a dense layer whose int8 weights are
+    codewords, ``W[o, j*s:(j+1)*s] = codebooks[j][idx[o, j]]`` (codebook 0 for every
+    segment ``j`` when shared; scalar k-means is ``s = 1`` shared), ``n_seg = n_in / s``.
+    Arrays: ``codebooks`` int8 ``[1 if shared else n_seg, 2**bits, s]``, ``indices``
+    uint8 ``[n_seg * ceil(n_out*bits / 8)]`` packed segment-major (:mod:`velcro.sw.export.bits`;
+    padding bits zero), ``bias`` and, for int8 output, ``mult`` and ``shift``.
+    ``weight_scale`` is the real value of one codebook unit (float weights are
+    ``weight_scale * W``).
+
+Shapes chain from ``input.shape`` through every layer; ``velcro.C`` must equal the
+set mask bits over all conv3x3 output elements. For every layer with weights, the
+accumulator bound ``128 * sum_k |weight[o, k]| + |bias[o]|`` must fit int32, so no
+int8 input can overflow an accumulator. Limits checked before anything is allocated:
+at most 2**30 bytes per array, 2**16 per dimension, 4096 layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import PackageError
+from .bits import index_run_bytes, unpack_indices
+
+FORMAT = "velcro-package"
+SCHEMA_VERSION = 1
+
+MAX_ARRAY_BYTES = 1 << 30
+MAX_DIM = 1 << 16
+MAX_LAYERS = 4096
+
+ACC_MAX = (1 << 31) - 1
+_NAME = re.compile(r"[A-Za-z0-9_.#-]{1,128}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in
+           ("int8", "uint8", "uint16", "int32")}
+
+
+@dataclass
+class Layer:
+    """One layer of the integer network.
+
+    ``attrs`` holds the op's own fields (``stride``, ``skipped``, ``relu``,
+    ``output``); ``arrays`` maps each role of the op to its array.
+    """
+
+    name: str
+    op: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    out_scale: float
+    attrs: dict = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Package:
+    """An integer network ready for deployment, with where it came from."""
+
+    input_shape: tuple[int, int, int]
+    input_scale: float
+    layers: list[Layer]
+    task: dict
+    velcro: dict
+    source: dict
+
+    @property
+    def C(self) -> float:
+        return self.velcro["C"]
+
+    def manifest(self) -> dict:
+        """The JSON manifest (array hashes computed from the arrays)."""
+        return {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "input": {"shape": list(self.input_shape), "dtype": "uint8",
+                      "scale": self.input_scale},
+            "task": self.task,
+            "velcro": self.velcro,
+            "source": self.source,
+            "layers": [{
+                "name": layer.name, "op": layer.op, "in_shape": list(layer.in_shape),
+                "out_shape": list(layer.out_shape), "out_scale": layer.out_scale,
+                **layer.attrs,
+                "arrays": {role: {"file": array_member(layer.name, role),
+                                  "dtype": array.dtype.name, "shape": list(array.shape),
+                                  "sha256": _sha256(array)}
+                           for role, array in layer.arrays.items()},
+            } for layer in self.layers],
+        }
+
+
+def array_member(name: str, role: str) -> str:
+    """The archive member that holds the array ``role`` of layer ``name``."""
+    return f"arrays/{name}.{role}.npy"
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def show(value) -> str:
+    """``repr(value)``, cut to 60 characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fail(path: str, message: str):
+    """Raise a :class:`~velcro.sw.errors.PackageError` about the field (or member) ``path``."""
+    raise PackageError(f"{path}: {message}")
+
+
+def _keys(value, path: str, required: set[str]) -> dict:
+    if not isinstance(value, dict):
+        fail(path, f"expected an object, got {type(value).__name__}")
+    missing = sorted(required - value.keys())
+    extra = sorted(value.keys() - required)
+    if missing:
+        fail(path, f"missing field {show(missing[0])}")
+    if extra:
+        fail(f"{path}.{extra[0][:40]}", "unknown field")
+    return value
+
+
+def _int(value, path: str, lo: int, hi: int) -> int:
+    if type(value) is not int:
+        fail(path, f"expected an integer, got {show(value)}")
+    if not lo <= value <= hi:
+        fail(path, f"expected an integer in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _bool(value, path: str) -> bool:
+    if type(value) is not bool:
+        fail(path, f"expected true or false, got {show(value)}")
+    return value
+
+
+def _float(value, path: str, lo: float = 0.0, hi: float = math.inf,
+           lo_open: bool = False) -> float:
+    number = value
+    if type(value) is int:
+        # Python ints are unbounded; float() of a huge one raises OverflowError.
+        number = float(value) if abs(value) < 1 << 1000 else math.inf
+    if type(value) not in (int, float) or not math.isfinite(number):
+        fail(path, f"expected a finite number, got {show(value)}")
+    if number < lo or number > hi or (lo_open and number == lo):
+        bracket = "(" if lo_open else "["
+        fail(path, f"expected a number in {bracket}{lo}, {hi}], got {show(value)}")
+    return number
+
+
+def _str(value, path: str, pattern: re.Pattern | None = None, nullable: bool = False):
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        fail(path, f"expected a string, got {show(value)}")
+    if pattern is not None and not pattern.fullmatch(value):
+        fail(path, f"expected a string matching {pattern.pattern}, got {show(value)}")
+    return value
+
+
+def _list(value, path: str, max_len: int) -> list:
+    if not isinstance(value, list):
+        fail(path, f"expected a list, got {type(value).__name__}")
+    if len(value) > max_len:
+        fail(path, f"expected at most {max_len} entries, got {len(value)}")
+    return value
+
+
+def _shape(value, path: str, ndim: int) -> tuple[int, ...]:
+    value = _list(value, path, ndim)
+    if len(value) != ndim:
+        fail(path, f"expected {ndim} dimensions, got {len(value)}")
+    return tuple(_int(v, f"{path}[{i}]", 1, MAX_DIM) for i, v in enumerate(value))
+
+
+def _choice(value, path: str, options: tuple):
+    if not any(value == o and type(value) is type(o) for o in options):
+        fail(path, f"expected one of {', '.join(map(repr, options))}, got {show(value)}")
+    return value
+
+
+def _expect(value, path: str, expected):
+    if value != expected or type(value) is not type(expected):
+        fail(path, f"expected {expected!r}, got {show(value)}")
+    return value
+
+
+# Per op: the fields beyond the common ones, each with its checker.
+_ATTRS: dict[str, dict[str, Callable]] = {
+    "conv3x3": {"stride": lambda v, p: _choice(v, p, (1, 2)),
+                "skipped": lambda v, p: _int(v, p, 0, MAX_ARRAY_BYTES * 8)},
+    "maxpool2x2": {},
+    "flatten": {},
+    "dense": {"relu": _bool,
+              "output": lambda v, p: _choice(v, p, ("int8", "int32"))},
+    "dense_codebook": {"relu": _bool,
+                       "output": lambda v, p: _choice(v, p, ("int8", "int32")),
+                       "bits": lambda v, p: _int(v, p, 1, 16),
+                       "segment": lambda v, p: _int(v, p, 1, MAX_DIM),
+                       "shared": _bool,
+                       "weight_scale": lambda v, p: _float(v, p, lo_open=True)},
+}
+_DENSE = ("dense", "dense_codebook")
+_IN_NDIM = {"conv3x3": 3, "maxpool2x2": 3, "flatten": 3, "dense": 1, "dense_codebook": 1}
+_OUT_NDIM = {"conv3x3": 3, "maxpool2x2": 3, "flatten": 1, "dense": 1, "dense_codebook": 1}
+
+
+def _out_shape(op: str, in_shape: tuple[int, ...], attrs: dict, declared: tuple[int, ...]):
+    """The output shape an op produces from ``in_shape`` (dense: the declared one)."""
+    if op == "conv3x3":
+        stride = attrs["stride"]
+        return (declared[0], (in_shape[1] - 1) // stride + 1, (in_shape[2] - 1) // stride + 1)
+    if op == "maxpool2x2":
+        return (in_shape[0], in_shape[1] // 2, in_shape[2] // 2)
+    if op == "flatten":
+        return (math.prod(in_shape),)
+    return declared
+
+
+def expected_arrays(op: str, in_shape, out_shape, attrs: dict) -> dict[str, tuple]:
+    """``role -> (dtype name, shape)`` of the arrays an op carries."""
+    if op == "conv3x3":
+        c_out = out_shape[0]
+        return {"weight": ("int8", (c_out, in_shape[0], 3, 3)), "bias": ("int32", (c_out,)),
+                "mult": ("uint16", (c_out,)), "shift": ("uint8", (c_out,)),
+                "mask": ("uint8", (-(-math.prod(out_shape) // 8),)),
+                "mean": ("int8", tuple(out_shape))}
+    if op in _DENSE:
+        n_out = out_shape[0]
+        if op == "dense":
+            arrays = {"weight": ("int8", (n_out, in_shape[0]))}
+        else:
+            bits, segment = attrs["bits"], attrs["segment"]
+            n_seg = in_shape[0] // segment
+            arrays = {"codebooks": ("int8", (1 if attrs["shared"] else n_seg, 1 << bits,
+                                             segment)),
+                      "indices": ("uint8", (n_seg * index_run_bytes(n_out, bits),))}
+        arrays["bias"] = ("int32", (n_out,))
+        if attrs["output"] == "int8":
+            arrays.update(mult=("uint16", (n_out,)), shift=("uint8", (n_out,)))
+        return arrays
+    return {}
+
+
+def codebook_weight(layer: Layer) -> np.ndarray:
+    """The int8 ``[n_out, n_in]`` weights of a ``dense_codebook`` layer:
+    ``W[o, j*s:(j+1)*s] = codebooks[j][idx[o, j]]`` (codebook 0 for every ``j`` if shared)."""
+    n_out, n_in = layer.out_shape[0], layer.in_shape[0]
+    n_seg = n_in // layer.attrs["segment"]
+    indices = unpack_indices(layer.arrays["indices"], layer.attrs["bits"], n_out, n_seg)
+    books = np.broadcast_to(layer.arrays["codebooks"],
+                            (n_seg,) + layer.arrays["codebooks"].shape[1:])
+    return books[np.arange(n_seg), indices].reshape(n_out, n_in)
+
+
+@dataclass
+class ArraySpec:
+    """What the manifest says of one array: its field ``path``, archive member, dtype,
+    shape and sha256."""
+
+    path: str
+    member: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    sha256: str
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def parse_manifest(manifest) -> tuple[Package, dict[tuple[int, str], ArraySpec]]:
+    """Check every manifest field; a package without arrays and the specs of its arrays."""
+    m = _keys(manifest, "manifest", {"format", "schema_version", "input", "task", "velcro",
+                                     "source", "layers"})
+    _expect(m["format"], "manifest.format", FORMAT)
+    if type(m["schema_version"]) is not int or m["schema_version"] != SCHEMA_VERSION:
+        fail("manifest.schema_version", f"version {show(m['schema_version'])} is not supported "
+              f"(this velcro reads {SCHEMA_VERSION})")
+    inp = _keys(m["input"], "manifest.input", {"shape", "dtype", "scale"})
+    input_shape = _shape(inp["shape"], "manifest.input.shape", 3)
+    _expect(inp["dtype"], "manifest.input.dtype", "uint8")
+    input_scale = _float(inp["scale"], "manifest.input.scale", lo_open=True)
+
+    task = _keys(m["task"], "manifest.task", {"name", "classes", "class_names"})
+    _str(task["name"], "manifest.task.name")
+    names = _list(task["class_names"], "manifest.task.class_names", MAX_DIM)
+    for i, n in enumerate(names):
+        _str(n, f"manifest.task.class_names[{i}]")
+    classes = _list(task["classes"], "manifest.task.classes", MAX_DIM)
+    for i, c in enumerate(classes):
+        _int(c, f"manifest.task.classes[{i}]", 0, max(len(names) - 1, 0))
+
+    velcro = _keys(m["velcro"], "manifest.velcro", {"criterion", "thresholds", "C"})
+    _str(velcro["criterion"], "manifest.velcro.criterion", nullable=True)
+    thresholds = _list(velcro["thresholds"], "manifest.velcro.thresholds", MAX_LAYERS)
+    for i, t in enumerate(thresholds):
+        _float(t, f"manifest.velcro.thresholds[{i}]", 0.0, 100.0)
+    _float(velcro["C"], "manifest.velcro.C", 0.0, 1.0)
+
+    source = _keys(m["source"], "manifest.source", {"model", "weights", "data", "image_size",
+                                                    "parameters_sha256"})
+    for key in ("model", "weights", "data"):
+        _str(source[key], f"manifest.source.{key}", nullable=True)
+    if source["image_size"] is not None:
+        _shape(source["image_size"], "manifest.source.image_size", 2)
+    _str(source["parameters_sha256"], "manifest.source.parameters_sha256", _SHA256)
+
+    entries = _list(m["layers"], "manifest.layers", MAX_LAYERS)
+    if not entries:
+        fail("manifest.layers", "expected at least one layer")
+    layers, specs, seen = [], {}, set()
+    shape, scale = input_shape, input_scale
+    for i, entry in enumerate(entries):
+        path = f"manifest.layers[{i}]"
+        if not isinstance(entry, dict):
+            fail(path, f"expected an object, got {type(entry).__name__}")
+        op = _choice(entry.get("op"), f"{path}.op", tuple(_ATTRS))
+        _keys(entry, path, {"name", "op", "in_shape", "out_shape", "out_scale", "arrays"}
+              | _ATTRS[op].keys())
+        name = _str(entry["name"], f"{path}.name", _NAME)
+        if name in seen:
+            fail(f"{path}.name", f"duplicate layer name {name!r}")
+        seen.add(name)
+        in_shape = _shape(entry["in_shape"], f"{path}.in_shape", _IN_NDIM[op])
+        if in_shape != shape:
+            fail(f"{path}.in_shape", f"expected {list(shape)} (the previous output), "
+                  f"got {list(in_shape)}")
+        attrs = {key: check(entry[key], f"{path}.{key}") for key, check in _ATTRS[op].items()}
+        declared = _shape(entry["out_shape"], f"{path}.out_shape", _OUT_NDIM[op])
+        if op == "flatten" and math.prod(in_shape) > MAX_DIM:
+            fail(f"{path}.in_shape", f"flattens to {math.prod(in_shape)} elements, "
+                  f"more than {MAX_DIM}")
+        out_shape = _out_shape(op, in_shape, attrs, declared)
+        if declared != out_shape:
+            fail(f"{path}.out_shape", f"expected {list(out_shape)}, got {list(declared)}")
+        if op == "maxpool2x2" and min(in_shape[1:]) < 2:
+            fail(f"{path}.in_shape", f"2x2 pooling needs H, W >= 2, got {list(in_shape)}")
+        out_scale = _float(entry["out_scale"], f"{path}.out_scale", lo_open=True)
+        if op in ("maxpool2x2", "flatten") and out_scale != scale:
+            fail(f"{path}.out_scale", f"expected {scale!r} (unchanged by {op}), "
+                  f"got {out_scale!r}")
+        if op == "dense_codebook" and in_shape[0] % attrs["segment"]:
+            fail(f"{path}.segment", f"segment length {attrs['segment']} does not divide the "
+                  f"{in_shape[0]} inputs")
+        if op in _DENSE and attrs["output"] == "int32":
+            if attrs["relu"]:
+                fail(f"{path}.relu", "an int32 (logits) output has no ReLU")
+            if i != len(entries) - 1:
+                fail(f"{path}.output", "only the last layer may output int32 logits")
+        elif i == len(entries) - 1:
+            if op not in _DENSE:
+                fail(f"{path}.op", f"the last layer must be dense (the logits), got {op}")
+            fail(f"{path}.output", "the last layer must output int32 logits")
+        expected = expected_arrays(op, in_shape, out_shape, attrs)
+        arrays = _keys(entry["arrays"], f"{path}.arrays", set(expected))
+        for role, (dtype, ashape) in expected.items():
+            apath = f"{path}.arrays.{role}"
+            a = _keys(arrays[role], apath, {"file", "dtype", "shape", "sha256"})
+            _expect(a["file"], f"{apath}.file", array_member(name, role))
+            _expect(a["dtype"], f"{apath}.dtype", dtype)
+            _expect(a["shape"], f"{apath}.shape", list(ashape))
+            spec = ArraySpec(apath, a["file"], _DTYPES[dtype], ashape,
+                              _str(a["sha256"], f"{apath}.sha256", _SHA256))
+            if spec.nbytes > MAX_ARRAY_BYTES:
+                fail(f"{apath}.shape", f"{spec.nbytes} bytes exceeds the limit of "
+                      f"{MAX_ARRAY_BYTES}")
+            specs[(i, role)] = spec
+        layers.append(Layer(name, op, in_shape, out_shape, out_scale, attrs))
+        shape, scale = out_shape, out_scale
+    n_conv = sum(layer.op == "conv3x3" for layer in layers)
+    if len(thresholds) != n_conv:
+        fail("manifest.velcro.thresholds", f"expected one threshold per conv3x3 layer "
+              f"({n_conv}), got {len(thresholds)}")
+    n_out = layers[-1].out_shape[0]
+    if len(names) != n_out:
+        fail("manifest.task.class_names", f"expected one name per output ({n_out}), "
+              f"got {len(names)}")
+    package = Package(input_shape, input_scale, layers, task, velcro, source)
+    return package, specs
+
+
+def check_values(package: Package) -> None:
+    """Checks on array contents: mask padding and counts, means, shifts, accumulator range."""
+    total = skipped = 0
+    for i, layer in enumerate(package.layers):
+        path = f"manifest.layers[{i}]"
+        a = layer.arrays
+        if "shift" in a and a["shift"].size and int(a["shift"].max()) > 31:
+            fail(f"{path}.arrays.shift", f"shift {int(a['shift'].max())} exceeds 31")
+        if layer.op == "dense_codebook":
+            n_out, bits = layer.out_shape[0], layer.attrs["bits"]
+            run_bits = np.unpackbits(a["indices"].reshape(-1, index_run_bytes(n_out, bits)),
+                                     axis=1, bitorder="little")
+            if run_bits[:, n_out * bits:].any():
+                fail(f"{path}.arrays.indices", "padding bits after a segment's last index "
+                      "are set")
+        weight = (codebook_weight(layer) if layer.op == "dense_codebook"
+                  else a.get("weight"))
+        if weight is not None:
+            # |x| <= 128 for int8 inputs: the accumulator bound of every output.
+            l1 = np.abs(weight.astype(np.int64)).reshape(len(weight), -1).sum(1)
+            worst = int((128 * l1 + np.abs(a["bias"].astype(np.int64))).max())
+            if worst > ACC_MAX:
+                fail(f"{path}.arrays.{'weight' if 'weight' in a else 'codebooks'}",
+                      f"accumulators may reach {worst}, beyond int32")
+        if layer.op != "conv3x3":
+            continue
+        count = math.prod(layer.out_shape)
+        bits = np.unpackbits(a["mask"], bitorder="little")
+        if bits[count:].any():
+            fail(f"{path}.arrays.mask", "padding bits after the last element are set")
+        mask = bits[:count].astype(bool).reshape(layer.out_shape)
+        if int(mask.sum()) != layer.attrs["skipped"]:
+            fail(f"{path}.skipped", f"expected {int(mask.sum())} (set bits of the mask), "
+                  f"got {layer.attrs['skipped']}")
+        mean = a["mean"]
+        if mean.size and (mean.min() < 0 or (mean[~mask] != 0).any()):
+            fail(f"{path}.arrays.mean", "means must lie in [0, 127] where skipped and be 0 "
+                  "elsewhere")
+        total += count
+        skipped += int(mask.sum())
+    C = skipped / total if total else 0.0
+    if not math.isclose(C, package.velcro["C"], rel_tol=1e-9, abs_tol=1e-12):
+        fail("manifest.velcro.C", f"expected {C!r} (skipped / total conv outputs), "
+              f"got {package.velcro['C']!r}")
