@@ -39,9 +39,11 @@ import torch
 from dahuffman import HuffmanCodec
 from torch import nn
 from torch.nn.utils import parametrize, prune
-from tqdm import tqdm
 
-from .vq import FLOAT_BITS, VQError, kmeans_1d
+from ..errors import VQError
+from ..progress import progress as progress_bar
+from .clustering import kmeans_1d
+from .methods import FLOAT_BITS
 
 HUFFMAN_LENGTH_BITS = 8
 
@@ -337,15 +339,15 @@ def deep_compress(model: nn.Module, settings: dict[str, LayerSetting], train_ima
     The Huffman-stage accuracy is measured on a model whose weights were decoded
     back from the Huffman streams, so it checks that the coding is lossless.
     """
-    from .evaluate import accuracy
-    from .train import train
+    from ..evaluate import accuracy
+    from ..train import train
 
     model = copy.deepcopy(model).eval()
     layers = _check_settings(model, settings)
     start = time.perf_counter()
     acc = {"original": accuracy(model, test_images, test_labels)}
     steps = range(1, schedule.prune_steps + 1)
-    for step in tqdm(steps, desc="prune", disable=not progress, leave=False):
+    for step in progress_bar(steps, desc="prune", unit="step", enabled=progress):
         # Geometric steps: every step removes the same share of what is left.
         prune_layers(model, {name: s.keep ** (step / schedule.prune_steps)
                              for name, s in settings.items()})
@@ -417,10 +419,10 @@ def run_demo(models: list[str], out: Path, seed: int = 0, progress: bool = True)
     Prints a Table-1 row per model and the per-stage figures, and writes
     ``deep_compression.json`` into ``out``.
     """
-    from .cli import write_json
-    from .data import load_fashion_mnist
-    from .model import lenet_300_100, load_reference, reference_record
-    from .train import train
+    from ..data import load_fashion_mnist
+    from ..files import write_json
+    from ..models import lenet_300_100, load_reference, reference_record
+    from ..train import train
 
     unknown = [m for m in models if m not in ("lenet", "reference")]
     if unknown or not models:

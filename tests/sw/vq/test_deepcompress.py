@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from velcro.sw.deepcompress import (
+from velcro.sw.errors import VQError
+from velcro.sw.vq.deepcompress import (
     LayerSetting,
     LayerStorage,
     Schedule,
@@ -18,7 +19,6 @@ from velcro.sw.deepcompress import (
     to_relative,
     weight_layers,
 )
-from velcro.sw.vq import VQError
 
 
 def mlp(seed=0):
