@@ -9,7 +9,7 @@ models of the card:
   synchronous driver runs in a thread started by :func:`cocotb.task.bridge`;
 * device memory is a model of the U280's HBM channels: one sparse memory, which
   every ``m_axi`` port reaches through an ``AxiSlave`` that answers only inside the
-  channel its port is linked to (:mod:`velcro.hw.connectivity`) and returns
+  channel its port is linked to (:mod:`velcro.hw.kernel.connectivity`) and returns
   ``SLVERR`` elsewhere, so a buffer in the wrong bank fails like on the card;
 * buffers are host arrays (:class:`SimBuffer`); ``sync_to_device`` and
   ``sync_from_device`` copy between them and device memory, so a missing sync
@@ -34,10 +34,11 @@ import time
 
 import numpy as np
 
-from ..hw.connectivity import BANKS, CONNECTIVITY, Bank, bank_of
-from ..hw.kernel_config import SHIPPED, KernelConfig
-from ..hw.regmap import REGMAP
-from ..sw.runtime.driver import CLOCK_HZ, INSTANCE, Platform
+from velcro.hw.kernel.config import SHIPPED, KernelConfig
+from velcro.hw.kernel.connectivity import BANKS, CLOCK_HZ, CONNECTIVITY, INSTANCE, Bank, bank_of
+from velcro.hw.kernel.regmap import REGMAP
+from velcro.sw.runtime.counters import Counters
+from velcro.sw.runtime.driver import Platform
 
 __all__ = ["CLOCK_PS", "KernelTB", "SimAccelerator", "SimPlatform", "build_kernel"]
 
@@ -314,7 +315,8 @@ class SimPlatform(Platform):
 
 def build_kernel(config: KernelConfig = SHIPPED, simulator: str | None = None):
     """The kernel compiled for ``simulator`` (once per configuration and session)."""
-    from ..hw.kernel import VelcroKernel
+    from velcro.hw.kernel.top import VelcroKernel
+
     from . import runner
 
     return runner.build(f"velcro_kernel-{config.name}", lambda: VelcroKernel(config),
@@ -341,7 +343,8 @@ class SimAccelerator:
 
     def __init__(self, config: KernelConfig = SHIPPED, *, simulator: str | None = None,
                  pause: float = 0.0, seed: int = 0, jobs: int = 1):
-        from ..sw.errors import DeviceError
+        from velcro.sw.errors import DeviceError
+
         from . import runner
 
         try:
@@ -357,9 +360,7 @@ class SimAccelerator:
         self.seed = seed
         self.package = None
         self.images = 0
-        self._counters = []
-        self.totals = {"cycles": 0, "mac_cycles": 0, "skipped": 0, "stall_cycles": 0,
-                       "images_done": 0}
+        self._counters = Counters()
         self.sim = {"cycles": 0, "seconds": 0.0, "build_seconds": 0.0}
 
     def load(self, package) -> None:
@@ -377,7 +378,8 @@ class SimAccelerator:
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..sw.errors import DeviceError
+        from velcro.sw.errors import DeviceError
+
         from . import runner
 
         if self.package is None:
@@ -410,28 +412,25 @@ class SimAccelerator:
         for outcome in outcomes:
             if "error" in outcome:
                 raise outcome["error"]
+        self._counters.start()
         for result, outcome in zip(results, outcomes, strict=True):
-            self._merge(outcome["counters"])
-            for name in self.totals:
-                self.totals[name] += outcome["totals"].get(name, 0)
+            self._counters.add(outcome["counters"], outcome["totals"])
             self.sim["cycles"] += result["sim_cycles"]
             self.sim["seconds"] += result["sim_seconds"]
         self.images += len(images)
         return np.concatenate([outcome["logits"] for outcome in outcomes])
 
-    def _merge(self, counters) -> None:
-        if not self._counters:
-            self._counters = counters
-            return
-        for old, new in zip(self._counters, counters, strict=True):
-            for name in ("cycles", "busy", "mac_cycles", "skipped", "stall_cycles"):
-                setattr(old, name, getattr(old, name) + getattr(new, name))
+    @property
+    def totals(self) -> dict:
+        """Run totals of every run, added up over the parts (see the parameters)."""
+        return self._counters.totals
 
     def counters(self):
-        return self._counters
+        """Counters of every device descriptor, summed over every part of every run."""
+        return self._counters.steps()
 
     def counts(self):
-        from ..sw.golden import GoldenModel
+        from velcro.sw.golden import GoldenModel
 
         return [c.times(self.images) for c in GoldenModel(self.package).per_image()]
 

@@ -1,4 +1,4 @@
-"""cocotb bench of the conv array (:class:`velcro.hw.conv.ConvArray`).
+"""cocotb bench of the conv array (:class:`velcro.hw.conv.array.ConvArray`).
 
 The payload (:func:`velcro.sim.runner.load_payload`) holds the array configuration,
 stream stress settings and a list of cases built by :mod:`velcro.sim.conv_cases`.
@@ -20,14 +20,14 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
-from velcro.hw.conv_format import (
+from velcro.hw.conv.config import Op
+from velcro.hw.conv.format import (
     pack_activations,
     pack_mask,
     pack_requant,
     pack_weights,
     unpack_activations,
 )
-from velcro.hw.conv_params import Op
 
 from . import runner
 from .streams import Clocked, Endpoint, StreamSink, StreamSource

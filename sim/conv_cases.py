@@ -3,7 +3,7 @@
 A *case* is an int8 input tensor and a chain of conv layers run back to back on the
 array; :func:`finish_case` attaches what the bench checks: the golden output
 (:func:`velcro.sw.golden.conv3x3`, layer after layer) and the cycles of every
-operation (:mod:`velcro.hw.conv_cost`). Nothing here looks at the hardware
+operation (:mod:`velcro.hw.conv.cost`). Nothing here looks at the hardware
 generator.
 
 :func:`reference_cases` builds cases from the shipped reference CNN: weights
@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from velcro.hw.conv_cost import (
+from velcro.hw.conv.config import ConvArrayConfig, ConvLayer
+from velcro.hw.conv.cost import (
     expected_cycles,
     expected_drain_cycles,
     expected_load_cycles,
     expected_mac_cycles,
 )
-from velcro.hw.conv_params import ConvArrayConfig, ConvLayer
 from velcro.sw import golden
 
 __all__ = ["edge_cases", "finish_case", "layer_spec", "random_case", "random_mask",
-           "reference_cases", "requant_for"]
+           "reference_cases"]
 
 
 def finish_case(name: str, x: np.ndarray, specs: list[dict], config: ConvArrayConfig) -> dict:
@@ -55,16 +55,6 @@ def finish_case(name: str, x: np.ndarray, specs: list[dict], config: ConvArrayCo
             "drain_cycles": expected_drain_cycles(*y.shape, config)}
 
 
-def requant_for(c_in: int, rng: np.random.Generator, c_out: int,
-                spread: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
-    """``mult``/``shift`` per channel mapping random full-range int8 convolutions to ~±spread."""
-    acc_std = 74.0 * 74.0 * 3.0 * np.sqrt(c_in)          # std of uniform int8 ~ 74
-    scale = spread / acc_std * rng.uniform(0.5, 2.0, c_out)
-    shift = np.clip(np.floor(np.log2((1 << 16) / scale)) - 1, 0, 31).astype(np.int64)
-    mult = np.clip(np.round(scale * 2.0 ** shift), 0, (1 << 16) - 1).astype(np.int64)
-    return mult, shift
-
-
 def random_mask(rng: np.random.Generator, shape: tuple[int, ...], ratio: float) -> np.ndarray:
     """A mask with exactly ``round(ratio * size)`` elements set, uniformly placed."""
     size = int(np.prod(shape))
@@ -74,14 +64,19 @@ def random_mask(rng: np.random.Generator, shape: tuple[int, ...], ratio: float) 
 
 
 def layer_spec(layer: ConvLayer, rng: np.random.Generator, skip: float | None = None) -> dict:
-    """Random int8 kernels, bias and requantization for ``layer``; skip ratio ``skip``."""
+    """Random int8 kernels, bias and requantization for ``layer``; skip ratio ``skip``.
+
+    The requantization scales (a factor of 0.5 to 2 apart between channels) map the
+    accumulators of random full-range int8 operands to about +-40.
+    """
     out_shape = (layer.c_out, layer.out_height, layer.out_width)
-    mult, shift = requant_for(layer.c_in, rng, layer.c_out)
-    acc_std = int(74 * 74 * 3 * np.sqrt(layer.c_in))
+    acc_std = 74.0 * 74.0 * 3.0 * np.sqrt(layer.c_in)     # std of uniform int8 ~ 74
+    mult, shift = golden.requant_params(40.0 / acc_std * rng.uniform(0.5, 2.0, layer.c_out))
+    bound = int(acc_std)
     return {
         "layer": layer,
         "w": rng.integers(-128, 128, (layer.c_out, layer.c_in, 3, 3)).astype(np.int8),
-        "bias": rng.integers(-acc_std, acc_std + 1, layer.c_out).astype(np.int64),
+        "bias": rng.integers(-bound, bound + 1, layer.c_out).astype(np.int64),
         "mult": mult, "shift": shift,
         "mask": None if skip is None else random_mask(rng, out_shape, skip),
         "mean": None if skip is None else rng.integers(-128, 128, out_shape).astype(np.int8),
@@ -133,13 +128,6 @@ def _quantize_weights(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.round(weight / scale[:, None, None, None]).astype(np.int8), scale
 
 
-def _requant_factors(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``mult`` in [2^15, 2^16) and ``shift`` with ``mult / 2**shift ~ ratio``."""
-    shift = np.clip(15 - np.floor(np.log2(ratio)), 0, 31).astype(np.int64)
-    mult = np.clip(np.round(ratio * 2.0 ** shift), 1, (1 << 16) - 1).astype(np.int64)
-    return mult, shift
-
-
 def reference_cases(config: ConvArrayConfig, threshold: float = 40.0,
                     calibration: int = 32, image: int = 0) -> list[dict]:
     """The four conv layers of the reference CNN on one Fashion-MNIST test image.
@@ -151,8 +139,8 @@ def reference_cases(config: ConvArrayConfig, threshold: float = 40.0,
     import torch
 
     from velcro.sw.data import load_fashion_mnist
-    from velcro.sw.model import load_reference
-    from velcro.sw.plan import percentile_mask
+    from velcro.sw.locality.plan import percentile_mask
+    from velcro.sw.models import load_reference
 
     model = load_reference()
     images = load_fashion_mnist("test").images[:calibration]
@@ -179,7 +167,7 @@ def reference_cases(config: ConvArrayConfig, threshold: float = 40.0,
         out_scale = max(np.percentile(float_out[name], 99.9), 1e-6) / 127.0
         acc_scale = scale_in * w_scale
         bias = np.round(module.bias.detach().double().numpy() / acc_scale).astype(np.int64)
-        mult, shift = _requant_factors(acc_scale / out_scale)
+        mult, shift = golden.requant_params(acc_scale / out_scale)
         c_out, c_in = w_int.shape[:2]
         layer = ConvLayer(c_in, c_out, x_int.shape[2], x_int.shape[3],
                           stride=module.stride[0])

@@ -1,11 +1,12 @@
-"""cocotb bench of the dense engine (:class:`velcro.hw.dense.DenseEngine`), and its host side.
+"""cocotb bench of the dense engine (:class:`~velcro.hw.dense.engine.DenseEngine`), and its
+host side.
 
 The host side (run by pytest and ``velcro bench hw``) builds cases, layers with their
 operands, stream beats and golden output beats, compiles the engine and reports its
 cycle figures. The cocotb side is :func:`layers`.
 
 The payload lists layers, each with its beats for the five input streams (encoded by
-:mod:`velcro.hw.dense_streams`), the number of output beats and the expected output
+:mod:`velcro.hw.dense.format`), the number of output beats and the expected output
 beats, which the caller computed with :mod:`velcro.sw.golden`. All layers are queued
 at once, so commands follow each other as fast as the engine takes them; every stream
 gets the same idle probability and the output the back-pressure probability.
@@ -28,10 +29,13 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
-from ..hw.dense_config import SHIPPED, DenseConfig, DenseLayer, expected_cycles, index_bound
-from ..hw.dense_streams import layer_beats, out_beats
-from ..sw import golden
-from ..sw.vq import deploy, kmeans, pack_indices, product_quantize
+from velcro.hw.dense.config import SHIPPED, DenseConfig, DenseLayer, expected_cycles, index_bound
+from velcro.hw.dense.format import layer_beats, out_beats
+from velcro.sw import golden
+from velcro.sw.export.bits import pack_indices
+from velcro.sw.export.codebooks import deploy
+from velcro.sw.vq.methods import kmeans, product_quantize
+
 from . import runner
 from .streams import Clocked, Endpoint, StreamSink, StreamSource
 
@@ -86,13 +90,6 @@ def random_case(layer: DenseLayer, config: DenseConfig, rng: np.random.Generator
     return case(layer, config, x, bias, mult, shift, codebooks=codebooks, indices=indices)
 
 
-def _fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``mult`` (16-bit) and ``shift`` with ``mult / 2**shift`` closest to ``real`` (< 1)."""
-    shift = np.clip(np.floor(np.log2(((1 << 16) - 1) / real)), 0, 31).astype(np.int64)
-    mult = np.clip(np.round(real * 2.0 ** shift), 0, (1 << 16) - 1).astype(np.int64)
-    return mult, shift
-
-
 def reference_cases(config: DenseConfig, modes: dict[str, dict], image: int = 0) -> dict:
     """fc1 (1024 -> 256, ReLU) and fc2 (256 -> 10, logits) of the shipped reference CNN.
 
@@ -100,15 +97,15 @@ def reference_cases(config: DenseConfig, modes: dict[str, dict], image: int = 0)
     ``modes`` (name -> spec) compresses both layers' float weights:
     ``{"mode": "int8"}`` to int8 per output row; ``{"method": "pq", "k": .., "s": ..}``
     (x-axis product quantization) or ``{"method": "km", "k": ..}`` (scalar k-means, one
-    shared codebook) with :mod:`velcro.sw.vq` and its int8 :func:`~velcro.sw.vq.deploy`
-    form; fc2 uses at most 8 codewords, having only 10 rows to cluster. fc2's input is
-    the golden fc1 output of the same mode. Returns ``{"<name>/fc1": case,
-    "<name>/fc2": case}`` with ``case["layer"]`` set.
+    shared codebook) with :mod:`velcro.sw.vq.methods` and its int8
+    :func:`~velcro.sw.export.codebooks.deploy` form; fc2 uses at most 8 codewords, having only
+    10 rows to cluster. fc2's input is the golden fc1 output of the same mode. Returns
+    ``{"<name>/fc1": case, "<name>/fc2": case}`` with ``case["layer"]`` set.
     """
     import torch
 
-    from ..sw.data import load_fashion_mnist, to_float
-    from ..sw.model import load_reference
+    from velcro.sw.data import load_fashion_mnist, to_float
+    from velcro.sw.models import load_reference
 
     model = load_reference()
     names = list(model._modules)
@@ -142,7 +139,7 @@ def reference_cases(config: DenseConfig, modes: dict[str, dict], image: int = 0)
         layer2 = dataclasses.replace(layer2, logits=True)
         b1 = model.fc1.bias.detach().numpy().astype(np.float64)
         b2 = model.fc2.bias.detach().numpy().astype(np.float64)
-        mult1, shift1 = _fixed_point(x_scale * w1_scale / h_scale)
+        mult1, shift1 = golden.requant_params(x_scale * w1_scale / h_scale)
         first = case(layer1, config, x, np.round(b1 / (x_scale * w1_scale)).astype(np.int64),
                      mult1, shift1, **ops1)
         second = case(layer2, config, first["y"],
@@ -155,7 +152,7 @@ def reference_cases(config: DenseConfig, modes: dict[str, dict], image: int = 0)
 
 def build_engine(config: DenseConfig, simulator: str | None = None) -> runner.SimModel:
     """The engine at ``config``, compiled for ``simulator`` (once per process and Verilog)."""
-    from ..hw.dense import DenseEngine
+    from velcro.hw.dense.engine import DenseEngine
 
     return runner.build(config.name(), lambda: DenseEngine(config), simulator=simulator)
 

@@ -35,7 +35,7 @@ import cocotb
 import numpy as np
 from cocotb.task import bridge
 
-from velcro.hw.regmap import REGMAP
+from velcro.hw.kernel.regmap import REGMAP
 from velcro.sw.errors import DeviceError
 from velcro.sw.runtime.accelerator import Accelerator
 

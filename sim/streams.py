@@ -39,7 +39,18 @@ class Endpoint:
         """At the falling edge: read the settled signals of the current cycle."""
 
 
-class StreamSource(Endpoint):
+class _Port(Endpoint):
+    """The ``payload``, ``valid`` and ``ready`` signals of the stream ``prefix`` of ``dut``."""
+
+    def __init__(self, dut, prefix: str, rng: random.Random | None):
+        self.payload = getattr(dut, f"{prefix}__payload")
+        self.valid = getattr(dut, f"{prefix}__valid")
+        self.ready = getattr(dut, f"{prefix}__ready")
+        self.name = prefix
+        self.rng = rng or random.Random(0)
+
+
+class StreamSource(_Port):
     """Drives the stream input ``prefix`` of ``dut`` with queued integer payloads.
 
     Parameters
@@ -63,12 +74,8 @@ class StreamSource(Endpoint):
 
     def __init__(self, dut, prefix: str, *, idle: float = 0.0,
                  rng: random.Random | None = None):
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.name = prefix
+        super().__init__(dut, prefix, rng)
         self.idle = idle
-        self.rng = rng or random.Random(0)
         self.queue: deque[int] = deque()
         self.sent = 0
         self.idle_cycles = 0
@@ -106,7 +113,7 @@ class StreamSource(Endpoint):
         self._taken = self._offered and bool(self.ready.value)
 
 
-class StreamSink(Endpoint):
+class StreamSink(_Port):
     """Accepts beats from the stream output ``prefix`` of ``dut``.
 
     Parameters
@@ -130,12 +137,8 @@ class StreamSink(Endpoint):
 
     def __init__(self, dut, prefix: str, *, backpressure: float = 0.0,
                  rng: random.Random | None = None):
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.name = prefix
+        super().__init__(dut, prefix, rng)
         self.backpressure = backpressure
-        self.rng = rng or random.Random(0)
         self.beats: list[int] = []
         self.stall_cycles = 0
         self._ready = False

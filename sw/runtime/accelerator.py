@@ -3,21 +3,23 @@
 ``Accelerator.open(spec)`` picks the backend:
 
 ``golden``
-    The driver against :class:`~velcro.sw.runtime.model.KernelModel`, a NumPy model
-    of the kernel that executes the very descriptors and memory images the card
-    would (with the cost model's cycles).
+    The driver against
+    :class:`~velcro.sw.runtime.backends.kernel_model.KernelModel`, a NumPy model of
+    the kernel that executes the very descriptors and memory images the card would
+    (with the cost model's cycles).
 ``sim``
     The driver against the generated Verilog in cocotb (:mod:`velcro.sim.backend`);
     runs start a simulator, the driver code runs inside it.
 ``alveo`` or ``alveo:N``
     The driver on card ``N`` through PYNQ 3.0.1 or XRT's ``pyxrt``
-    (:mod:`velcro.sw.runtime.alveo`).
+    (:mod:`velcro.sw.runtime.backends.alveo`).
 
 ``load`` partitions the package (:mod:`velcro.sw.runtime.partition`), compiles every
 device stage (:mod:`velcro.sw.runtime.program`) and puts it in device memory; ``run``
 quantizes the images like the golden model, sends them through the stages (host
 stages with the golden rules) and returns int32 logits. Counters of every
-descriptor accumulate over runs (:meth:`Accelerator.counters`).
+descriptor accumulate over runs (:meth:`Accelerator.counters`,
+:mod:`velcro.sw.runtime.counters`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import re
 
 import numpy as np
 
-from ...hw.kernel_config import SHIPPED, KernelConfig
+from velcro.hw.kernel.config import SHIPPED, KernelConfig
+
 from .. import golden
 from ..errors import DeviceError
-from ..package import Package
+from ..export.package import Package
 from . import host
+from .counters import Counters
 from .driver import KernelDriver, Platform, StepCounters
 from .partition import Stage, partition
 from .program import Program, compile_segment
@@ -69,12 +73,8 @@ class Accelerator:
         self.stages: list[Stage] = []
         self.programs: list[Program | None] = []
         self._loaded = []
-        self._counters: dict[tuple[int, int], StepCounters] = {}
+        self._counters = Counters()
         self.images = 0
-        self.totals = {"cycles": 0, "mac_cycles": 0, "skipped": 0, "stall_cycles": 0,
-                       "images_done": 0}
-        self.last_totals: dict = {}
-        self.last_steps: list[StepCounters] = []
 
     @classmethod
     def open(cls, spec: str, *, config: KernelConfig | None = None, **options):
@@ -86,14 +86,14 @@ class Accelerator:
         kind, index = parse_device(spec)
         config = config or SHIPPED
         if kind == "golden":
-            from .model import GoldenPlatform
+            from .backends.golden import GoldenPlatform
 
             return cls(GoldenPlatform(config), config, spec)
         if kind == "sim":
-            from ...sim.backend import SimAccelerator
+            from velcro.sim.backend import SimAccelerator
 
             return SimAccelerator(config, **options)
-        from .alveo import open_platform
+        from .backends.alveo import open_platform
 
         return cls(open_platform(index, **options), config, spec)
 
@@ -127,14 +127,13 @@ class Accelerator:
             raise DeviceError(f"images must be uint8 [N, {', '.join(map(str, expected))}], "
                               f"got {images.dtype} {list(images.shape)}")
         x = golden.quantize_input(images)
-        self.last_totals = dict.fromkeys(self.totals, 0)
-        self.last_steps = []
+        self._counters.start()
         for index, (stage, loaded) in enumerate(zip(self.stages, self._loaded, strict=True)):
             if stage.device:
                 if self.programs[index].input_kind == "vector":
                     x = x.reshape(len(x), -1)
                 result = self.driver.run(loaded, x, timeout=timeout)
-                self._record(index, result)
+                self._counters.add(result.steps, result.totals, stage=index)
                 x = result.outputs
             else:
                 for layer in stage.layers:
@@ -142,29 +141,29 @@ class Accelerator:
         self.images += len(images)
         return np.asarray(x, np.int32)
 
-    def _record(self, stage: int, result) -> None:
-        self.last_steps += [StepCounters(**vars(step)) for step in result.steps]
-        for name in self.totals:
-            self.last_totals[name] += result.totals.get(name, 0)
-        for position, step in enumerate(result.steps):
-            key = (stage, position)
-            old = self._counters.get(key)
-            if old is None:
-                self._counters[key] = StepCounters(**vars(step))
-            else:
-                for name in ("cycles", "busy", "mac_cycles", "skipped", "stall_cycles"):
-                    setattr(old, name, getattr(old, name) + getattr(step, name))
-        for name in self.totals:
-            self.totals[name] += result.totals.get(name, 0)
-
     def buffers(self, stage: int = 0) -> dict:
         """Device buffers of the ``stage``-th device stage, by kernel argument."""
         loaded = [item for item in self._loaded if item is not None]
         return loaded[stage].buffers
 
+    @property
+    def totals(self) -> dict:
+        """Run totals (cycles, MAC cycles, skipped, stall cycles, images done) of every run."""
+        return self._counters.totals
+
+    @property
+    def last_totals(self) -> dict:
+        """Run totals of the last run."""
+        return self._counters.last_totals
+
+    @property
+    def last_steps(self) -> list[StepCounters]:
+        """Counters of every device descriptor of the last run, in order."""
+        return self._counters.last_steps
+
     def counters(self) -> list[StepCounters]:
         """Counters of every device descriptor, summed over all images run so far."""
-        return [self._counters[key] for key in sorted(self._counters)]
+        return self._counters.steps()
 
     def counts(self):
         """MACs performed and skipped per layer (:meth:`velcro.sw.golden.GoldenModel.counts`)."""

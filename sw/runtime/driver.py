@@ -14,8 +14,8 @@ A *platform* gives it PYNQ's objects, or objects that behave like them:
     The device's notion of time (wall time on the card, simulated time in RTL
     simulation), for the watchdog.
 
-Register offsets come from :data:`~velcro.hw.regmap.REGMAP` by name, buffers go to
-the bank their port is linked to (:mod:`velcro.hw.connectivity`), and formats come
+Register offsets come from :data:`~velcro.hw.kernel.regmap.REGMAP` by name, buffers go to
+the bank their port is linked to (:mod:`velcro.hw.kernel.connectivity`), and formats come
 from the compiled :class:`~velcro.sw.runtime.program.Program`.
 """
 
@@ -25,21 +25,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...hw.connectivity import bank_of
-from ...hw.descriptor import Opcode
-from ...hw.kernel_config import COUNTERS, KernelConfig
-from ...hw.kernel_cost import END_FIXED, RUN_FIXED
-from ...hw.regmap import REGMAP
+from velcro.hw.kernel.config import COUNTERS, KernelConfig
+from velcro.hw.kernel.connectivity import CLOCK_HZ, INSTANCE, bank_of
+from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
+from velcro.hw.kernel.descriptor import Opcode
+from velcro.hw.kernel.regmap import REGMAP
+
 from ..errors import DeviceError
 from .program import Program
 
-__all__ = ["CLOCK_HZ", "INSTANCE", "DeviceTimeout", "KernelDriver", "KernelError", "Platform",
-           "RunResult", "StepCounters"]
-
-#: Name of the kernel's compute unit in the linked design.
-INSTANCE = "velcro_kernel_1"
-#: Kernel clock assumed by the watchdog and by throughput projections.
-CLOCK_HZ = 300_000_000
+__all__ = ["DeviceTimeout", "KernelDriver", "KernelError", "Platform", "RunResult",
+           "StepCounters"]
 
 
 class KernelError(DeviceError):

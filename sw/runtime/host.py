@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import golden
-from ..package import Layer, unpack_indices, unpack_mask
+from ..export.bits import unpack_indices, unpack_mask
+from ..export.package import Layer
 
 __all__ = ["run_layer"]
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ...hw.conv_params import ConvConfigError
-from ...hw.kernel_config import KernelConfig
-from ..package import Layer, Package
+from velcro.hw.conv.config import ConvConfigError
+from velcro.hw.kernel.config import KernelConfig
+
+from ..export.package import Layer, Package
 from .program import conv_layer, dense_layer
 
 __all__ = ["Stage", "partition", "supported"]

@@ -4,10 +4,10 @@ A *segment* is a run of package layers that the kernel executes in one call
 (:mod:`velcro.sw.runtime.partition` chooses them). :func:`compile_segment` turns it
 into a :class:`Program`:
 
-* the descriptor list (:mod:`velcro.hw.descriptor`), one per on-chip step, in front
+* the descriptor list (:mod:`velcro.hw.kernel.descriptor`), one per on-chip step, in front
   of the constants in the ``program`` image;
-* the constants as records (:mod:`velcro.hw.records`, formats of
-  :mod:`velcro.hw.conv_format` and :mod:`velcro.hw.dense_streams`), each stream
+* the constants as records (:mod:`velcro.hw.kernel.records`, formats of
+  :mod:`velcro.hw.conv.format` and :mod:`velcro.hw.dense.format`), each stream
   starting on an AXI word;
 * the dense index streams in a separate ``indices`` image, read through their own
   port;
@@ -16,7 +16,7 @@ into a :class:`Program`:
   arrays (maps ``[N, C, H, W]`` int8, vectors ``[N, n]`` int8, logits ``[N, n]`` int32).
 
 Every step also carries the kernel cost model's busy cycles for it
-(:mod:`velcro.hw.kernel_cost`), so measured counters can be checked against it.
+(:mod:`velcro.hw.kernel.cost`), so measured counters can be checked against it.
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...hw import conv_format, dense_streams, kernel_cost
-from ...hw.conv_params import ConvLayer
-from ...hw.dense_config import DenseLayer, stream_beats
-from ...hw.descriptor import DESCRIPTOR_BYTES, Opcode, encode
-from ...hw.kernel_config import KernelConfig
-from ..package import Layer, unpack_mask
+from velcro.hw.conv import format as conv_format
+from velcro.hw.conv.config import ConvLayer
+from velcro.hw.dense import format as dense_streams
+from velcro.hw.dense.config import DenseLayer, stream_beats
+from velcro.hw.kernel import cost as kernel_cost
+from velcro.hw.kernel.config import KernelConfig
+from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES, Opcode, encode
+
+from ..export.bits import unpack_mask
+from ..export.package import Layer
 
 __all__ = ["Program", "Step", "compile_segment"]
 

@@ -1,6 +1,6 @@
 """The ``sim`` device outside the simulator: what it says when it cannot simulate.
 
-Runs against the RTL are in ``tests/hw/test_kernel_sim.py``.
+Runs against the RTL are in ``tests/hw/kernel/test_top.py``.
 """
 
 import numpy as np

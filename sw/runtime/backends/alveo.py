@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...hw.connectivity import BANKS, CONNECTIVITY
-from ...hw.kernel_xml import KERNEL_NAME
-from ...hw.regmap import REGMAP
-from ..errors import DeviceError
-from .driver import INSTANCE, Platform
+from velcro.hw.kernel.connectivity import BANKS, CONNECTIVITY, INSTANCE, KERNEL_NAME
+from velcro.hw.kernel.regmap import REGMAP
+from velcro.sw.errors import DeviceError
+
+from ..driver import Platform
 
 __all__ = ["DEFAULT_XCLBIN", "open_platform"]
 

@@ -1,0 +1,84 @@
+"""The kernel's counters, summed over the runs of a device.
+
+Every kernel call gives one :class:`~velcro.sw.runtime.driver.StepCounters` per
+descriptor and the run totals of the kernel's registers (cycles, MAC cycles, skipped
+elements, stall cycles, images done). A device adds them up in :class:`Counters`:
+per descriptor over every run, the run totals over every run, and the figures of
+the last run alone. The ``golden`` and ``alveo`` devices
+(:class:`~velcro.sw.runtime.accelerator.Accelerator`) and the ``sim`` device
+(:class:`~velcro.sim.backend.SimAccelerator`) keep theirs in one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .driver import StepCounters
+
+__all__ = ["TOTALS", "Counters"]
+
+#: The run totals, as the kernel's registers name them.
+TOTALS = ("cycles", "mac_cycles", "skipped", "stall_cycles", "images_done")
+#: The fields of a :class:`StepCounters` that add up over runs.
+_SUMMED = ("cycles", "busy", "mac_cycles", "skipped", "stall_cycles")
+
+
+def _copy(step: StepCounters) -> StepCounters:
+    return StepCounters(**vars(step))
+
+
+class Counters:
+    """Per-descriptor counters and run totals, summed over runs.
+
+    A run is :meth:`start` followed by one :meth:`add` per kernel call it made.
+
+    Attributes
+    ----------
+    totals : dict
+        The run totals (:data:`TOTALS`) summed over every run.
+    last_totals : dict
+        The run totals of the last run (empty before the first).
+    last_steps : list of StepCounters
+        The counters of every descriptor the last run executed, in order.
+    """
+
+    def __init__(self):
+        self._steps: dict[tuple[int, int], StepCounters] = {}
+        self.totals = dict.fromkeys(TOTALS, 0)
+        self.last_totals: dict = {}
+        self.last_steps: list[StepCounters] = []
+
+    def start(self) -> None:
+        """Begin a run: the last run's figures start again from zero."""
+        self.last_totals = dict.fromkeys(TOTALS, 0)
+        self.last_steps = []
+
+    def add(self, steps: Iterable[StepCounters], totals: dict, stage: int = 0) -> None:
+        """Add the counters of one kernel call.
+
+        Parameters
+        ----------
+        steps : iterable of StepCounters
+            One per descriptor of the program the call ran.
+        totals : dict
+            Its run totals; a missing name counts 0.
+        stage : int
+            Which program ran: the descriptors of one stage are summed by position,
+            those of different stages apart.
+        """
+        steps = list(steps)
+        self.last_steps += [_copy(step) for step in steps]
+        for name in TOTALS:
+            self.last_totals[name] = self.last_totals.get(name, 0) + totals.get(name, 0)
+            self.totals[name] += totals.get(name, 0)
+        for position, step in enumerate(steps):
+            old = self._steps.get((stage, position))
+            if old is None:
+                self._steps[(stage, position)] = _copy(step)
+            else:
+                for name in _SUMMED:
+                    setattr(old, name, getattr(old, name) + getattr(step, name))
+
+    def steps(self) -> list[StepCounters]:
+        """Counters of every descriptor, stage by stage, summed over every run so far."""
+        return [self._steps[key] for key in sorted(self._steps)]
