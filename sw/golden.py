@@ -3,7 +3,9 @@
 This module is the specification the hardware and the runtime are checked against.
 It imports neither torch nor amaranth nor anything of the hardware generator.
 
-Conventions (DESIGN.md section 3):
+Every number a package holds and every step the accelerator takes with them is an
+integer; the conv array, the dense engine, the kernel's model and the host stages
+of the runtime all compute exactly this:
 
 - the network input is int8 ``pixel >> 1`` of uint8 pixels (:func:`quantize_input`);
 - activations are int8 with zero point 0; after ReLU they lie in [0, 127];
@@ -14,7 +16,8 @@ Conventions (DESIGN.md section 3):
 - requantization: ``y = clamp((acc * mult + round) >> shift, lo, 127)`` with
   ``round = 1 << (shift - 1)`` (0 when ``shift == 0``), an arithmetic shift,
   ``mult`` unsigned 16-bit and ``shift`` in ``[0, 31]``; ``lo`` is 0 after ReLU and -128
-  otherwise;
+  otherwise. ``mult / 2**shift`` stands for a real scale; :func:`requant_params` fits
+  the factors to one;
 - VELCRO: where ``mask[c, i, j]`` is set the output is ``mean_q[c, i, j]`` and the
   accumulation is not performed;
 - dense layers via codebooks: ``W[o, j*s:(j+1)*s] = codebook[j][idx[o, j]]``; the engine
@@ -42,10 +45,12 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .package import Layer, Package, check, codebook_weight, unpack_mask
+from .export.bits import unpack_mask
+from .export.package import Layer, Package, check, codebook_weight
 
 ACC_BITS = 32
 MULT_BITS = 16
+MULT_MAX = (1 << MULT_BITS) - 1
 SHIFT_MAX = 31
 INT8_MIN, INT8_MAX = -128, 127
 ACC_MIN, ACC_MAX = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
@@ -131,7 +136,7 @@ def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, relu: bool 
     the shift is arithmetic (it rounds half up, also for negative accumulators).
     """
     acc = _check_int("accumulator", acc, ACC_MIN, ACC_MAX)
-    mult = _check_int("mult", mult, 0, (1 << MULT_BITS) - 1)
+    mult = _check_int("mult", mult, 0, MULT_MAX)
     shift = _check_int("shift", shift, 0, SHIFT_MAX)
     if mult.shape != (acc.shape[channel_axis],) or shift.shape != mult.shape:
         raise GoldenError(f"mult/shift need one entry per channel ({acc.shape[channel_axis]}), "
@@ -139,6 +144,35 @@ def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, relu: bool 
     view = [1] * acc.ndim
     view[channel_axis] = -1
     return _requant(acc, mult.reshape(view), shift.reshape(view), 0 if relu else INT8_MIN)
+
+
+def requant_params(scale) -> tuple[np.ndarray, np.ndarray]:
+    """``mult`` (uint16) and ``shift`` (uint8) with ``mult / 2**shift`` nearest ``scale``.
+
+    The inverse of the requantization rule: with these factors :func:`requantize`
+    multiplies by ``scale`` (then rounds and clamps). The shift is the largest in
+    ``[0, 31]`` that keeps ``mult <= 65535``, which gives a relative error of at most
+    ``2**-16`` whenever ``scale >= 2**-15``; below ``2**-32`` the multiplier is 0.
+
+    Raises
+    ------
+    GoldenError
+        A scale that is not positive and finite, or above 65535 (no shift fits it).
+    """
+    scale = np.atleast_1d(np.asarray(scale, dtype=np.float64))
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise GoldenError(f"requantization scales must be positive and finite, got "
+                          f"{scale[~(np.isfinite(scale) & (scale > 0))][:3]}")
+    if np.any(scale > MULT_MAX):
+        raise GoldenError(f"requantization scale {scale.max():g} exceeds {MULT_MAX} "
+                          "(the output scale is too small for the input scales)")
+    shift = np.clip(np.floor(np.log2(MULT_MAX / scale)), 0, SHIFT_MAX).astype(np.int64)
+    mult = np.round(scale * np.exp2(shift))
+    # log2 may round up at an exact power of two; one step back is then enough.
+    over = mult > MULT_MAX
+    shift[over] -= 1
+    mult[over] = np.round(scale[over] * np.exp2(shift[over]))
+    return mult.astype(np.uint16), shift.astype(np.uint8)
 
 
 def _conv_nhwc(x: np.ndarray, w: _Matrix, stride: int) -> np.ndarray:
@@ -424,7 +458,7 @@ class GoldenModel:
     Parameters
     ----------
     package
-        A package from :func:`velcro.sw.package.load` or the quantizer; it is checked
+        A package from :func:`velcro.sw.export.package.load` or the quantizer; it is checked
         like a loaded one, so accumulators provably fit int32.
     batch_size
         Images per step (bounds the memory of the unrolled convolution windows).

@@ -9,6 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from velcro.sw import golden
+from velcro.sw.export.bits import unpack_indices, unpack_mask
 from velcro.sw.golden import (
     GoldenError,
     GoldenModel,
@@ -19,9 +20,9 @@ from velcro.sw.golden import (
     dense_codebook_acc,
     maxpool2x2,
     quantize_input,
+    requant_params,
     requantize,
 )
-from velcro.sw.package import unpack_indices, unpack_mask
 
 
 def int8(rng, shape):
@@ -105,6 +106,37 @@ def test_requantize_is_per_channel_along_the_axis():
 def test_requantize_rejects_operands_outside_the_contract(acc, mult, shift, match):
     with pytest.raises(GoldenError, match=match):
         requantize(np.array([acc]), np.array([mult]), np.array([shift]))
+
+
+def test_requant_params_fit_the_scale_with_the_largest_shift(rng):
+    scales = np.concatenate([2.0 ** rng.uniform(-15, 15, 2000), [1.0, 0.5, 2 ** -15, 65535.0]])
+    mult, shift = requant_params(scales)
+    assert mult.dtype == np.uint16 and shift.dtype == np.uint8
+    assert np.max(np.abs(mult / 2.0 ** shift.astype(np.float64) / scales - 1)) <= 2.0 ** -16
+    assert np.all((shift == 31) | (np.round(scales * 2.0 ** (shift + 1.0)) > 65535))
+    # Exact powers of two, where log2 may round up, still fit 16 bits.
+    mult, shift = requant_params(2.0 ** np.arange(-15, 16))
+    assert mult.tolist() == [1 << 15] * 31 and shift.tolist() == list(range(30, -1, -1))
+
+
+def test_requant_params_are_the_inverse_of_requantize(rng):
+    scales = 2.0 ** rng.uniform(-12, -4, 6)
+    mult, shift = requant_params(scales)
+    acc = rng.integers(-(1 << 20), 1 << 20, (6, 50))
+    y = requantize(acc, mult, shift, relu=False)
+    want = np.clip(np.floor(acc * (mult / 2.0 ** shift.astype(np.float64))[:, None] + 0.5),
+                   -128, 127)
+    np.testing.assert_array_equal(y, want)
+    assert np.max(np.abs(y - np.clip(acc * scales[:, None], -128, 127))) <= 1
+
+
+@pytest.mark.parametrize("scale, match", [
+    (0.0, "positive and finite"), (-1.0, "positive and finite"),
+    (np.inf, "positive and finite"), (70000.0, "exceeds 65535"),
+])
+def test_requant_params_reject_scales_they_cannot_fit(scale, match):
+    with pytest.raises(GoldenError, match=match):
+        requant_params([1.0, scale])
 
 
 def test_skipped_elements_equal_their_means_and_the_rest_is_unchanged(rng):
@@ -226,9 +258,11 @@ def test_run_rejects_images_of_another_shape(tiny_package):
 
 
 def test_golden_and_package_import_neither_torch_nor_amaranth():
-    code = ("import sys, velcro.sw.golden, velcro.sw.package; "
+    code = ("import sys, velcro.sw.golden, velcro.sw.export.package; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'amaranth', 'velcro') and not m.startswith(('velcro.sw.golden', "
-            "'velcro.sw.package', 'velcro.sw.errors')) and m not in ('velcro', 'velcro.sw')))")
+            "'velcro.sw.export.package', 'velcro.sw.export.schema', 'velcro.sw.export.bits', "
+            "'velcro.sw.errors', 'velcro.sw.files')) "
+            "and m not in ('velcro', 'velcro.sw', 'velcro.sw.export')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
