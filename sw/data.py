@@ -40,6 +40,9 @@ _IDX_FILES = {
 }
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+#: Largest image side (pixels) of an image folder, and the largest set it loads.
+MAX_SIDE = 4096
+MAX_DATASET_BYTES = 4 << 30
 _IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                      ".ppm", ".pgm"}
 
@@ -121,8 +124,13 @@ def load_folder(root: Path, channels: int = 3, size: tuple[int, int] | None = No
     """Load an ``ImageFolder``-style tree: one sub-folder per class, sorted by name.
 
     Images are converted to ``channels`` (1: grayscale, 3: RGB) and, when ``size``
-    (H, W) is given, resized; otherwise they must all have the same size.
+    (H, W) is given, resized; otherwise they must all have the same size. Sizes are
+    checked before anything is allocated: each side within ``[1, MAX_SIDE]``, every file
+    within PIL's decompression-bomb limit, the whole set within ``MAX_DATASET_BYTES``;
+    the images are decoded one at a time into one preallocated array.
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     root = Path(root)
@@ -130,31 +138,56 @@ def load_folder(root: Path, channels: int = 3, size: tuple[int, int] | None = No
         raise DataError(f"image folder {root} does not exist")
     if channels not in (1, 3):
         raise DataError(f"image folders load 1 or 3 channels, not {channels}")
+    if size is not None:
+        check_image_size(size)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
         raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if path.suffix.lower() not in _IMAGE_EXTENSIONS:
-                continue
-            try:
+    files = [(label, path) for label, name in enumerate(classes)
+             for path in sorted((root / name).rglob("*"))
+             if path.suffix.lower() in _IMAGE_EXTENSIONS and path.is_file()]
+    if not files:
+        raise DataError(f"{root} holds no images")
+    images = None
+    labels = np.asarray([label for label, _ in files], dtype=np.int64)
+    for i, (_, path) in enumerate(files):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as img:
+                    if images is None:
+                        h, w = size if size is not None else (img.height, img.width)
+                        check_image_size((h, w), what=f"{path}: image size")
+                        total = len(files) * channels * h * w
+                        if total > MAX_DATASET_BYTES:
+                            raise DataError(
+                                f"{root}: {len(files)} images of {channels}x{h}x{w} need "
+                                f"{total / 2**30:.1f} GiB, more than the "
+                                f"{MAX_DATASET_BYTES / 2**30:.0f} GiB limit; pass a smaller "
+                                "--image-size or fewer images")
+                        images = np.empty((len(files), channels, h, w), dtype=np.uint8)
                     img = img.convert("L" if channels == 1 else "RGB")
                     if size is not None:
                         img = img.resize((size[1], size[0]), Image.BILINEAR)
                     array = np.asarray(img, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as e:
-                raise DataError(f"{path}: not a readable image ({e})") from None
-            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-            if images and array.shape != images[0].shape:
-                raise DataError(f"{path}: size {list(array.shape[1:])} differs from "
-                                f"{list(images[0].shape[1:])}; pass --image-size H,W to resize")
-            images.append(array)
-            labels.append(label)
-    if not images:
-        raise DataError(f"{root} holds no images")
-    return Dataset(np.stack(images), np.asarray(labels, dtype=np.int64), tuple(classes))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DataError(f"{path}: too large to decode safely ({e})") from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"{path}: not a readable image ({e})") from None
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        if array.shape != images.shape[1:]:
+            raise DataError(f"{path}: size {list(array.shape[1:])} differs from "
+                            f"{list(images.shape[2:])}; pass --image-size H,W to resize")
+        images[i] = array
+    return Dataset(images, labels, tuple(classes))
+
+
+def check_image_size(size, what: str = "--image-size") -> tuple[int, int]:
+    """``(H, W)`` if both sides are whole numbers in ``[1, MAX_SIDE]``; else a DataError."""
+    h, w = size
+    if not all(isinstance(v, int | np.integer) and 1 <= v <= MAX_SIDE for v in (h, w)):
+        raise DataError(f"{what} must be H,W with each side in [1, {MAX_SIDE}], not {h},{w}")
+    return int(h), int(w)
 
 
 @dataclass(frozen=True)

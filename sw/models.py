@@ -9,7 +9,10 @@ with the test accuracy measured after loading them back.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import os
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -17,7 +20,9 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .files import write_bytes
 
+#: The shipped weights; velcro never writes here.
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 REFERENCE_WEIGHTS = WEIGHTS_DIR / "reference.safetensors"
 REFERENCE_RECORD = WEIGHTS_DIR / "reference.json"
@@ -55,16 +60,21 @@ def lenet_300_100(num_classes: int = 10) -> nn.Sequential:
     ]))
 
 
-def save_weights(model: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> None:
-    """Write a model's state dict as safetensors (atomically: temp file + rename)."""
-    from safetensors.torch import save_file
+def user_folder() -> Path:
+    """Where velcro keeps what it trains: ``$VELCRO_HOME``, else ``$XDG_DATA_HOME/velcro``,
+    else ``~/.local/share/velcro``."""
+    if os.environ.get("VELCRO_HOME"):
+        return Path(os.environ["VELCRO_HOME"])
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "velcro"
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+
+def save_weights(model: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> None:
+    """Write a model's state dict as safetensors, atomically (:mod:`velcro.sw.files`)."""
+    from safetensors.torch import save
+
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    write_bytes(path, save(state))
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
@@ -83,6 +93,9 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
         raise ModelError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path}: not a state dict of tensors")
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelError(f"{path}: tensor {key!r} holds NaN or infinite values")
     reference = model.state_dict()
     state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
     try:
@@ -105,13 +118,66 @@ def reference_record() -> dict:
     return json.loads(REFERENCE_RECORD.read_text())
 
 
-def load_user_model(spec: str, weights: Path | None = None) -> nn.Module:
-    """Build a model from ``"package.module:callable"`` and load ``weights`` into it."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ModelError(f"--model must look like 'package.module:callable', not {spec!r}")
+def declare_torchvision_ops() -> None:
+    """Make ``import torchvision`` work beside the CPU build of torch.
+
+    PyPI's torchvision wheel carries C++ ops linked against the CUDA build of torch;
+    beside the CPU wheel they fail to load, and torchvision's import then stops at
+    registering fake kernels for ``nms``/``qnms``. The model definitions need none of
+    those ops, so when the import fails that way the two op schemas are declared
+    (without kernels) first. A no-op when torchvision imports, or is not installed.
+    """
+    global _TORCHVISION_LIBRARY
     try:
-        module = importlib.import_module(module_name)
+        import torchvision  # noqa: F401
+    except ModuleNotFoundError:
+        return
+    except RuntimeError:
+        if _TORCHVISION_LIBRARY is None:
+            _TORCHVISION_LIBRARY = torch.library.Library("torchvision", "FRAGMENT")
+            _TORCHVISION_LIBRARY.define(
+                "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            _TORCHVISION_LIBRARY.define(
+                "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+
+_TORCHVISION_LIBRARY = None
+
+
+def _import_user_module(name: str):
+    """The module ``name`` (dotted, importable) or the Python file ``name`` (a path)."""
+    if name.endswith(".py") or "/" in name or "\\" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise ModelError(f"--model file {path} does not exist")
+        module_name = f"velcro_user_model_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(module_name, None)
+            raise
+        return module
+    return importlib.import_module(name)
+
+
+def load_user_model(spec: str, weights: Path | None = None) -> nn.Module:
+    """Build a model from ``"package.module:callable"`` or ``"path/to/file.py:callable"``
+    and load ``weights`` into it."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr or not attr.isidentifier():
+        raise ModelError(f"--model must look like 'package.module:callable' or "
+                         f"'path/to/file.py:callable', not {spec!r}")
+    declare_torchvision_ops()
+    try:
+        module = _import_user_module(module_name)
+    except ModelError:
+        raise
+    except ModuleNotFoundError as e:
+        raise ModelError(f"cannot import {module_name!r} ({e}); put its folder on PYTHONPATH "
+                         "or give the file, as --model path/to/file.py:callable") from None
     except Exception as e:  # a user module can fail to import in any way
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelError(f"cannot import {module_name!r} ({type(e).__name__}: {first})") from None

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .data import load_fashion_mnist, to_float
 from .evaluate import accuracy
-from .model import REFERENCE_RECORD, REFERENCE_WEIGHTS, load_weights, reference_cnn, save_weights
+from .files import write_json
+from .models import load_weights, reference_cnn, save_weights, user_folder
+from .progress import progress as progress_bar
 
 
 def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0,
@@ -29,8 +29,8 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int,
     model.train()
     for epoch in range(epochs):
         order = rng.permutation(len(images))
-        bar = tqdm(range(0, len(images), batch_size), desc=f"epoch {epoch + 1}/{epochs}",
-                   disable=not progress, unit="batch", leave=False)
+        bar = progress_bar(range(0, len(images), batch_size), desc=f"epoch {epoch + 1}/{epochs}",
+                           unit="batch", enabled=progress)
         for start in bar:
             index = order[start:start + batch_size]
             x = to_float(images[index])
@@ -44,16 +44,18 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int,
     return model.eval()
 
 
-def train_reference(epochs: int = 12, seed: int = 0, out: Path = REFERENCE_WEIGHTS,
+def train_reference(epochs: int = 12, seed: int = 0, out: Path | None = None,
                     progress: bool = True) -> dict:
-    """Train the reference CNN, write its float16 weights and the measured accuracy record."""
+    """Train the reference CNN, write its float16 weights to ``out`` (default:
+    ``reference.safetensors`` in :func:`~velcro.sw.models.user_folder`) and the measured
+    accuracy record beside them (``.json``)."""
     train_set = load_fashion_mnist("train")
     test_set = load_fashion_mnist("test")
     start = time.perf_counter()
     model = train(reference_cnn(), train_set.images, train_set.labels, epochs, seed,
                   progress=progress)
     seconds = time.perf_counter() - start
-    out = Path(out)
+    out = Path(out) if out is not None else user_folder() / "reference.safetensors"
     save_weights(model, out)
     # The shipped weights are float16; measure the model exactly as it will be loaded.
     shipped = load_weights(reference_cnn(), out)
@@ -66,8 +68,5 @@ def train_reference(epochs: int = 12, seed: int = 0, out: Path = REFERENCE_WEIGH
         "train_seconds": round(seconds, 1),
         "torch": torch.__version__,
     }
-    record_path = out.with_suffix(".json") if out != REFERENCE_WEIGHTS else REFERENCE_RECORD
-    tmp = record_path.with_name(record_path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(record_path)
+    write_json(out.with_suffix(".json"), record)
     return record

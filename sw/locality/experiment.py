@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from torch import nn
 
-from .data import Task
-from .evaluate import accuracy
+from ..data import Task
+from ..errors import DataError
+from ..evaluate import accuracy
 from .plan import CRITERIA, Plan, applied, compress
 from .profile import Profile, profile
 from .search import SearchResult, search
@@ -33,10 +35,28 @@ class TaskSetup:
     profile_seconds: float
 
 
+#: The fewest preprocessing images from which per-element variances mean anything.
+MIN_PREPROCESSING = 8
+
+
 def prepare(model: nn.Module, task: Task, sensitivity: bool, progress: bool = False) -> TaskSetup:
-    """Tap the model and profile it on the task's preprocessing split."""
-    tapped = tap(model)
+    """Tap the model and profile it on the task's preprocessing split.
+
+    A preprocessing split of fewer than :data:`MIN_PREPROCESSING` images is refused
+    (:class:`~velcro.sw.errors.DataError`): with one image every variance is 0 and
+    every element looks perfectly local.
+    """
     splits = task.splits()
+    if len(splits.preprocessing) < MIN_PREPROCESSING:
+        need = int(np.ceil(MIN_PREPROCESSING / task.preprocessing_fraction))
+        while int(np.floor(task.preprocessing_fraction * need)) < MIN_PREPROCESSING:
+            need += 1
+        raise DataError(
+            f"task {task.name!r} has {len(task.data)} images, so its preprocessing split "
+            f"({100 * task.preprocessing_fraction:g} %) holds {len(splits.preprocessing)}; "
+            f"estimating variances needs at least {MIN_PREPROCESSING} (a task of at least "
+            f"{need} images)")
+    tapped = tap(model)
     start = time.perf_counter()
     prof = profile(tapped, task.split("preprocessing").images, sensitivity=sensitivity,
                    progress=progress)
@@ -145,16 +165,10 @@ def demo_task(model: nn.Module, task: Task, criteria=CRITERIA, tolerance: float 
 
 def demo_files(results: list[dict]) -> dict[str, list[dict]]:
     """The JSON files of ``velcro demo`` by name: every record of every task, and every
-    task's curves; :func:`demo_results` joins them again."""
+    task's curves; :func:`velcro.sw.report.inputs.demo_results` joins them again."""
     return {"velcro_table.json": [r for res in results for r in res["records"]],
             "velcro_curves.json": [{k: res[k] for k in ("task", "baseline_accuracy", "curves",
                                                         "uniform")} for res in results]}
-
-
-def demo_results(table: list[dict], curves: list[dict]) -> list[dict]:
-    """The :func:`demo_task` results, in task order, back from :func:`demo_files`."""
-    return [{**task, "records": [r for r in table if r["task"] == task["task"]]}
-            for task in curves]
 
 
 def format_table(results: list[dict], criteria) -> str:
@@ -178,38 +192,3 @@ def format_table(results: list[dict], criteria) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(lines)
-
-
-def plot_accuracy_vs_C(results: list[dict], path) -> None:
-    """One panel per task: validation accuracy versus C (the paper's Figure 2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.8), squeeze=False)
-    for ax, result in zip(axes[0], results, strict=True):
-        for criterion, points in result["curves"].items():
-            line, = ax.plot([100 * p["C"] for p in points], [100 * p["accuracy"] for p in points],
-                            marker="o", ms=3, label=f"per-layer: {criterion}")
-            rec = next(r for r in result["records"] if r["criterion"] == criterion)
-            ax.plot([100 * rec["C"]], [100 * rec["accuracy"]], marker="*", ms=12,
-                    color=line.get_color(), ls="none")
-        uniform = result["uniform"]
-        ax.plot([100 * p["C"] for p in uniform], [100 * p["accuracy"] for p in uniform],
-                ls="--", marker="x", ms=4, color="gray", label="uniform T (variance)")
-        ax.axhline(100 * result["baseline_accuracy"], color="black", lw=0.8, ls=":",
-                   label="uncompressed")
-        ax.set_title(f"{result['task']} (star: search result)")
-        # Zoom on the region where the choice is made; the uniform curve leaves it.
-        top = max(100 * p["accuracy"] for points in result["curves"].values() for p in points)
-        base = 100 * result["baseline_accuracy"]
-        ax.set_ylim(base - 6, max(top, base) + 0.5)
-        ax.set_xlabel("compression-saving ratio C (%)")
-        ax.set_ylabel("validation top-1 accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-

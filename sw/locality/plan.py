@@ -24,7 +24,6 @@ Locality scores (lower = more local, replaced first):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import PlanError
-from .profile import Profile, _load_npz, _save_npz
+from ..errors import PlanError
+from ..files import read_npz, write_npz
+from .profile import Profile
 from .taps import Tapped
 
 CRITERIA = ("variance", "relative", "fisher")
@@ -117,18 +117,18 @@ class Plan:
 
     def save(self, path: Path) -> None:
         """Write the plan as ``.npz`` (no pickles), atomically."""
-        arrays = {"meta": np.frombuffer(json.dumps({
-            "format": FORMAT, "version": VERSION, "criterion": self.criterion,
-            "names": [layer.name for layer in self.layers], "thresholds": self.thresholds,
-            "meta": self.meta}).encode(), dtype=np.uint8)}
+        header = {"format": FORMAT, "version": VERSION, "criterion": self.criterion,
+                  "names": [layer.name for layer in self.layers],
+                  "thresholds": self.thresholds, "meta": self.meta}
+        arrays = {}
         for i, layer in enumerate(self.layers):
             arrays[f"mask_{i}"] = layer.mask
             arrays[f"mean_{i}"] = layer.mean
-        _save_npz(path, arrays)
+        write_npz(path, header, arrays)
 
     @classmethod
     def load(cls, path: Path) -> Plan:
-        arrays, header = _load_npz(path, FORMAT, VERSION)
+        arrays, header = read_npz(path, FORMAT, VERSION, PlanError)
         try:
             layers = []
             for i, (name, t) in enumerate(zip(header["names"], header["thresholds"], strict=True)):

@@ -9,17 +9,17 @@ prediction) with respect to each element, which the ``fisher`` criterion uses.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from .data import to_float
-from .errors import ModelError, PlanError
+from ..data import to_float
+from ..errors import ModelError, PlanError
+from ..files import read_npz, write_npz
+from ..progress import progress as progress_bar
 from .taps import Tapped, tap
 
 FORMAT = "velcro-profile"
@@ -116,20 +116,20 @@ class Profile:
 
     def save(self, path: Path) -> None:
         """Write the profile as ``.npz`` (no pickles), atomically."""
-        arrays = {"meta": np.frombuffer(json.dumps({
-            "format": FORMAT, "version": VERSION, "count": self.count,
-            "names": self.names, "meta": self.meta}).encode(), dtype=np.uint8)}
+        header = {"format": FORMAT, "version": VERSION, "count": self.count,
+                  "names": self.names, "meta": self.meta}
+        arrays = {}
         for i, layer in enumerate(self.layers):
             arrays[f"mean_{i}"] = layer.mean
             arrays[f"variance_{i}"] = layer.variance
             if layer.grad_sq is not None:
                 arrays[f"grad_sq_{i}"] = layer.grad_sq
-        _save_npz(path, arrays)
+        write_npz(path, header, arrays)
 
     @classmethod
     def load(cls, path: Path) -> Profile:
         """Read a profile written by :meth:`save`; anything else raises :class:`PlanError`."""
-        arrays, header = _load_npz(path, FORMAT, VERSION)
+        arrays, header = read_npz(path, FORMAT, VERSION, PlanError)
         layers = []
         try:
             for i, name in enumerate(header["names"]):
@@ -155,7 +155,7 @@ def profile(model: nn.Module | Tapped, images: np.ndarray, batch_size: int = 250
     ----------
     model
         Any traceable ``nn.Module`` built from convolutions and ReLU/ReLU6 activations,
-        or an already :func:`~velcro.sw.taps.tap`-ped model.
+        or an already :func:`~velcro.sw.locality.taps.tap`-ped model.
     images
         ``uint8 [N, C, H, W]`` images of the target task (the preprocessing split).
     sensitivity
@@ -184,7 +184,7 @@ def profile(model: nn.Module | Tapped, images: np.ndarray, batch_size: int = 250
 
     handles = [t.register_forward_hook(hook(i)) for i, t in enumerate(tapped.taps)]
     tapped.module.eval()
-    bar = tqdm(total=len(images), desc="profiling", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(images), desc="profiling", unit="img", enabled=progress)
     try:
         for start in range(0, len(images), batch_size):
             x = to_float(images[start:start + batch_size])
@@ -216,38 +216,11 @@ def profile(model: nn.Module | Tapped, images: np.ndarray, batch_size: int = 250
     layers = []
     for i, t in enumerate(tapped.taps):
         m = moments[i]
+        if not bool(torch.isfinite(m.mean).all() & torch.isfinite(m.m2).all()):
+            raise ModelError(f"conv-activation {t.name} is NaN or infinite on the "
+                             "preprocessing images; check the model's weights and inputs")
         layers.append(LayerProfile(
             t.name, m.mean.numpy(), m.variance.numpy(),
             grads[i].mean.numpy() if sensitivity else None))
     return Profile(layers, len(images))
 
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _load_npz(path: Path, fmt: str, version: int) -> tuple[dict[str, np.ndarray], dict]:
-    """Load an ``.npz`` strictly (no pickles) and check its JSON header."""
-    path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"{path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        header = json.loads(arrays.pop("meta").tobytes().decode())
-    except Exception as e:  # zipfile, zlib, numpy and json each raise their own types
-        raise PlanError(f"{path}: not a readable {fmt} file ({type(e).__name__}: {e})") from None
-    if not isinstance(header, dict) or header.get("format") != fmt:
-        raise PlanError(f"{path}: not a {fmt} file")
-    if header.get("version") != version:
-        raise PlanError(f"{path}: {fmt} version {header.get('version')!r} is not supported "
-                        f"(expected {version})")
-    return arrays, header

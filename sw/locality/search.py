@@ -12,7 +12,7 @@ passed in.
 
 Most candidates change one layer's threshold, so the search keeps the raw activation
 reaching every tap under the current plan and runs only the rest of the model from
-the changed layer on (:meth:`~velcro.sw.taps.Tapped.tail`), when those activations fit
+the changed layer on (:meth:`~velcro.sw.locality.taps.Tapped.tail`), when those activations fit
 in memory and no residual connection crosses the tap.
 """
 
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from .data import to_float
-from .errors import PlanError
+from ..data import to_float
+from ..errors import PlanError
+from ..progress import progress as progress_bar
 from .plan import applied, check_thresholds, compress, plan_C, scores
 from .profile import Profile
 from .taps import Tapped
@@ -87,7 +87,7 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
     layer_scores = scores(profile, criterion)
     evaluator = _Evaluator(tapped, profile, criterion, layer_scores, images, labels)
     cache: dict[tuple[float, ...], tuple[float, float]] = {}
-    bar = tqdm(desc=f"search ({criterion})", unit="eval", disable=not progress, leave=False)
+    bar = progress_bar(desc=f"search ({criterion})", unit="eval", enabled=progress)
 
     def measure(thresholds):
         key = tuple(thresholds)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6)
 _ACTIVATION_FUNCTIONS = {F.relu, F.relu6, torch.relu, torch.relu_}

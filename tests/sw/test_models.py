@@ -4,7 +4,7 @@ from torch import nn
 from velcro.sw.data import load_fashion_mnist
 from velcro.sw.errors import ModelError
 from velcro.sw.evaluate import accuracy
-from velcro.sw.model import load_reference, load_user_model, reference_record
+from velcro.sw.models import load_reference, load_user_model, reference_record
 
 
 def test_reference_model_uses_only_hardware_layers():

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from velcro.sw.errors import PlanError
-from velcro.sw.model import reference_cnn
-from velcro.sw.plan import Plan, applied, compress, percentile_mask, plan_C, scores
-from velcro.sw.profile import LayerProfile, Profile, profile
-from velcro.sw.taps import tap
+from velcro.sw.locality.plan import Plan, applied, compress, percentile_mask, plan_C, scores
+from velcro.sw.locality.profile import LayerProfile, Profile, profile
+from velcro.sw.locality.taps import tap
+from velcro.sw.models import reference_cnn
 
 
 def toy_profile():

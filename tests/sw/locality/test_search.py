@@ -5,9 +5,9 @@ from velcro.sw import data as data_module
 from velcro.sw.data import make_task
 from velcro.sw.errors import PlanError
 from velcro.sw.evaluate import accuracy
-from velcro.sw.model import load_reference
-from velcro.sw.plan import applied, compress
-from velcro.sw.study import prepare, run_search
+from velcro.sw.locality.experiment import prepare, run_search
+from velcro.sw.locality.plan import applied, compress
+from velcro.sw.models import load_reference
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_search_rejects_bad_tolerance(small_task):
 
 
 def test_partial_evaluation_equals_full_forward(small_task):
-    from velcro.sw.plan import scores
-    from velcro.sw.search import _Evaluator
+    from velcro.sw.locality.plan import scores
+    from velcro.sw.locality.search import _Evaluator
 
     setup = prepare(load_reference(), small_task, sensitivity=False)
     data = small_task.split("search")
