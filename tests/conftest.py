@@ -1,10 +1,30 @@
 """Shared fixtures: the tiny hand-made integer package and the exported footwear package."""
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from velcro.sw.package import Layer, Package, pack_mask, save
-from velcro.sw.vq import pack_indices
+from velcro.sw.export.bits import pack_indices, pack_mask
+from velcro.sw.export.package import Layer, Package, save
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = {"hw": "velcro.hw", "sw": "velcro.sw", "sim": "velcro.sim"}
+
+
+@pytest.fixture(scope="session")
+def repo_files() -> list[Path]:
+    """The repository's tracked files (git's list; without git, every file of the
+    source folders)."""
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+        return [ROOT / line for line in out.splitlines() if (ROOT / line).exists()]
+    except (OSError, subprocess.CalledProcessError):
+        return [p for root in SOURCES for p in (ROOT / root).rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts]
+
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +51,22 @@ def torchvision_models():
 
 
 @pytest.fixture
+def plant():
+    """``plant(target, kind, victim)``: put a ``symlink`` (to ``victim``), ``directory`` or
+    ``fifo`` where an output is to be written."""
+    import os
+
+    def make(target: Path, kind: str, victim: Path) -> None:
+        if kind == "symlink":
+            target.symlink_to(victim)
+        elif kind == "directory":
+            target.mkdir()
+        else:
+            os.mkfifo(target)
+    return make
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 
@@ -38,11 +74,12 @@ def rng():
 @pytest.fixture(scope="session")
 def footwear_package(tmp_path_factory):
     """The reference CNN exported for ``footwear`` with VELCRO thresholds (int8 dense)."""
-    from velcro.sw.cli import main
+    from velcro.sw.data import make_task
+    from velcro.sw.export import export
+    from velcro.sw.models import load_reference
 
     path = tmp_path_factory.mktemp("footwear") / "footwear.velcro"
-    assert main(["export", "--task", "footwear", "--thresholds", "20,30,30,20",
-                 "--out", str(path)]) == 0
+    save(export(load_reference(), make_task("footwear"), [20, 30, 30, 20]), path)
     return path
 
 

@@ -1,1 +1,8 @@
-"""Sub-commands of the ``velcro`` command line, one module per feature."""
+"""Sub-commands of the ``velcro`` command line, one module per feature.
+
+Each module of :data:`COMMANDS` defines ``register(subparsers)``; the options several
+of them share are in :mod:`velcro.sw.commands.options`.
+"""
+
+#: The modules that register sub-commands, in the order ``velcro --help`` lists them.
+COMMANDS = ("bench", "build", "compression", "deploy", "report", "vq")

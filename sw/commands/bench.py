@@ -1,14 +1,13 @@
-"""``velcro bench [NAME]``: one benchmark from :mod:`velcro.sw.benches`, or without a name
-the whole suite of :mod:`velcro.sw.benchsuite`; prints the figures."""
+"""``velcro bench [NAME]``: one benchmark from :mod:`velcro.sw.bench`, or without a name
+the whole suite of :mod:`velcro.sw.bench.suite`; prints the figures."""
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from pathlib import Path
 
-from .. import benches
-from ..cli import write_json
+from .. import bench as benches
+from ..files import write_json
 
 
 def register(sub) -> None:
@@ -18,9 +17,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="stimulus seed of the suite")
     p.set_defaults(func=_suite)
     sub_names = p.add_subparsers(dest="bench", metavar="NAME")
-    for info in sorted(pkgutil.iter_modules(benches.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{benches.__name__}.{info.name}")
-        q = sub_names.add_parser(info.name, help=module.HELP)
+    for name in benches.BENCHES:
+        module = importlib.import_module(f"{benches.__name__}.{name}")
+        q = sub_names.add_parser(name, help=module.HELP)
         module.add_arguments(q)
         q.add_argument("--json", type=Path, help="also write the figures as JSON")
         q.set_defaults(func=_runner(module))
@@ -32,7 +31,7 @@ def _print(result: dict) -> None:
 
 
 def _suite(args) -> None:
-    from ..benchsuite import run
+    from ..bench.suite import run
 
     result = run(args.seed)
     _print(result)

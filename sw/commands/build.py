@@ -1,8 +1,8 @@
 """``velcro build verilog|xo|xclbin|estimate``: hardware artefacts.
 
 ``verilog`` writes the engines' Verilog; ``xo`` and ``xclbin`` run the Vitis flow of
-:mod:`velcro.sw.bitstream` for the shipped kernel; ``estimate`` synthesizes it with
-Yosys and reports its share of the U280 (:mod:`velcro.sw.utilization`).
+:mod:`velcro.sw.build.bitstream` for the shipped kernel; ``estimate`` synthesizes it with
+Yosys and reports its share of the U280 (:mod:`velcro.sw.build.utilization`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def register(sub) -> None:
 
 
 def cmd_verilog(args) -> None:
-    from ...hw.engines import ENGINES, engine
+    from velcro.hw.engines import ENGINES, engine
 
     try:
         selected = [engine(name) for name in args.engine] if args.engine else list(ENGINES)
@@ -61,24 +61,21 @@ def write_verilog(component, name: str, out: Path) -> Path:
     """Write the synthesis Verilog of ``component`` as ``out/<name>.v`` (atomically)."""
     from amaranth.back import verilog
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.v"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(verilog.convert(component, name=name, emit_src=False))
-    tmp.replace(path)
-    return path
+    from ..files import write_text
+
+    return write_text(Path(out) / f"{name}.v", verilog.convert(component, name=name,
+                                                                emit_src=False))
 
 
 def _shipped_kernel():
     # Looked up at call time, so that a test can substitute a smaller kernel.
-    from ...hw import kernel_config
+    from velcro.hw.kernel import config as kernel_config
 
     return kernel_config.SHIPPED
 
 
 def cmd_vitis(args) -> None:
-    from ..bitstream import build_xclbin, build_xo, generate
+    from ..build.bitstream import build_xclbin, build_xo, generate
 
     start = time.perf_counter()
     folder = generate(args.out, _shipped_kernel())
@@ -92,10 +89,10 @@ def cmd_vitis(args) -> None:
 
 
 def cmd_estimate(args) -> None:
-    from ...hw.estimate import YosysError
-    from ..cli import write_json
+    from ..build.utilization import estimate, table
+    from ..build.yosys import YosysError
     from ..errors import ToolError
-    from ..utilization import estimate, table
+    from ..files import write_json
 
     if args.jobs < 1:
         raise VelcroError(f"--jobs must be at least 1, not {args.jobs}")

@@ -6,17 +6,22 @@ import argparse
 import time
 from pathlib import Path
 
-from ..cli import add_task_args, resolve_model, resolve_task, write_json
-from ..errors import PlanError
+from ..errors import PlanError, printable
+from ..files import write_json, write_text
+from .options import add_task_args, check_criterion, parse_thresholds, resolve_model, resolve_task
 
 DEMO_TASKS = ("footwear", "tops", "bags")
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train the reference CNN on all ten Fashion-MNIST classes")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="weights file (default: the shipped weights)")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights and the batch order (default 0)")
+    p.add_argument("--out", type=Path, help="weights file (.safetensors; default: "
+                   "reference.safetensors in the user folder, $VELCRO_HOME or "
+                   "~/.local/share/velcro; the shipped weights are never overwritten); use "
+                   "it with --weights")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("profile", help="profile conv-activations on a task's preprocessing split")
@@ -36,31 +41,34 @@ def register(sub) -> None:
                    "paper), relative or fisher (default: variance)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="accuracy points the search may lose on the search split (default 0)")
-    p.add_argument("--json", type=Path, required=True, help="result record")
+    p.add_argument("--json", type=Path, help="also write the result record as JSON")
     p.add_argument("--plan", type=Path, help="also write the plan (.npz)")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("demo", help="search thresholds on footwear, tops and bags with every "
                        "criterion; table, plot and JSON")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default demo/)")
-    p.add_argument("--tasks", default=",".join(DEMO_TASKS))
-    p.add_argument("--criteria", default="variance,relative,fisher")
+    p.add_argument("--tasks", default=",".join(DEMO_TASKS),
+                   help=f"comma-separated named tasks (default {','.join(DEMO_TASKS)})")
+    p.add_argument("--criteria", default="variance,relative,fisher",
+                   help="comma-separated locality criteria (default variance,relative,fisher)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_train(args) -> None:
-    from ..model import REFERENCE_WEIGHTS
+    from ..models import user_folder
     from ..train import train_reference
 
     if args.epochs < 1:
         raise PlanError(f"--epochs must be at least 1, not {args.epochs}")
-    record = train_reference(args.epochs, args.seed, args.out or REFERENCE_WEIGHTS)
+    out = args.out or user_folder() / "reference.safetensors"
+    record = train_reference(args.epochs, args.seed, out)
     print(f"test accuracy {100 * record['test_accuracy']:.2f}% after {args.epochs} epochs "
-          f"({record['train_seconds']} s)")
+          f"({record['train_seconds']} s) -> {out} (use it with --weights {out})")
 
 
 def cmd_profile(args) -> None:
-    from ..study import prepare
+    from ..locality.experiment import prepare
 
     model = resolve_model(args)
     task = resolve_task(args, model)
@@ -71,28 +79,13 @@ def cmd_profile(args) -> None:
           f"{setup.profile_seconds:.2f} s: {shapes} -> {args.out}")
 
 
-def parse_thresholds(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise PlanError(f"--thresholds must be comma-separated numbers, not {text!r}") from None
-
-
-def check_criterion(name: str) -> str:
-    from ..plan import CRITERIA
-
-    if name not in CRITERIA:
-        raise PlanError(f"unknown criterion {name!r}; choose one of {', '.join(CRITERIA)}")
-    return name
-
-
 def cmd_compress(args) -> None:
-    from ..plan import check_thresholds, compress
-    from ..study import prepare, record, run_search, validation_accuracy
-    from ..taps import tap
+    from ..locality.experiment import prepare, record, run_search, validation_accuracy
+    from ..locality.plan import check_thresholds, compress
+    from ..locality.taps import tap
 
     criterion = check_criterion(args.criterion)
-    thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
+    thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
     if not 0 <= args.tolerance < 100:
         raise PlanError(f"--tolerance must be in [0, 100) accuracy points, not {args.tolerance}")
     model = resolve_model(args)
@@ -109,18 +102,23 @@ def cmd_compress(args) -> None:
     plan.meta.update(task=task.name, classes=list(task.classes))
     rec = record(setup, plan, validation_accuracy(setup, None),
                  time.perf_counter() - start, result)
-    write_json(args.json, rec)
+    print(f"{printable(task.name)}: C = {100 * rec['C']:.2f}% with thresholds "
+          f"{rec['thresholds']} ({criterion}); validation accuracy "
+          f"{100 * rec['accuracy']:.2f}% (uncompressed {100 * rec['baseline_accuracy']:.2f}%)",
+          flush=True)
+    if args.json:
+        write_json(args.json, rec)
+        print(f"wrote {args.json}")
     if args.plan:
         plan.save(args.plan)
-    print(f"{task.name}: C = {100 * rec['C']:.2f}% with thresholds {rec['thresholds']} "
-          f"({criterion}); validation accuracy {100 * rec['accuracy']:.2f}% "
-          f"(uncompressed {100 * rec['baseline_accuracy']:.2f}%) -> {args.json}")
+        print(f"wrote {args.plan}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from ..data import make_task
-    from ..model import load_reference, reference_record
-    from ..study import demo_files, demo_task, format_table, plot_accuracy_vs_C
+    from ..locality.experiment import demo_files, demo_task, format_table
+    from ..models import load_reference, reference_record
+    from ..report.plots import plot_accuracy_vs_C
 
     criteria = [check_criterion(c.strip()) for c in args.criteria.split(",") if c.strip()]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -141,5 +139,5 @@ def cmd_demo(args: argparse.Namespace) -> None:
     for name, content in demo_files(results).items():
         write_json(args.out / name, content)
     plot_accuracy_vs_C(results, args.out / "velcro_accuracy_vs_C.png")
-    (args.out / "velcro_table.txt").write_text(table + "\n")
+    write_text(args.out / "velcro_table.txt", table + "\n")
     print(f"\nwrote {args.out}/velcro_table.json, velcro_curves.json, velcro_accuracy_vs_C.png")

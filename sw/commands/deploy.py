@@ -1,8 +1,8 @@
 """``velcro export | run``: the integer deployment package, and running it on a device.
 
 ``export`` builds a VELCRO plan (given thresholds or a search), optionally vector
-quantizes dense layers (:mod:`velcro.sw.vq`), and quantizes the model into a
-``.velcro`` package (:mod:`velcro.sw.quantize`, :mod:`velcro.sw.package`). ``run``
+quantizes dense layers (:mod:`velcro.sw.vq.methods`), and quantizes the model into a
+``.velcro`` package (:mod:`velcro.sw.export.quantize`, :mod:`velcro.sw.export.package`). ``run``
 executes a package on a device over the first N validation images of the task it was
 built for and compares it with the float model under the same compression (VELCRO
 plan, and codebook weights for codebook layers), rebuilt from the package's
@@ -15,7 +15,6 @@ plan, and codebook weights for codebook layers), rebuilt from the package's
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import time
@@ -23,9 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import add_task_args, resolve_model, resolve_task, write_json
-from ..errors import DataError, DeviceError, ModelError, PlanError
-from .compression import check_criterion, parse_thresholds
+from ..errors import DataError, DeviceError, ModelError, PlanError, printable
+from ..files import write_json
+from .options import (
+    add_task_args,
+    check_criterion,
+    parse_thresholds,
+    resolve_model,
+    resolve_task,
+)
 
 DENSE_MODES = ("int8", "km", "pq")
 
@@ -52,8 +57,22 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="package file (.velcro)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("run", help="run a package on the validation images of its task")
+    p = sub.add_parser(
+        "run", help="run a package on the validation images of its task",
+        description="Run a package on the validation images of the task it records. "
+        "Nothing but the package is needed: it is never a source of code or paths. The "
+        "images are Fashion-MNIST's for a built-in task, else those of --data. With "
+        "--weights (and --model for your own model) the float model with the same "
+        "compression is run too, after checking it is the one the package came from.")
     p.add_argument("--package", type=Path, required=True, help="package file (.velcro)")
+    p.add_argument("--data", type=Path, help="image folder of a package exported with --data "
+                   "(one sub-folder per class)")
+    p.add_argument("--image-size", help="resize --data images to H,W (default: the "
+                   "package's input size)")
+    p.add_argument("--model", help="float model to compare with, as 'package.module:callable' "
+                   "or 'path/to/file.py:callable' (default with --weights: the reference CNN)")
+    p.add_argument("--weights", type=Path, help="weights of the float model to compare with; "
+                   "checked against the parameters sha256 the package records")
     p.add_argument("--device", default="golden", help="golden (the NumPy model of the kernel; "
                    "default), sim (RTL simulation of the kernel) or alveo[:N] (card N)")
     p.add_argument("--images", type=int, help="first N validation images (default: all)")
@@ -74,14 +93,13 @@ def register(sub) -> None:
 
 
 def cmd_export(args) -> None:
-    from ..package import save
-    from ..plan import check_thresholds, compress
-    from ..quantize import quantize
-    from ..study import prepare, run_search
-    from ..taps import tap
+    from ..export import export
+    from ..export.package import save
+    from ..locality.experiment import prepare, run_search
+    from ..locality.plan import compress
 
     criterion = check_criterion(args.criterion)
-    thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
+    thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
     if not 0 <= args.tolerance < 100:
         raise PlanError(f"--tolerance must be in [0, 100) accuracy points, not {args.tolerance}")
     if args.dense not in DENSE_MODES:
@@ -91,21 +109,18 @@ def cmd_export(args) -> None:
     task = resolve_task(args, model)
     dense = codebook_layers(model, args)
     plan = None
-    if thresholds is not None or args.search:
-        tapped = tap(model)
-        if thresholds is not None:
-            check_thresholds(thresholds, tapped.names)
-        setup = prepare(tapped, task, sensitivity=criterion == "fisher", progress=True)
-        if args.search:
-            thresholds = run_search(setup, criterion, args.tolerance / 100,
-                                    progress=True).thresholds
-        plan = compress(setup.profile, thresholds, criterion)
+    if args.search:
+        setup = prepare(model, task, sensitivity=criterion == "fisher", progress=True)
+        found = run_search(setup, criterion, args.tolerance / 100, progress=True).thresholds
+        plan = compress(setup.profile, found, criterion)
+    # Recorded for people, never followed: names only, no paths of this machine.
     source = {"model": args.model,
-              "weights": str(args.weights.resolve()) if args.weights else None,
-              "data": str(args.data.resolve()) if args.data else None,
+              "weights": args.weights.name if args.weights else None,
+              "data": args.data.name if args.data else None,
               "image_size": [int(v) for v in args.image_size.split(",")]
               if args.image_size else None}
-    package = quantize(model, task, plan, source, dense)
+    package = export(model, task, thresholds, plan=plan, criterion=criterion, dense=dense,
+                     source=source, progress=True)
     save(package, args.out)
     convs = ", ".join(f"{layer.name} {layer.attrs['skipped']}/{math.prod(layer.out_shape)}"
                       for layer in package.layers if layer.op == "conv3x3")
@@ -117,7 +132,8 @@ def codebook_layers(model, args) -> dict:
     """The dense layers ``--dense km|pq`` asks for, vector quantized (empty for int8)."""
     from torch import nn
 
-    from .. import vq
+    from ..vq import methods as vq
+    from ..vq.finetune import dense_weights
 
     if args.dense == "int8":
         if args.k is not None or args.segment is not None or args.dense_layers:
@@ -130,7 +146,7 @@ def codebook_layers(model, args) -> dict:
              [n for n, m in model.named_modules() if isinstance(m, nn.Linear)])
     params = {"k": args.k} if args.dense == "km" else {"k": args.k, "segment": args.segment}
     try:
-        return vq.quantize_layers(vq.dense_weights(model, names), args.dense, params)
+        return vq.quantize_layers(dense_weights(model, names), args.dense, params)
     except vq.VQError as e:
         hint = "" if args.dense_layers else " (choose the layers with --dense-layers)"
         raise vq.VQError(f"{e}{hint}") from None
@@ -139,7 +155,8 @@ def codebook_layers(model, args) -> dict:
 def open_device(spec: str, package, args=None):
     """The accelerator named by ``spec`` (:func:`velcro.sw.runtime.parse_device`), loaded
     with ``package``; ``args`` carries the backend options of ``velcro run``."""
-    from ...hw.kernel_config import CONFIGS
+    from velcro.hw.kernel.config import CONFIGS
+
     from ..runtime import Accelerator, parse_device
 
     kind, _ = parse_device(spec)
@@ -160,45 +177,62 @@ def open_device(spec: str, package, args=None):
     return device
 
 
-def rebuild(package):
-    """The float model, task and VELCRO plan a package was built from.
+def run_task(package, args):
+    """The task whose validation images ``velcro run`` uses, from the package's task
+    record and the command line only: Fashion-MNIST for a built-in task, else ``--data``
+    (resized to the package's input with ``--image-size`` or by default)."""
+    from ..data import check_image_size, make_task
 
-    The masks come from the package; the float means are profiled again on the
-    task's preprocessing split, which is deterministic. Codebook layers get their
-    codebook weights (``weight_scale`` times the decoded int8 weights), so that the
-    float model is compressed like the package.
+    record = package.task
+    classes = ",".join(str(c) for c in record["classes"])
+    if args.data is None:
+        from ..data import FASHION_MNIST_CLASSES
+
+        if list(record["class_names"]) != list(FASHION_MNIST_CLASSES):
+            raise DataError(f"the package was exported from an image folder (classes "
+                            f"{printable(record['class_names'][:4])}...); give it with --data")
+        return make_task(record["name"], classes)
+    size = None
+    if args.image_size is not None:
+        try:
+            size = check_image_size(tuple(int(v) for v in args.image_size.split(",")))
+        except ValueError:
+            raise DataError(f"--image-size must be H,W, not {args.image_size!r}") from None
+    else:
+        size = tuple(package.input_shape[1:])
+    task = make_task(None, classes, args.data, channels=package.input_shape[0], size=size)
+    return type(task)(record["name"], task.classes, task.data)
+
+
+def float_reference(package, task, args):
+    """The float model given by ``--model/--weights`` (or the reference CNN with
+    ``--weights`` alone), checked against the parameters hash the package records, with
+    the same compression: the package's masks, means profiled again on the task's
+    preprocessing split (deterministic), codebook layers with their codebook weights.
+    Returns ``(module, plan, tapped)``.
     """
     import torch
 
-    from ..package import codebook_weight, unpack_mask
-    from ..plan import Plan, PlanLayer
-    from ..quantize import parameters_sha256
-    from ..study import prepare
+    from ..export.bits import unpack_mask
+    from ..export.package import codebook_weight
+    from ..export.quantize import parameters_sha256
+    from ..locality.experiment import prepare
+    from ..locality.plan import Plan, PlanLayer
 
-    source, task_record = package.source, package.task
-    spec = argparse.Namespace(model=source["model"],
-                              weights=Path(source["weights"]) if source["weights"] else None)
-    model = resolve_model(spec)
-    if parameters_sha256(model) != source["parameters_sha256"]:
-        raise ModelError("the float model found from the package's source record "
-                         f"({source['model'] or 'the shipped reference'}, weights "
-                         f"{source['weights'] or 'shipped'}) differs from the one the package "
-                         "was built from")
-    # The float model of the same compression: codebook layers use their codebook
-    # weights, in float.
+    model = resolve_model(args)
+    if parameters_sha256(model) != package.source["parameters_sha256"]:
+        raise ModelError("the float model given by --model/--weights differs from the one "
+                         "the package was exported from (parameters sha256 mismatch)")
     modules = dict(model.named_modules())
     for layer in package.layers:
         if layer.op == "dense_codebook":
+            if layer.name not in modules or not hasattr(modules[layer.name], "weight"):
+                raise ModelError(f"the float model has no dense layer {layer.name!r}")
             weight = codebook_weight(layer) * layer.attrs["weight_scale"]
             modules[layer.name].weight.data = torch.from_numpy(weight.astype(np.float32))
-    size = source["image_size"]
-    task = resolve_task(argparse.Namespace(
-        task=task_record["name"], classes=",".join(map(str, task_record["classes"])),
-        data=Path(source["data"]) if source["data"] else None,
-        image_size=f"{size[0]},{size[1]}" if size else None), model)
     convs = [layer for layer in package.layers if layer.op == "conv3x3"]
     if not convs:
-        return model, task, None, None
+        return model, None, None
     setup = prepare(model, task, sensitivity=False)
     if setup.profile.names != [layer.name for layer in convs]:
         raise ModelError(f"the model's conv-activations {setup.profile.names} do not match "
@@ -208,7 +242,27 @@ def rebuild(package):
                  for layer, t, prof in zip(convs, package.velcro["thresholds"],
                                            setup.profile.layers, strict=True)],
                 package.velcro["criterion"] or "variance")
-    return model, task, plan, setup.tapped
+    return model, plan, setup.tapped
+
+
+#: Images per kernel run of ``velcro run --device sim``, after each of which it reports.
+SIM_CHUNK = 10
+
+
+def run_images(device, images: np.ndarray, spec: str) -> np.ndarray:
+    """The device's logits for ``images``. The RTL simulation runs them :data:`SIM_CHUNK`
+    at a time, one kernel run each, and reports progress after each run; the other
+    devices take them in one run."""
+    from ..progress import progress
+
+    if not spec.startswith("sim") or len(images) <= SIM_CHUNK:
+        return device.run(images)
+    logits = []
+    with progress(total=len(images), desc=f"{spec} run", unit="img") as bar:
+        for start in range(0, len(images), SIM_CHUNK):
+            logits.append(device.run(images[start:start + SIM_CHUNK]))
+            bar.update(len(logits[-1]))
+    return np.concatenate(logits)
 
 
 def cycle_record(device, images: int) -> dict:
@@ -223,6 +277,7 @@ def cycle_record(device, images: int) -> dict:
                     "stall": c.stall_cycles, "mac": c.mac_cycles, "skipped": c.skipped}
                    for c in device.counters()],
         "simulated_seconds": round(device.sim["seconds"], 2),
+        "build_seconds": round(device.sim["build_seconds"], 2),
         "simulated_cycles_per_second": round(device.sim["cycles"] / device.sim["seconds"])
         if device.sim["seconds"] else None,
     }
@@ -235,30 +290,31 @@ def predictions_sha256(predictions: np.ndarray) -> str:
 
 def cmd_run(args) -> None:
     from ..evaluate import predict
-    from ..package import load
-    from ..plan import applied
+    from ..export.package import load
+    from ..locality.plan import applied
 
+    if args.weights is None and args.model is not None:
+        raise ModelError("--model needs --weights (the trained parameters)")
     package = load(args.package)
-    device = open_device(args.device, package, args)
-    model, task, plan, tapped = rebuild(package)
+    task = run_task(package, args)
     val = task.split("validation")
     n = len(val) if args.images is None else args.images
     if not 1 <= n <= len(val):
         raise DataError(f"--images must be in [1, {len(val)}] (the validation images of "
-                        f"{task.name}), not {n}")
+                        f"{printable(task.name)}), not {n}")
     images, labels = val.images[:n], val.labels[:n]
     if images.shape[1:] != tuple(package.input_shape):
         raise DataError(f"the task's images are {list(images.shape[1:])}, the package "
                         f"expects {list(package.input_shape)}")
+    compare = args.weights is not None
+    if compare:
+        model, plan, tapped = float_reference(package, task, args)
+    device = open_device(args.device, package, args)
     start = time.perf_counter()
-    logits = device.run(images)
-    seconds = time.perf_counter() - start
+    logits = run_images(device, images, args.device)
+    # The RTL simulation's first run builds the simulator; that is not run time.
+    seconds = time.perf_counter() - start - getattr(device, "sim", {}).get("build_seconds", 0)
     predictions = logits.argmax(1)
-    if tapped is None:
-        float_predictions = predict(model, images)
-    else:
-        with applied(tapped, plan):
-            float_predictions = predict(tapped.module, images)
     counts = device.counts()
     record = {
         "package": str(args.package),
@@ -268,7 +324,6 @@ def cmd_run(args) -> None:
         "C": package.C,
         "images": n,
         "accuracy": float(np.mean(predictions == labels)),
-        "float_accuracy": float(np.mean(float_predictions == labels)),
         "macs": sum(c.macs for c in counts),
         "macs_skipped": sum(c.skipped for c in counts),
         "layers": [{"name": c.name, "op": c.op, "macs": c.macs, "macs_skipped": c.skipped,
@@ -277,11 +332,21 @@ def cmd_run(args) -> None:
         "images_per_second": round(n / seconds, 1),
         "predictions_sha256": predictions_sha256(predictions),
     }
+    if compare:
+        if tapped is None:
+            float_predictions = predict(model, images)
+        else:
+            with applied(tapped, plan):
+                float_predictions = predict(tapped.module, images)
+        record["float_accuracy"] = float(np.mean(float_predictions == labels))
     if args.device == "sim":
         record["cycles"] = cycle_record(device, n)
+    skipped = record["macs_skipped"] / max(record["macs"] + record["macs_skipped"], 1)
+    versus = (f" (float with the same plan {100 * record['float_accuracy']:.2f}%)"
+              if compare else "")
+    print(f"{printable(task.name)} on {args.device}: accuracy {100 * record['accuracy']:.2f}%"
+          f"{versus} on {n} images, {skipped:.1%} of MACs skipped, "
+          f"{record['images_per_second']} images/s", flush=True)
     if args.json:
         write_json(args.json, record)
-    print(f"{task.name} on {args.device}: accuracy {100 * record['accuracy']:.2f}% "
-          f"(float with the same plan {100 * record['float_accuracy']:.2f}%) on {n} images, "
-          f"{record['macs_skipped'] / max(record['macs'] + record['macs_skipped'], 1):.1%} "
-          f"of MACs skipped, {record['images_per_second']} images/s")
+        print(f"wrote {args.json}")

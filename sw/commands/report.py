@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..report import INPUTS
+from ..report.inputs import INPUTS
 
 
 def register(sub) -> None:
@@ -13,7 +13,8 @@ def register(sub) -> None:
         "report", help="HTML page and Markdown tables of the results: accuracy versus C, VQ "
         "sweep, Deep Compression, conv cycles, resources against the U280",
         description="Gather the result files of velcro demo, vq --sweep, deepcompress, bench "
-        "hw and build estimate into DIR/index.html and DIR/report.md (with the plots as PNG "
+        "hw and build estimate, and every record of compress --json and run --json in the "
+        "results folder, into DIR/index.html and DIR/report.md (with the plots as PNG "
         "files beside them, referenced by relative path). A section whose file is missing "
         "says which command measures it; a file that is not valid JSON of the shape its "
         "writer gives it stops the report (exit code 2) and leaves an earlier one in place.")
@@ -32,7 +33,7 @@ def register(sub) -> None:
 
 
 def cmd_report(args) -> None:
-    from ..report import report
+    from ..report.render import report
 
     sections, written = report(args.results, args.out, {key: getattr(args, key)
                                                         for key in INPUTS})

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..cli import write_json
+from ..errors import VQError
+from ..files import write_json
 
 #: How the compression rates of ``velcro vq`` are counted, written into every record.
 COUNTED = ("weight matrices of all dense layers against float32; codebooks, scales and "
@@ -39,7 +40,8 @@ def register(sub) -> None:
                    "which then records plain and fine-tuned points)")
     p.add_argument("--train-images", type=int, default=TRAIN_IMAGES,
                    help=f"training images used for fine-tuning (default {TRAIN_IMAGES})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the clustering and of the fine-tuning images (default 0)")
     p.add_argument("--json", type=Path, help="result record (with --method)")
     p.add_argument("--out", type=Path, default=Path("demo"),
                    help="output folder of --sweep (default demo/)")
@@ -50,7 +52,8 @@ def register(sub) -> None:
     p.add_argument("--models", default="lenet,reference",
                    help="comma-separated: lenet (LeNet-300-100, trained here on "
                    "Fashion-MNIST) and/or reference (the shipped CNN)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of training, pruning order and clustering (default 0)")
     p.add_argument("--out", type=Path, default=Path("demo"),
                    help="output folder (default demo/)")
     p.set_defaults(func=cmd_deepcompress)
@@ -66,14 +69,12 @@ def _tuning(args, model, epochs: int):
     import numpy as np
 
     from ..data import load_fashion_mnist
-    from ..vq import DenseHead, Tuning
+    from ..vq.finetune import DenseHead, Tuning
 
     if epochs == 0:
         return None
     train = load_fashion_mnist("train")
     if not 1 <= args.train_images <= len(train):
-        from ..vq import VQError
-
         raise VQError(f"--train-images must be in [1, {len(train)}], not {args.train_images}")
     pick = np.sort(np.random.default_rng(args.seed).permutation(len(train))[:args.train_images])
     return Tuning(DenseHead(model, train.images[pick], train.labels[pick]), epochs,
@@ -82,8 +83,10 @@ def _tuning(args, model, epochs: int):
 
 def cmd_vq(args) -> None:
     from ..data import load_fashion_mnist
-    from ..model import load_reference
-    from ..vq import DenseHead, VQError, dense_weights, quantize_layers
+    from ..models import load_reference
+    from ..vq.finetune import DenseHead, dense_weights
+    from ..vq.methods import quantize_layers
+    from ..vq.sweep import evaluate
 
     epochs = args.finetune if args.finetune is not None else (1 if args.sweep else 0)
     if epochs < 0:
@@ -102,25 +105,23 @@ def cmd_vq(args) -> None:
     test = load_fashion_mnist("test")
     head = DenseHead(model, test.images, test.labels)
     tuning = _tuning(args, model, epochs)
-    from ..vq import evaluate
-
     records = evaluate(head, quantized, args.method, params, tuning, progress=True)
     rec = {**records[-1], "baseline_accuracy": head.accuracy(), "counted": COUNTED,
            "seconds": round(time.perf_counter() - start, 1)}
     if len(records) > 1:
         rec["plain_accuracy"] = records[0]["accuracy"]
-    if args.json:
-        write_json(args.json, rec)
     tuned = f", fine-tuned {epochs} epoch(s)" if epochs else ""
     print(f"{next(iter(quantized.values())).describe()} on {', '.join(names)}{tuned}: "
           f"{rec['compression_rate']:.2f}x, accuracy {100 * rec['accuracy']:.2f}% "
-          f"(float32 {100 * rec['baseline_accuracy']:.2f}%)"
-          + (f" -> {args.json}" if args.json else ""))
+          f"(float32 {100 * rec['baseline_accuracy']:.2f}%)", flush=True)
+    if args.json:
+        write_json(args.json, rec)
+        print(f"wrote {args.json}")
 
 
 def _target(records: list[dict], method: str, target: tuple[float, float],
             baseline: float) -> dict:
-    from ..vq import best_record
+    from ..vq.sweep import best_record
 
     rate, loss = target
     best = best_record(records, method, rate)
@@ -134,7 +135,9 @@ def _target(records: list[dict], method: str, target: tuple[float, float],
 
 def _sweep(args, model, weights: dict, epochs: int) -> None:
     from ..data import load_fashion_mnist
-    from ..vq import DenseHead, ordering, plot_sweep, sweep, sweep_configs
+    from ..report.plots import plot_sweep
+    from ..vq.finetune import DenseHead
+    from ..vq.sweep import ordering, sweep, sweep_configs
 
     start = time.perf_counter()
     test = load_fashion_mnist("test")
@@ -159,9 +162,6 @@ def _sweep(args, model, weights: dict, epochs: int) -> None:
             result["targets"][kind] = {
                 "pq": _target(subset, "pq", PQ_TARGET, baseline),
                 "km": _target(subset, "km", KM_TARGET, baseline)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "vq_sweep.json", result)
-    plot_sweep(records, baseline, args.out / "vq_sweep.png")
     print(f"float32: {100 * baseline:.2f}%; {len(configs)} configurations"
           + (f", plain and fine-tuned ({epochs} epoch(s))" if tuned else "")
           + f", {result['seconds']} s\n")
@@ -178,6 +178,8 @@ def _sweep(args, model, weights: dict, epochs: int) -> None:
         broken = [r["rate"] for r in rows if r.get("holds") is False]
         print(f"PQ >= KM > SVD ({kind}): "
               + (f"does not hold at {broken}x" if broken else "holds wherever all three reach"))
+    write_json(args.out / "vq_sweep.json", result)
+    plot_sweep(records, baseline, args.out / "vq_sweep.png")
     print(f"\nwrote {args.out}/vq_sweep.json, {args.out}/vq_sweep.png")
 
 
@@ -194,6 +196,6 @@ def _sweep_table(records: list[dict]) -> str:
 
 
 def cmd_deepcompress(args) -> None:
-    from ..deepcompress import run_demo
+    from ..vq.deepcompress import run_demo
 
     run_demo([m.strip() for m in args.models.split(",") if m.strip()], args.out, args.seed)

@@ -3,8 +3,8 @@
 import pytest
 
 from velcro.hw import engines
-from velcro.hw.conv import ConvArray
-from velcro.hw.conv_params import ConvArrayConfig
+from velcro.hw.conv.array import ConvArray
+from velcro.hw.conv.config import ConvArrayConfig
 from velcro.sw.cli import main
 
 

@@ -6,7 +6,7 @@ from velcro.sw import golden
 from velcro.sw.cli import main
 from velcro.sw.commands.deploy import predictions_sha256
 from velcro.sw.data import make_task
-from velcro.sw.package import load
+from velcro.sw.export.package import load
 
 
 def test_sim_and_golden_runs_agree_and_report_cycles(footwear_package, tmp_path):
@@ -29,3 +29,24 @@ def test_sim_and_golden_runs_agree_and_report_cycles(footwear_package, tmp_path)
     assert cycles["total"] > sum(layer["cycles"] for layer in cycles["layers"]) > 0
     assert cycles["per_image"] == cycles["total"] / 2
     assert records["sim"]["seconds"] > 0 and 0 <= records["sim"]["accuracy"] <= 1
+
+
+def test_the_simulation_runs_in_chunks_and_reports_each(capsys):
+    import numpy as np
+
+    from velcro.sw.commands.deploy import SIM_CHUNK, run_images
+
+    class Device:
+        def __init__(self):
+            self.calls = []
+
+        def run(self, images):
+            self.calls.append(len(images))
+            return images[:, :1].astype(np.int32)
+
+    images = np.arange(2 * SIM_CHUNK + 5, dtype=np.uint8)[:, None]
+    sim, gold = Device(), Device()
+    np.testing.assert_array_equal(run_images(sim, images, "sim"), images)
+    np.testing.assert_array_equal(run_images(gold, images, "golden"), images)
+    assert sim.calls == [SIM_CHUNK, SIM_CHUNK, 5] and gold.calls == [len(images)]
+    assert "[velcro] sim run: 25/25 img" in capsys.readouterr().err

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from velcro.sw.cli import main
-from velcro.sw.model import reference_record
+from velcro.sw.models import reference_record
 
 
 def test_vq_km_writes_the_record(tmp_path, capsys):
