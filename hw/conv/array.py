@@ -1,6 +1,6 @@
 """The conv array: ``lanes`` conv3x3 instances with VELCRO skip control.
 
-Organisation (DESIGN.md section 4): lanes are *input* channels. Lane ``l`` holds the
+Organisation: lanes are *input* channels. Lane ``l`` holds the
 planes of channels ``l, l + lanes, ...``; every plane is spread over 9 banks by
 ``(y mod 3, x mod 3)``, so any 3x3 window is read in one cycle. The 9 banks are
 shared by the lanes, each bank word holding one int8 per lane: all lanes always read
