@@ -1,20 +1,15 @@
-"""Parameters, layer descriptions and the cycle cost model of the dense engine.
+"""Parameters and layer descriptions of the dense engine.
 
 :class:`DenseConfig` holds the elaboration parameters of
 :class:`~velcro.hw.dense.engine.DenseEngine` and validates them; :class:`DenseLayer` is one
-layer as the engine sees it at run time; :func:`expected_cycles` is the engine's cost
-model and :func:`index_bound` the index-bandwidth lower bound it is measured against.
-This module needs neither Amaranth nor a simulator, so host code can size and time a
-layer without the hardware generator.
+layer as the engine sees it at run time (its cost is in :mod:`velcro.hw.dense.cost`).
+This module needs neither Amaranth nor a simulator, so host code can size a layer
+without the hardware generator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-#: Cycles from a row read of the accumulators to its output beat being offered
-#: (read, bias add, multiply, round/shift/clamp).
-DRAIN_LATENCY = 4
 
 
 def _is_pow2(value) -> bool:
@@ -201,72 +196,6 @@ class DenseLayer:
         if self.s > config.max_s:
             raise ValueError(f"s = {self.s} exceeds max_s = {config.max_s}")
         return self
-
-
-def stream_beats(layer: DenseLayer, config: DenseConfig) -> dict[str, int]:
-    """Beats each input stream carries for ``layer`` and beats of the output stream."""
-    layer.check(config)
-    run_bytes = -(-layer.n_out * layer.index_bits // 8)
-    blocks = max(1, layer.k // config.macs)
-    return {
-        "x": -(-layer.n_in // config.x_bytes),
-        "indices": -(-layer.n_seg * run_bytes // config.x_bytes),
-        "codebook": 0 if layer.mode == "int8" else layer.n_seg * blocks * layer.s,
-        "params": layer.n_out,
-        "out": -(-layer.n_out // config.lanes),
-    }
-
-
-def index_bound(layer: DenseLayer, config: DenseConfig) -> float:
-    """The index-bandwidth bound: total index bits / stream bits per cycle.
-
-    No engine fed by a ``width``-bit index stream can finish in fewer cycles. In int8
-    mode the "indices" are the 8-bit weights.
-    """
-    layer.check(config)
-    return layer.n_seg * layer.n_out * layer.index_bits / config.width
-
-
-def expected_cycles(layer: DenseLayer, config: DenseConfig) -> int:
-    """Cycles from accepting the layer's command to its last output beat, both included.
-
-    Exact when every input stream offers a beat each cycle and the output is always
-    ready. The engine overlaps two pipelines per segment ``j`` (``n_in / s`` of them)
-    through a double-buffered table:
-
-    - the *table builder* spends ``a = max(1, k / macs) * s`` cycles per segment
-      (one codebook beat each) and its result is readable 3 cycles after its last
-      beat; it writes the first block of segment ``j`` only once the lookups of
-      segment ``j - 2`` have released that table, stalling until then;
-    - the *lookups* spend ``G = ceil(n_out / lanes)`` cycles per segment, one group of
-      ``lanes`` indices per cycle, and release the table the cycle after their last.
-
-    Then the ``G`` accumulator rows drain through bias, requantization and the output
-    register, one per cycle, after all parameters have arrived.
-    """
-    layer.check(config)
-    s, n_seg = layer.s, layer.n_seg
-    a = max(1, layer.k // config.macs) * s
-    groups = -(-layer.n_out // config.lanes)
-    # Cycle 0 accepts the command, cycle 1 starts the loaders, cycle 2 takes the first
-    # beat of each stream, cycle 3 sees the first activations stored.
-    issue = 3
-    free = [0, 0]               # first cycle at which each table may be overwritten
-    lookups = 4                 # earliest cycle the first index group is registered
-    start = 0
-    for j in range(n_seg):
-        bank = j % 2
-        # The first block's write happens 2 cycles after its last beat issues.
-        issue += max(0, free[bank] - (issue + s + 1))
-        ready = issue + a + 2
-        start = max(ready, lookups)
-        free[bank] = start + groups
-        lookups = start + groups
-        issue += a
-    final = start + groups - 1
-    params_ready = layer.n_out + 2
-    drain = max(final + 1, params_ready)
-    return drain + groups + DRAIN_LATENCY
 
 
 #: The shipped configuration.
