@@ -29,7 +29,8 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
-from velcro.hw.dense.config import SHIPPED, DenseConfig, DenseLayer, expected_cycles, index_bound
+from velcro.hw.dense.config import SHIPPED, DenseConfig, DenseLayer
+from velcro.hw.dense.cost import expected_cycles, index_bound
 from velcro.hw.dense.format import layer_beats, out_beats
 from velcro.sw import golden
 from velcro.sw.export.bits import pack_indices

@@ -1,7 +1,9 @@
 """The dense engine: codebook lookups (product quantization, k-means) and int8 dense layers.
 
 ``config``
-    The engine's geometry and a layer's parameters, checked, with the cost model.
+    The engine's geometry and a layer's parameters, checked.
+``cost``
+    The cycle model the RTL is measured against, and the index-bandwidth bound.
 ``format``
     Stream beats of a layer, and the host-side packing.
 ``engine``

@@ -48,7 +48,7 @@ taken once the previous layer's last output beat has gone.
 
 Cost
 ----
-:func:`~velcro.hw.dense.config.expected_cycles` gives the cycles of a layer exactly
+:func:`~velcro.hw.dense.cost.expected_cycles` gives the cycles of a layer exactly
 when no stream stalls: per segment ``max(k / macs, 1) * s`` cycles of table building
 against ``ceil(n_out / lanes)`` cycles of lookups, overlapped, plus a few cycles of
 start-up and drain.
@@ -59,7 +59,8 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..requant import ACC_BITS
-from .config import DenseConfig, DenseLayer, expected_cycles
+from .config import DenseConfig, DenseLayer
+from .cost import expected_cycles
 from .lut import DenseLutBuilder, table_row, table_rows
 from .requant import PARAMS, DenseRequant
 from .unpack import DenseIndexUnpacker
@@ -128,7 +129,7 @@ class DenseEngine(wiring.Component):
         })
 
     def expected_cycles(self, layer: DenseLayer) -> int:
-        """Cycles of ``layer`` without stalls (:func:`.dense_config.expected_cycles`)."""
+        """Cycles of ``layer`` without stalls (:func:`velcro.hw.dense.cost.expected_cycles`)."""
         return expected_cycles(layer, self.config)
 
     def elaborate(self, platform):

@@ -6,7 +6,7 @@ A descriptor's cycles split three ways (:mod:`velcro.hw.kernel.top`):
     Cycles in ``RUN`` (and ``POOL_RUN``): the cycle that starts an engine plus the
     engine's own cycles, which come from the engines' cost models
     (:func:`velcro.hw.conv.cost.expected_cycles` and friends,
-    :func:`velcro.hw.dense.config.expected_cycles`). Exact whenever no input stream
+    :func:`velcro.hw.dense.cost.expected_cycles`). Exact whenever no input stream
     runs dry; a starved engine only takes longer.
 ``fixed``
     The sequencer's own cycles: fetch request, decode, address computation, command
@@ -35,7 +35,7 @@ from ..conv.cost import (
     expected_mac_cycles,
 )
 from ..dense.config import DenseLayer
-from ..dense.config import expected_cycles as dense_cycles
+from ..dense.cost import expected_cycles as dense_cycles
 from .buffers import BufferReader
 from .config import KernelConfig
 

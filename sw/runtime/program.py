@@ -28,7 +28,8 @@ import numpy as np
 from velcro.hw.conv import format as conv_format
 from velcro.hw.conv.config import ConvLayer
 from velcro.hw.dense import format as dense_streams
-from velcro.hw.dense.config import DenseLayer, stream_beats
+from velcro.hw.dense.config import DenseLayer
+from velcro.hw.dense.cost import stream_beats
 from velcro.hw.kernel import cost as kernel_cost
 from velcro.hw.kernel.config import KernelConfig
 from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES, Opcode, encode

@@ -25,7 +25,8 @@ import numpy as np
 
 from velcro.hw.conv.config import ConvConfigError, ConvLayer
 from velcro.hw.conv.format import MASK_LAYOUT, REQUANT_LAYOUT
-from velcro.hw.dense.config import DenseLayer, stream_beats
+from velcro.hw.dense.config import DenseLayer
+from velcro.hw.dense.cost import stream_beats
 from velcro.hw.dense.requant import PARAMS
 from velcro.hw.kernel import cost as kernel_cost
 from velcro.hw.kernel.config import COUNTERS, KernelConfig
