@@ -1,0 +1,70 @@
+# amaranth: UnusedElaboratable=no
+"""Flattening (velcro.hw.kernel.flatten): C-order output and tensors that do not fit."""
+
+import random
+
+import numpy as np
+import pytest
+
+from velcro.hw.conv.format import pack_activations
+from velcro.hw.kernel.flatten import Flatten
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 3), (10, 2, 5), (7, 1, 1)])
+def test_flatten_writes_c_order(shape, rng, simulate, run_stream_unit, small_array):
+    x = rng.integers(-128, 128, shape).astype(np.int8)
+    capacity = 128
+    dut = Flatten(small_array, capacity)
+    memory = np.zeros(capacity, np.int8)
+    writes = []
+
+    def collect(ctx):
+        if ctx.get(dut.write.en):
+            addr = ctx.get(dut.write.addr)
+            memory[addr] = np.int8(np.uint8(ctx.get(dut.write.data)))
+            writes.append(addr)
+
+    bench = run_stream_unit(dut, pack_activations(x, small_array.lanes), collect=collect,
+                            rng=random.Random(2))
+
+    async def start(ctx):
+        c, h, w = shape
+        ctx.set(dut.channels, c)
+        ctx.set(dut.height, h)
+        ctx.set(dut.width, w)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        await bench(ctx)
+        assert not ctx.get(dut.overflow)
+
+    simulate(dut, start)
+    assert sorted(writes) == list(range(x.size)), "every byte written exactly once"
+    np.testing.assert_array_equal(memory[:x.size], x.reshape(-1))
+
+
+def test_flatten_flags_a_tensor_that_does_not_fit(rng, simulate, run_stream_unit, small_array):
+    x = rng.integers(-128, 128, (4, 3, 3)).astype(np.int8)
+    dut = Flatten(small_array, 20)
+    high = []
+
+    def collect(ctx):
+        if ctx.get(dut.write.en):
+            high.append(ctx.get(dut.write.addr))
+
+    bench = run_stream_unit(dut, pack_activations(x, small_array.lanes), collect=collect,
+                            rng=random.Random(3))
+
+    async def start(ctx):
+        ctx.set(dut.channels, 4)
+        ctx.set(dut.height, 3)
+        ctx.set(dut.width, 3)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        await bench(ctx)
+        assert ctx.get(dut.overflow)
+
+    simulate(dut, start)
+    assert max(high) < 20
+
