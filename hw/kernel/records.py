@@ -51,7 +51,28 @@ def _bits(shape) -> int:
     return Shape.cast(shape).width
 
 
-class Unpacker(wiring.Component):
+class _RecordAdapter(wiring.Component):
+    """What :class:`Unpacker` and :class:`Packer` share: the record geometry and the ports.
+
+    ``per_word`` records fill one word, or one record takes ``per_record`` words
+    (:func:`record_words`). A packer takes records in and gives words out; an
+    unpacker the other way round.
+    """
+
+    def __init__(self, word_bits: int, payload, *, packing: bool):
+        self.word_bits = word_bits
+        self.payload_bits = _bits(payload)
+        self.per_word, self.per_record = record_words(self.payload_bits, word_bits // 8)
+        words, records = stream.Signature(word_bits), stream.Signature(payload)
+        ports = {"start": In(1), "count": In(COUNT_BITS)}
+        if packing:
+            ports |= {"records": In(records), "words": Out(words)}
+        else:
+            ports |= {"words": In(words), "records": Out(records)}
+        super().__init__({**ports, "busy": Out(1)})
+
+
+class Unpacker(_RecordAdapter):
     """Words in, ``count`` records out.
 
     Parameters
@@ -73,15 +94,7 @@ class Unpacker(wiring.Component):
     """
 
     def __init__(self, word_bits: int, payload):
-        self.word_bits = word_bits
-        self.payload_bits = _bits(payload)
-        self.per_word, self.per_record = record_words(self.payload_bits, word_bits // 8)
-        super().__init__({
-            "start": In(1), "count": In(COUNT_BITS),
-            "words": In(stream.Signature(word_bits)),
-            "records": Out(stream.Signature(payload)),
-            "busy": Out(1),
-        })
+        super().__init__(word_bits, payload, packing=False)
 
     def elaborate(self, platform):
         m = Module()
@@ -141,7 +154,7 @@ class Unpacker(wiring.Component):
         return m
 
 
-class Packer(wiring.Component):
+class Packer(_RecordAdapter):
     """``count`` records in, words out (the last word zero-padded).
 
     Parameters
@@ -160,15 +173,7 @@ class Packer(wiring.Component):
     """
 
     def __init__(self, word_bits: int, payload):
-        self.word_bits = word_bits
-        self.payload_bits = _bits(payload)
-        self.per_word, self.per_record = record_words(self.payload_bits, word_bits // 8)
-        super().__init__({
-            "start": In(1), "count": In(COUNT_BITS),
-            "records": In(stream.Signature(payload)),
-            "words": Out(stream.Signature(word_bits)),
-            "busy": Out(1),
-        })
+        super().__init__(word_bits, payload, packing=True)
 
     def elaborate(self, platform):
         m = Module()
