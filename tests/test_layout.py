@@ -112,6 +112,16 @@ def test_import_boundaries(modules, prefix, forbidden):
     assert not loaded_by(names) & forbidden
 
 
+def test_the_command_line_starts_without_torch_or_faiss():
+    """Building the parser (``velcro --help``, every start) loads no heavy native library:
+    they load once a command needs them, with Ctrl-C held back while they initialise."""
+    code = ("import sys\nfrom velcro.sw import cli\ncli.build_parser()\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert not set(out.stdout.split()) & {"torch", "faiss", "amaranth", "cocotb"}
+
+
 def test_no_file_cites_documents_outside_the_repository(repo_files):
     outside = re.compile(r"\b(?:DESIGN|STYLE)" + r"\.md\b")
     for path in repo_files:

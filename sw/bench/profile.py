@@ -4,13 +4,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
-from ..data import load_fashion_mnist, to_float
-from ..locality.profile import profile
-from ..locality.taps import tap
-from ..models import load_reference
-
 
 def _best_of(fn, repeats: int) -> float:
     times = []
@@ -23,6 +16,13 @@ def _best_of(fn, repeats: int) -> float:
 
 def bench_profile(n_images: int = 2000, batch_size: int = 250, repeats: int = 5) -> dict:
     """Profiling throughput versus plain inference on the reference model (same batches)."""
+    import torch
+
+    from ..data import load_fashion_mnist, to_float
+    from ..locality.profile import profile
+    from ..locality.taps import tap
+    from ..models import load_reference
+
     model = load_reference()
     images = load_fashion_mnist("test").images[:n_images]
     tapped = tap(model)

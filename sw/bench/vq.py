@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import time
 
-import faiss
 import numpy as np
 
-from ..vq.methods import VQError, product_quantize
+from ..errors import VQError
 
 
 def bench_pq(size: int = 4096, k: int = 256, segment: int = 4, seed: int = 0) -> dict:
     """Train x-axis PQ of a Gaussian ``size x size`` matrix; wall-clock and CPU seconds."""
+    import faiss
+
+    from ..vq.methods import product_quantize
+
     if size < 1 or size < k:
         raise VQError(f"--size must be at least k={k}, not {size}")
     w = np.random.default_rng(seed).normal(0, 0.02, (size, size)).astype(np.float32)

@@ -25,7 +25,7 @@ def register(sub) -> None:
     q.add_argument("--out", type=Path, required=True, help="output folder")
     q.add_argument("--engine", action="append", metavar="NAME",
                    help="only this engine (repeatable; default: all)")
-    q.set_defaults(func=cmd_verilog)
+    q.set_defaults(func=cmd_verilog, needs_torch=False)
     for target, what in (("xo", "package the kernel as velcro_kernel.xo (Vivado)"),
                          ("xclbin", "link velcro_u280.xclbin for the Alveo U280 (Vivado, "
                           "v++)")):
@@ -34,14 +34,14 @@ def register(sub) -> None:
         q.add_argument("--out", type=Path, default=BUILD_FOLDER,
                        help=f"build folder (default: {BUILD_FOLDER})")
         q.add_argument("--force", action="store_true", help="rebuild even if up to date")
-        q.set_defaults(func=cmd_vitis)
+        q.set_defaults(func=cmd_vitis, needs_torch=False)
     q = targets.add_parser("estimate", help="Yosys resource estimate of the kernel against "
                            "the U280's capacity")
     q.add_argument("--json", type=Path, help="also write the figures as JSON")
     q.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="Yosys processes at a time, for the three parts synthesized "
                    "apart: dense engine, conv array, rest (default: %(default)s)")
-    q.set_defaults(func=cmd_estimate)
+    q.set_defaults(func=cmd_estimate, needs_torch=False)
 
 
 def cmd_verilog(args) -> None:

@@ -89,7 +89,8 @@ def register(sub) -> None:
                    help="sim: probability of a random pause per AXI channel and cycle")
     p.add_argument("--xclbin", type=Path, help="alveo: the bitstream (default: "
                    "bitstreams/build/velcro_u280.xclbin or $VELCRO_XCLBIN)")
-    p.set_defaults(func=cmd_run)
+    # Torch only for the opt-in float comparison.
+    p.set_defaults(func=cmd_run, needs_torch=lambda args: args.weights is not None)
 
 
 def cmd_export(args) -> None:

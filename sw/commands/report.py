@@ -29,7 +29,7 @@ def register(sub) -> None:
                            help=f"default RESULTS/{spec.name}, written by "
                            f"'{spec.writer} {spec.output.format(dir='RESULTS', path='FILE')}'"
                            + spec.note)
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_report, needs_torch=False)
 
 
 def cmd_report(args) -> None:
