@@ -12,4 +12,6 @@
     Where the kernel's ports reach on the card.
 ``top``
     The kernel; ``pool``, ``flatten``, ``records`` and ``buffers`` are its units.
+``sequencer``
+    The descriptor sequencer: runs the program, drives every unit, counts.
 """

@@ -20,10 +20,11 @@ from amaranth.lib.wiring import In, Out
 from ..axi.bus import axi4_lite_signature
 from .regmap import REGMAP, RegisterMap
 
-__all__ = ["ControlRegisters"]
+__all__ = ["ControlRegisters", "register_layout"]
 
 
-def _layout(registers) -> data.StructLayout:
+def register_layout(registers) -> data.StructLayout:
+    """One field per register, named and sized as the register."""
     return data.StructLayout({r.name: r.width for r in registers})
 
 
@@ -60,8 +61,8 @@ class ControlRegisters(wiring.Component):
             "ap_ready": In(1),
             "ap_idle": In(1),
             "interrupt": Out(1),
-            "args": Out(_layout(regmap.arguments)),
-            "status": In(_layout(regmap.status)),
+            "args": Out(register_layout(regmap.arguments)),
+            "status": In(register_layout(regmap.status)),
         })
 
     def elaborate(self, platform):

@@ -1,0 +1,696 @@
+"""The descriptor sequencer of ``velcro_kernel``: runs the program of a kernel call.
+
+Takes ``ap_start`` and the arguments from the control registers, the descriptors
+(:mod:`velcro.hw.kernel.descriptor`) from the program DMA's ``desc`` channel, and what
+it watches of the datapath: the busy, done and error flags of the DMAs, record
+adapters, buffer readers and engines, which input streams offer their first beat, the
+dense engine's output beats and the words in the pooling buffer. Gives every DMA
+command, the start and record count of every adapter and buffer reader, the settings
+and start of the conv array, pooler, flattener and dense engine, the selects of the
+kernel's stream multiplexers, the datapath reset, ``ap_idle``/``ap_done`` and the
+status registers, and the per-descriptor counter records. Each of its ports bundles
+the members of one unit under that unit's own names; :func:`attach` connects it.
+
+Per descriptor: ``FETCH`` (request the 64 bytes) -> ``WAIT_DESC`` -> ``DECODE``
+(opcode and ranges) -> ``ADDR`` (addresses) -> ``ISSUE`` (every DMA command and
+adapter of the op, in one cycle) -> ``PREFETCH`` (until the first data of every
+input stream is on chip, and two output channels' kernels for a conv layer) ->
+``RUN`` (start the engine, wait for its end) -> op-specific tails -> ``CHECK``
+(every stream consumed exactly, the engine accepted its parameters) -> ``ACCOUNT``
+(add the descriptor's counters to its record). ``END`` moves to the next image or,
+after the last, writes the counter records and finishes. The datapath is reset at
+the start of every run, and again when a run ends with an error: ``ABORT`` flushes
+the DMAs (requests already made are completed, their data dropped) and the run ends
+with ``ap_done`` like any other.
+
+Faults (the ``status`` register): an AXI error response on a read or the write, a
+bad descriptor (beyond ``max_program``, an unknown opcode, arguments beyond the
+configuration, a misaligned address, streams not consumed exactly, an engine that
+refused its parameters, a misaligned counter buffer) and the watchdog (a descriptor
+running for ``watchdog`` cycles). The first fault records the descriptor index and
+opcode in ``error_at``.
+
+Counters: ``busy`` counts the cycles in ``RUN`` (the engines' cost-model cycles plus
+the cycle that starts them), ``stall_cycles`` the cycles in ``WAIT_DESC``,
+``PREFETCH`` and waits for the write DMA; every other cycle of a descriptor is a
+fixed cost of the sequencer (:mod:`velcro.hw.kernel.cost`).
+
+Why one module: the states of the descriptor loop, the decode of the descriptor they
+act on, the checks that end a run and the counters it keeps all read the one
+descriptor register and the per-descriptor state (program counter, addresses, cycle
+counts); apart, that state would cross ports between modules that change together.
+"""
+
+from __future__ import annotations
+
+import enum
+from contextlib import contextmanager
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from ..axi.read import COMMAND
+from ..conv.array import LayerSignature, StatsSignature
+from ..conv.config import Op
+from ..dense.engine import command_layout
+from .config import COUNTERS, KernelConfig
+from .csr import register_layout
+from .descriptor import DESCRIPTOR, DESCRIPTOR_BYTES, Opcode
+from .records import COUNT_BITS, record_words
+from .regmap import REGMAP
+
+__all__ = ["OFFERED", "PACKED", "UNPACKED", "Ofmap", "Sequencer", "VectorWrite", "WriteData",
+           "attach"]
+
+OP_BITS = 32
+
+#: Record adapters, by stream: ``unpack_<name>`` and ``pack_<name>`` ports.
+UNPACKED = ("desc", "weights", "codebook", "requant", "params", "mask", "indices", "act",
+            "vec")
+PACKED = ("map", "out", "counters")
+#: Input streams whose first beat the sequencer waits for (``weights``: the weight
+#: FIFO's output, ``x``: the activation buffer's, ``pooled``: the pooling buffer's).
+OFFERED = ("act", "vec", "weights", "requant", "mask", "indices", "codebook", "params", "x",
+           "pooled")
+
+
+class Ofmap(enum.IntEnum):
+    """Where the conv array's output stream goes."""
+
+    NONE = 0
+    POOL = 1
+    FLATTEN = 2
+    STORE = 3        # the map packer
+
+
+class VectorWrite(enum.IntEnum):
+    """What writes the dense engine's activation buffer."""
+
+    NONE = 0
+    FLATTEN = 1
+    LOAD = 2         # the vector unpacker
+    DENSE = 3        # the dense engine's output
+
+
+class WriteData(enum.IntEnum):
+    """Which packer feeds the write DMA."""
+
+    OUT = 0
+    MAP = 1
+    COUNTERS = 2
+
+
+def _transfer(count, base=None, records=None) -> wiring.Signature:
+    """Start and watch a record adapter or a buffer reader."""
+    members = {"start": Out(1), "count": Out(count), "busy": In(1)}
+    if base is not None:
+        members["base"] = Out(base)
+    if records is not None:
+        members["records"] = In(stream.Signature(records))
+    return wiring.Signature(members)
+
+
+def _dma(*commands: str, busy: bool = False) -> wiring.Signature:
+    """Command streams, ``clear``, ``flush``, ``idle``, ``error`` (and ``busy``) of a DMA."""
+    members = {name: Out(stream.Signature(COMMAND)) for name in commands}
+    members.update({"clear": Out(1), "flush": Out(1), "idle": In(1), "error": In(1)})
+    if busy:
+        members["busy"] = In(1)
+    return wiring.Signature(members)
+
+
+def attach(m: Module, port, unit) -> None:
+    """Connect the sequencer's ``port`` to ``unit``, member to member of the same name."""
+    for name, member in port.signature.members.items():
+        ours, theirs = getattr(port, name), getattr(unit, name)
+        if member.is_signature:
+            wiring.connect(m, ours, theirs)
+        elif member.flow == Out:
+            m.d.comb += theirs.eq(ours)
+        else:
+            m.d.comb += ours.eq(theirs)
+
+
+class Sequencer(wiring.Component):
+    """Runs the descriptor program, once per image.
+
+    Parameters
+    ----------
+    config : KernelConfig
+
+    Attributes
+    ----------
+    csr : Out(bundle)
+        ``ap_start`` and ``args`` in; ``ap_idle``, ``ap_done``, ``ap_ready`` and
+        ``status`` out (:class:`~velcro.hw.kernel.csr.ControlRegisters`).
+    reset : Out(1)
+        Resets the datapath: at the start of a run and in ``ABORT``.
+    rd_program, rd_indices, rd_data, wr_data : Out(bundle)
+        Commands, ``clear``, ``flush``, ``idle``, ``error`` (``busy``) of the DMAs.
+    unpack_<name>, pack_<name> : Out(bundle)
+        ``start``, ``count`` and ``busy`` of the record adapters (:data:`UNPACKED`,
+        :data:`PACKED`); ``unpack_desc`` also delivers the descriptors.
+    vector_reader, pool_reader, counter_reader : Out(bundle)
+        ``start``, ``base``, ``count`` and ``busy`` of the buffer readers.
+    conv, pool, flatten, dense : Out(bundle)
+        Settings, start, done, busy and error flags of the engines; the conv array's
+        statistics.
+    offered : In(struct of :data:`OFFERED`)
+        The input streams that offer a beat.
+    weights_full, out_taken : In(1)
+        The weight FIFO is full; a dense output beat is taken.
+    pooled_words : In
+        Words written to the pooling buffer since ``issue``.
+    issue : Out(1)
+        The descriptor's commands are issued: the buffer write counters restart.
+    route : Out(bundle)
+        Stream selects: ``ifmap_pooled``, ``ofmap`` (:class:`Ofmap`), ``vector``
+        (:class:`VectorWrite`) at ``vector_base``, ``to_memory``, ``write``
+        (:class:`WriteData`).
+    counter_records : Out(bundle)
+        A synchronous read port of the counter records: ``addr`` in, ``data`` out.
+    """
+
+    def __init__(self, config: KernelConfig):
+        if not isinstance(config, KernelConfig):
+            raise TypeError(f"config must be a KernelConfig, not {config!r}")
+        self.config = config
+        c, vw, pw = config.conv, config.vector_words, config.pool_words
+        programs = config.max_program
+        shape = {"height": Out(range(c.max_height + 1)), "width": Out(range(c.max_width + 1))}
+        adapters = {f"unpack_{name}": _transfer(COUNT_BITS) for name in UNPACKED}
+        adapters["unpack_desc"] = _transfer(COUNT_BITS, records=8 * DESCRIPTOR_BYTES)
+        adapters.update({f"pack_{name}": _transfer(COUNT_BITS) for name in PACKED})
+        super().__init__({
+            "csr": Out(wiring.Signature({
+                "ap_start": In(1), "ap_done": Out(1), "ap_ready": Out(1), "ap_idle": Out(1),
+                "args": In(register_layout(REGMAP.arguments)),
+                "status": Out(register_layout(REGMAP.status))})),
+            "reset": Out(1),
+            "rd_program": Out(_dma("desc_cmd", "bulk_cmd", "small_cmd", "mask_cmd")),
+            "rd_indices": Out(_dma("indices_cmd")),
+            "rd_data": Out(_dma("act_cmd")),
+            "wr_data": Out(_dma("cmd", busy=True)),
+            **{name: Out(signature) for name, signature in adapters.items()},
+            "vector_reader": Out(_transfer(range(2 * vw + 1), range(2 * vw))),
+            "pool_reader": Out(_transfer(range(pw + 1), range(pw))),
+            "counter_reader": Out(_transfer(range(programs + 1), range(programs))),
+            "conv": Out(wiring.Signature({
+                "start": Out(1), "done": In(1), "error": In(1),
+                "layer": Out(LayerSignature(c)), "stats": In(StatsSignature())})),
+            "pool": Out(wiring.Signature({
+                "start": Out(1), "groups": Out(range(c.max_groups + 1)), **shape,
+                "busy": In(1)})),
+            "flatten": Out(wiring.Signature({
+                "start": Out(1), "channels": Out(range(c.max_channels + 1)), **shape,
+                "busy": In(1), "overflow": In(1)})),
+            "dense": Out(wiring.Signature({
+                "cmd": Out(stream.Signature(command_layout(config.dense))), "busy": In(1)})),
+            "offered": In(data.StructLayout(dict.fromkeys(OFFERED, 1))),
+            "weights_full": In(1),
+            "out_taken": In(1),
+            "pooled_words": In(range(pw + 1)),
+            "issue": Out(1),
+            "route": Out(wiring.Signature({
+                "ifmap_pooled": Out(1), "ofmap": Out(2), "vector": Out(2),
+                "vector_base": Out(range(2 * vw)), "to_memory": Out(1), "write": Out(2)})),
+            "counter_records": Out(wiring.Signature({
+                "addr": In(range(programs)), "data": Out(COUNTERS)})),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.config
+        wb = cfg.word_bytes
+        lanes = cfg.conv.lanes
+        dense_cfg = cfg.dense
+        vw = cfg.vector_words
+        m = Module()
+
+        csr, args, route, offered = self.csr, self.csr.args, self.route, self.offered
+        rd_prog, rd_idx, rd_data = self.rd_program, self.rd_indices, self.rd_data
+        readers = (rd_prog, rd_idx, rd_data)
+        wr = self.wr_data
+        unpack = {name: getattr(self, f"unpack_{name}") for name in UNPACKED}
+        pack = {name: getattr(self, f"pack_{name}") for name in PACKED}
+        x_reader, t_reader, c_reader = self.vector_reader, self.pool_reader, self.counter_reader
+        conv, pool, flat, dense = self.conv, self.pool, self.flatten, self.dense
+        dp_reset = self.reset
+
+        # Counter records: one per descriptor, accumulated over the images of a run.
+        m.submodules.counters = cmem = Memory(shape=COUNTERS, depth=cfg.max_program, init=[])
+        c_write = cmem.write_port()
+        c_old = cmem.read_port()
+        c_out = cmem.read_port()
+        m.d.comb += [c_out.addr.eq(self.counter_records.addr),
+                     self.counter_records.data.eq(c_out.data)]
+
+        # --- state ----------------------------------------------------------------------
+        desc = Signal(DESCRIPTOR)
+        op = desc.opcode
+        mp, cv, dn, vc = desc.args.map, desc.args.conv, desc.args.dense, desc.args.vec
+        pc = Signal(16)
+        end_pc = Signal(16)
+        image = Signal(32)
+        base = {name: Signal(64, name=f"base_{name}")
+                for name in ("program", "indices", "inputs", "outputs", "counters")}
+        images = Signal(32)
+        watchdog = Signal(32)
+        image_offset = Signal(64)
+        io_addr = Signal(64)
+        addr = {name: Signal(64, name=f"addr_{name}")
+                for name in ("bulk", "small", "mask", "indices")}
+        kick = Signal()                   # first cycle of RUN / POOL_RUN
+        out_seen = Signal(range(dense_cfg.max_groups + 1))
+
+        status = Signal(REGMAP["status"].width)
+        error_pc = Signal(16)
+        error_op = Signal(8)
+        images_done = Signal(32)
+        total = {name: Signal(64, name=f"total_{name}")
+                 for name in ("cycles", "mac_cycles", "skipped", "stall_cycles")}
+        op_cycles = Signal(OP_BITS)
+        op_busy = Signal(OP_BITS)
+        op_stall = Signal(OP_BITS)
+        in_busy = Signal()
+        in_stall = Signal()
+        bad = Signal()
+
+        def words(stream: str, records):
+            per_word, per_record = record_words(cfg.payload_bits(stream), wb)
+            if per_record == 1:
+                return (records + per_word - 1) >> exact_log2(per_word)
+            return records * per_record
+
+        def is_op(*opcodes):
+            return Cat(op == code for code in opcodes).any()
+
+        dense_beats = (dn.n_out + dense_cfg.lanes - 1) >> exact_log2(dense_cfg.lanes)
+        half = {"src": Mux(dn.src, vw, 0), "dst": Mux(Mux(op == Opcode.DENSE, dn.dst,
+                                                          Mux(op == Opcode.FLATTEN, mp.dst,
+                                                              vc.dst)), vw, 0)}
+
+        # --- engine settings and starts -----------------------------------------------------
+        layer = conv.layer
+        pool_load = Signal()
+        with m.Switch(op):
+            with m.Case(Opcode.CONV):
+                m.d.comb += [layer.op.eq(Op.CONV), layer.buf.eq(cv.buf),
+                             layer.c_in.eq(cv.c_in), layer.c_out.eq(cv.c_out),
+                             layer.height.eq(cv.height), layer.width.eq(cv.width),
+                             layer.stride.eq(cv.stride), layer.relu.eq(cv.relu),
+                             layer.skip.eq(cv.skip)]
+            with m.Case(Opcode.LOAD_MAP, Opcode.POOL, Opcode.FLATTEN, Opcode.STORE_MAP):
+                loading = (op == Opcode.LOAD_MAP) | pool_load
+                m.d.comb += [layer.op.eq(Mux(loading, Op.LOAD, Op.DRAIN)),
+                             layer.buf.eq(mp.buf), layer.c_in.eq(mp.channels),
+                             layer.height.eq(Mux(pool_load, mp.height >> 1, mp.height)),
+                             layer.width.eq(Mux(pool_load, mp.width >> 1, mp.width))]
+        m.d.comb += conv.start.eq(kick & is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL,
+                                               Opcode.FLATTEN, Opcode.STORE_MAP))
+        groups = sum(mp.channels > g * lanes for g in range(cfg.conv.max_groups))
+        m.d.comb += [pool.groups.eq(groups), pool.height.eq(mp.height),
+                     pool.width.eq(mp.width), pool.start.eq(kick & (op == Opcode.POOL) &
+                                                           ~pool_load),
+                     flat.channels.eq(mp.channels), flat.height.eq(mp.height),
+                     flat.width.eq(mp.width), flat.start.eq(kick & (op == Opcode.FLATTEN))]
+        cmd = dense.cmd.payload
+        m.d.comb += [cmd.n_seg.eq(dn.n_seg), cmd.s.eq(dn.s), cmd.index_bits.eq(dn.index_bits),
+                     cmd.n_out.eq(dn.n_out), cmd.relu.eq(dn.relu), cmd.logits.eq(dn.logits),
+                     dense.cmd.valid.eq(kick & (op == Opcode.DENSE))]
+        if dense_cfg.int8:
+            m.d.comb += cmd.int8.eq(dn.int8)
+        out_taken = self.out_taken
+        with m.If(out_taken):
+            m.d.sync += out_seen.eq(out_seen + 1)
+
+        # --- stream selects -----------------------------------------------------------------
+        m.d.comb += [route.ifmap_pooled.eq(op == Opcode.POOL), route.to_memory.eq(dn.to_memory),
+                     route.vector_base.eq(half["dst"])]
+        with m.Switch(op):
+            with m.Case(Opcode.POOL):
+                m.d.comb += route.ofmap.eq(Ofmap.POOL)
+            with m.Case(Opcode.FLATTEN):
+                m.d.comb += [route.ofmap.eq(Ofmap.FLATTEN), route.vector.eq(VectorWrite.FLATTEN)]
+            with m.Case(Opcode.STORE_MAP):
+                m.d.comb += [route.ofmap.eq(Ofmap.STORE), route.write.eq(WriteData.MAP)]
+            with m.Case(Opcode.LOAD_VEC):
+                m.d.comb += route.vector.eq(VectorWrite.LOAD)
+            with m.Case(Opcode.DENSE):
+                m.d.comb += route.vector.eq(VectorWrite.DENSE)
+
+        # --- faults -----------------------------------------------------------------------------
+        axi_read = Cat(r.error for r in readers).any()
+        over_time = (watchdog != 0) & (op_cycles >= watchdog)
+        status_reg = REGMAP["status"]
+        fault = Signal(status_reg.width)
+        for name, cause in (("AXI_READ", axi_read), ("AXI_WRITE", wr.error),
+                            ("BAD_DESCRIPTOR", bad), ("WATCHDOG", over_time)):
+            m.d.comb += fault[status_reg.field_named(name).bit].eq(cause)
+
+        c = cfg.conv
+        d = dense_cfg
+        streams_left = {
+            Opcode.LOAD_MAP: unpack["act"].busy,
+            Opcode.CONV: unpack["weights"].busy | offered.weights | unpack["requant"].busy |
+            unpack["mask"].busy,
+            Opcode.DENSE: unpack["indices"].busy | unpack["codebook"].busy |
+            unpack["params"].busy | x_reader.busy | dense.busy,
+            Opcode.LOAD_VEC: unpack["vec"].busy,
+            Opcode.FLATTEN: flat.overflow,
+        }
+        # The DMA commands each op issues, and the addresses they use.
+        needs = {
+            "act": is_op(Opcode.LOAD_MAP, Opcode.LOAD_VEC),
+            "bulk": (op == Opcode.CONV) | ((op == Opcode.DENSE) & (dn.codebook.records != 0)),
+            "small": is_op(Opcode.CONV, Opcode.DENSE),
+            "mask": (op == Opcode.CONV) & cv.skip,
+            "indices": op == Opcode.DENSE,
+            "write": (op == Opcode.STORE_MAP) | ((op == Opcode.DENSE) & dn.to_memory),
+        }
+        used_addr = {"act": io_addr, "bulk": addr["bulk"], "small": addr["small"],
+                     "mask": addr["mask"], "indices": addr["indices"], "write": io_addr}
+        misaligned = Signal()
+        m.d.comb += misaligned.eq(
+            Cat(needs[k] & (used_addr[k][:exact_log2(wb)] != 0) for k in needs).any())
+
+        # Descriptor checks, each in the state that makes it (registered inputs only).
+        def beyond(value, limit, low=1):
+            return (value < low) | (value > limit)
+
+        map_shape = beyond(mp.channels, c.max_channels) | beyond(mp.height, c.max_height) | \
+            beyond(mp.width, c.max_width)
+        decode_checks = {
+            Opcode.LOAD_MAP: map_shape,
+            Opcode.STORE_MAP: map_shape,
+            Opcode.FLATTEN: map_shape,
+            Opcode.POOL: map_shape | (mp.height < 2) | (mp.width < 2),
+            Opcode.CONV: beyond(cv.c_in, c.max_channels) | beyond(cv.c_out, c.max_channels) |
+            beyond(cv.height, c.max_height) | beyond(cv.width, c.max_width),
+            Opcode.DENSE: beyond(dn.n_out, d.max_n_out) | beyond(dn.n_seg, d.max_n_in) |
+            beyond(dn.s, d.max_s) | (~dn.int8 & beyond(dn.index_bits, d.index_bits)) |
+            (dn.int8 & Const(int(not d.int8), 1)) | beyond(dn.x_records, vw, 0) |
+            (~dn.to_memory & (dense_beats > vw)),
+            Opcode.LOAD_VEC: beyond(vc.io.records, vw, 0),
+            Opcode.END: Const(0, 1),
+        }
+        decode_bad = Signal()
+        with m.Switch(op):
+            for code, check in decode_checks.items():
+                with m.Case(code):
+                    m.d.comb += decode_bad.eq(check)
+            with m.Default():
+                m.d.comb += decode_bad.eq(1)
+        check_bad = Signal()
+        left = Const(0, 1)
+        for code, busy in streams_left.items():
+            left = left | ((op == code) & busy)
+        m.d.comb += check_bad.eq(left | (is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL,
+                                               Opcode.FLATTEN, Opcode.STORE_MAP) & conv.error))
+
+        # --- the descriptor loop ----------------------------------------------------------------
+        with m.FSM() as fsm:
+            @contextmanager
+            def active(name):
+                with m.State(name):
+                    with m.If(fault.any()):
+                        m.next = "ABORT"
+                    with m.Else():
+                        yield
+
+            with m.State("IDLE"):
+                m.d.comb += csr.ap_idle.eq(1)
+                m.d.sync += kick.eq(0)
+                with m.If(csr.ap_start):
+                    m.d.comb += [dp_reset.eq(1)] + [r.clear.eq(1) for r in readers] + \
+                        [wr.clear.eq(1)]
+                    m.d.sync += [base[name].eq(args[name]) for name in base]
+                    m.d.sync += [images.eq(args.images), watchdog.eq(args.watchdog),
+                                 image.eq(0), pc.eq(0), end_pc.eq(0), status.eq(0),
+                                 error_pc.eq(0), error_op.eq(0), images_done.eq(0),
+                                 op_cycles.eq(0)]
+                    m.d.sync += [t.eq(0) for t in total.values()]
+                    with m.If(args.images == 0):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "FETCH"
+
+            with active("FETCH"):
+                m.d.comb += [rd_prog.desc_cmd.valid.eq(1),
+                             rd_prog.desc_cmd.payload.addr.eq(base["program"] +
+                                                              pc * DESCRIPTOR_BYTES),
+                             rd_prog.desc_cmd.payload.words.eq(words("descriptor", 1)),
+                             unpack["desc"].start.eq(1), unpack["desc"].count.eq(1)]
+                with m.If(rd_prog.desc_cmd.ready):
+                    m.next = "WAIT_DESC"
+
+            with active("WAIT_DESC"):
+                m.d.comb += [in_stall.eq(1), unpack["desc"].records.ready.eq(1)]
+                with m.If(unpack["desc"].records.valid):
+                    m.d.sync += desc.eq(unpack["desc"].records.payload[:DESCRIPTOR.size])
+                    m.next = "DECODE"
+
+            with active("DECODE"):
+                stride = Mux(op == Opcode.DENSE, dn.out.stride,
+                             Mux(op == Opcode.LOAD_VEC, vc.io.stride, mp.io.stride))
+                m.d.sync += image_offset.eq(image * stride)
+                with m.If(op == Opcode.END):
+                    m.next = "END_IMAGE"
+                with m.Else():
+                    m.next = "ADDR"
+
+            with active("ADDR"):
+                io = Mux(op == Opcode.DENSE, dn.out.offset,
+                         Mux(op == Opcode.LOAD_VEC, vc.io.offset, mp.io.offset))
+                io_base = Mux(is_op(Opcode.LOAD_MAP, Opcode.LOAD_VEC), base["inputs"],
+                              base["outputs"])
+                m.d.sync += [
+                    io_addr.eq(io_base + io + image_offset),
+                    addr["bulk"].eq(base["program"] + Mux(op == Opcode.CONV, cv.weights.offset,
+                                                          dn.codebook.offset)),
+                    addr["small"].eq(base["program"] + Mux(op == Opcode.CONV,
+                                                           cv.requant.offset,
+                                                           dn.params.offset)),
+                    addr["mask"].eq(base["program"] + cv.mask.offset),
+                    addr["indices"].eq(base["indices"] + dn.indices.offset),
+                ]
+                m.next = "ISSUE"
+
+            with active("ISSUE"):
+                commands = {"act": rd_data.act_cmd, "bulk": rd_prog.bulk_cmd,
+                            "small": rd_prog.small_cmd, "mask": rd_prog.mask_cmd,
+                            "indices": rd_idx.indices_cmd, "write": wr.cmd}
+                all_ready = Cat(~needs[k] | commands[k].ready for k in needs).all()
+                conv_op = op == Opcode.CONV
+                act_records = Mux(op == Opcode.LOAD_VEC, vc.io.records, mp.io.records)
+                m.d.comb += [
+                    rd_data.act_cmd.payload.addr.eq(io_addr),
+                    rd_data.act_cmd.payload.words.eq(Mux(op == Opcode.LOAD_VEC,
+                                                         words("x", vc.io.records),
+                                                         words("act", mp.io.records))),
+                    rd_prog.bulk_cmd.payload.addr.eq(addr["bulk"]),
+                    rd_prog.bulk_cmd.payload.words.eq(Mux(
+                        conv_op, words("weights", cv.weights.records),
+                        words("codebook", dn.codebook.records))),
+                    rd_prog.small_cmd.payload.addr.eq(addr["small"]),
+                    rd_prog.small_cmd.payload.words.eq(Mux(
+                        conv_op, words("requant", cv.requant.records),
+                        words("params", dn.params.records))),
+                    rd_prog.mask_cmd.payload.addr.eq(addr["mask"]),
+                    rd_prog.mask_cmd.payload.words.eq(words("mask", cv.mask.records)),
+                    rd_idx.indices_cmd.payload.addr.eq(addr["indices"]),
+                    rd_idx.indices_cmd.payload.words.eq(words("indices", dn.indices.records)),
+                    wr.cmd.payload.addr.eq(io_addr),
+                    wr.cmd.payload.words.eq(Mux(op == Opcode.STORE_MAP,
+                                                words("act", mp.io.records),
+                                                words("out", dense_beats))),
+                ]
+                with m.If(all_ready & ~misaligned):
+                    m.d.comb += [commands[k].valid.eq(needs[k]) for k in needs]
+                    starts = {
+                        "act": (op == Opcode.LOAD_MAP, act_records),
+                        "vec": (op == Opcode.LOAD_VEC, act_records),
+                        "weights": (conv_op, cv.weights.records),
+                        "requant": (conv_op, cv.requant.records),
+                        "mask": (conv_op & cv.skip, cv.mask.records),
+                        "indices": (op == Opcode.DENSE, dn.indices.records),
+                        "codebook": (op == Opcode.DENSE, dn.codebook.records),
+                        "params": (op == Opcode.DENSE, dn.params.records),
+                    }
+                    for name, (when, count) in starts.items():
+                        m.d.comb += [unpack[name].start.eq(when), unpack[name].count.eq(count)]
+                    m.d.comb += [
+                        pack["map"].start.eq(op == Opcode.STORE_MAP),
+                        pack["map"].count.eq(mp.io.records),
+                        pack["out"].start.eq((op == Opcode.DENSE) & dn.to_memory),
+                        pack["out"].count.eq(dense_beats),
+                        x_reader.start.eq(op == Opcode.DENSE),
+                        x_reader.base.eq(half["src"]), x_reader.count.eq(dn.x_records),
+                        self.issue.eq(1),
+                    ]
+                    m.d.sync += out_seen.eq(0)
+                    with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.DENSE,
+                                    Opcode.LOAD_VEC)):
+                        m.next = "PREFETCH"
+                    with m.Else():
+                        m.d.sync += kick.eq(1)
+                        m.next = "RUN"
+
+            with active("PREFETCH"):
+                m.d.comb += in_stall.eq(1)
+                weights_ready = self.weights_full | ~unpack["weights"].busy
+                ready = Mux(op == Opcode.LOAD_MAP, offered.act,
+                        Mux(op == Opcode.LOAD_VEC, offered.vec,
+                        Mux(op == Opcode.CONV,
+                            weights_ready & offered.requant & (~cv.skip | offered.mask),
+                            offered.x & offered.indices & offered.params &
+                            ((dn.codebook.records == 0) | offered.codebook))))
+                with m.If(ready):
+                    m.d.sync += kick.eq(op != Opcode.LOAD_VEC)
+                    m.next = "RUN"
+
+            with active("RUN"):
+                m.d.comb += in_busy.eq(1)
+                m.d.sync += kick.eq(0)
+                last_out = out_taken & (out_seen == dense_beats - 1)
+                with m.Switch(op):
+                    with m.Case(Opcode.LOAD_MAP, Opcode.CONV):
+                        with m.If(conv.done):
+                            m.next = "CHECK"
+                    with m.Case(Opcode.POOL):
+                        with m.If(conv.done):
+                            m.next = "POOL_TAIL"
+                    with m.Case(Opcode.FLATTEN):
+                        with m.If(conv.done):
+                            m.next = "FLATTEN_TAIL"
+                    with m.Case(Opcode.STORE_MAP):
+                        with m.If(conv.done):
+                            m.next = "FINISH"
+                    with m.Case(Opcode.DENSE):
+                        with m.If(last_out & dn.to_memory):
+                            m.next = "FINISH"
+                        with m.Elif(last_out):
+                            m.next = "CHECK"
+                    with m.Case(Opcode.LOAD_VEC):
+                        with m.If(~unpack["vec"].busy):
+                            m.next = "CHECK"
+
+            with active("POOL_TAIL"):
+                with m.If(~pool.busy):
+                    m.d.comb += [t_reader.start.eq(1), t_reader.base.eq(0),
+                                 t_reader.count.eq(self.pooled_words)]
+                    m.next = "POOL_PREFETCH"
+
+            with active("POOL_PREFETCH"):
+                with m.If(offered.pooled):
+                    m.d.sync += kick.eq(1)
+                    m.next = "POOL_RUN"
+
+            with active("POOL_RUN"):
+                m.d.comb += [in_busy.eq(1), pool_load.eq(1)]
+                m.d.sync += kick.eq(0)
+                with m.If(conv.done):
+                    m.next = "CHECK"
+
+            with active("FLATTEN_TAIL"):
+                with m.If(~flat.busy):
+                    m.next = "CHECK"
+
+            with active("FINISH"):
+                m.d.comb += in_stall.eq(1)
+                with m.If(~wr.busy & ~pack["map"].busy & ~pack["out"].busy):
+                    m.next = "CHECK"
+
+            with active("CHECK"):
+                m.next = "ACCOUNT"
+
+            with active("ACCOUNT"):
+                first = image == 0
+                is_conv = op == Opcode.CONV
+                record = {
+                    "cycles": op_cycles + 1,
+                    "busy": op_busy,
+                    "mac_cycles": Mux(is_conv, conv.stats.mac_cycles, 0),
+                    "skipped": Mux(is_conv, conv.stats.skipped, 0),
+                    "stall_cycles": op_stall,
+                }
+                m.d.comb += [c_write.addr.eq(pc), c_write.en.eq(1)]
+                for name, value in record.items():
+                    m.d.comb += c_write.data[name].eq(Mux(first, 0, c_old.data[name]) + value)
+                m.d.sync += [total["mac_cycles"].eq(total["mac_cycles"] + record["mac_cycles"]),
+                             total["skipped"].eq(total["skipped"] + record["skipped"]),
+                             pc.eq(pc + 1)]
+                m.next = "FETCH"
+
+            with active("END_IMAGE"):
+                m.d.sync += [images_done.eq(images_done + 1), end_pc.eq(pc),
+                             image.eq(image + 1)]
+                with m.If(image + 1 < images):
+                    m.d.sync += pc.eq(0)
+                    m.next = "FETCH"
+                with m.Else():
+                    m.next = "COUNTERS"
+
+            with active("COUNTERS"):
+                with m.If(end_pc == 0):
+                    m.next = "DONE"
+                with m.Elif(wr.cmd.ready):
+                    m.d.comb += [wr.cmd.valid.eq(1), wr.cmd.payload.addr.eq(base["counters"]),
+                                 wr.cmd.payload.words.eq(words("counters", end_pc)),
+                                 pack["counters"].start.eq(1),
+                                 pack["counters"].count.eq(end_pc),
+                                 c_reader.start.eq(1), c_reader.base.eq(0),
+                                 c_reader.count.eq(end_pc)]
+                    m.next = "COUNTERS_WAIT"
+
+            with active("COUNTERS_WAIT"):
+                m.d.comb += [in_stall.eq(1), route.write.eq(WriteData.COUNTERS)]
+                with m.If(~wr.busy & ~pack["counters"].busy & ~c_reader.busy):
+                    m.next = "DONE"
+
+            with m.State("ABORT"):
+                m.d.comb += [dp_reset.eq(1), wr.flush.eq(1)] + [r.flush.eq(1) for r in readers]
+                with m.If(Cat(r.idle for r in readers).all() & wr.idle):
+                    m.next = "DONE"
+
+            with m.State("DONE"):
+                m.d.comb += [csr.ap_done.eq(1), csr.ap_ready.eq(1)]
+                m.next = "IDLE"
+
+        m.d.comb += bad.eq(
+            (fsm.ongoing("FETCH") & (pc >= cfg.max_program)) |
+            (fsm.ongoing("DECODE") & decode_bad) |
+            (fsm.ongoing("ISSUE") & misaligned) |
+            (fsm.ongoing("CHECK") & check_bad) |
+            (fsm.ongoing("COUNTERS") & (base["counters"][:exact_log2(wb)] != 0)))
+
+        # --- counters and status ------------------------------------------------------------
+        running = ~fsm.ongoing("IDLE")
+        with m.If(running):
+            m.d.sync += total["cycles"].eq(total["cycles"] + 1)
+        with m.If(in_stall):
+            m.d.sync += total["stall_cycles"].eq(total["stall_cycles"] + 1)
+        with m.If(fsm.ongoing("FETCH") | fsm.ongoing("COUNTERS")):
+            m.d.sync += [op_cycles.eq(1), op_busy.eq(0), op_stall.eq(0)]
+        with m.Elif(running):
+            m.d.sync += [op_cycles.eq(op_cycles + 1), op_busy.eq(op_busy + in_busy),
+                         op_stall.eq(op_stall + in_stall)]
+        m.d.comb += c_old.addr.eq(pc)
+        active_state = running & ~fsm.ongoing("ABORT") & ~fsm.ongoing("DONE")
+        with m.If(active_state & fault.any()):
+            m.d.sync += [status.eq(fault), error_pc.eq(pc), error_op.eq(op)]
+        st = csr.status
+        where = REGMAP["error_at"]
+        m.d.comb += [
+            st.status.eq(status),
+            st.error_at.eq((error_pc << where.field_named("PC").bit) |
+                           (error_op << where.field_named("OPCODE").bit)),
+            st.images_done.eq(images_done),
+            st.cycles.eq(total["cycles"]),
+            st.mac_cycles.eq(total["mac_cycles"]),
+            st.skipped.eq(total["skipped"]),
+            st.stall_cycles.eq(total["stall_cycles"]),
+        ]
+        return m
