@@ -34,6 +34,10 @@ magnitude is at most ``max|x| * sum_k |w[o, k]|``. When that bound is at most
 addition or fused multiply-add ever rounds; otherwise float64 is used, exact up to
 ``2**53``. :class:`_Matrix` computes the bound from the weights (``max|x| = 128`` for
 int8 inputs) and picks the type; biases are added afterwards in int64.
+
+Why one module: it is the specification. Every integer rule above and the op
+functions that apply them are read together when the RTL, the kernel's model or the
+host stages disagree with it; split, the rules would be stated once per file.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Cost model of ``velcro_kernel``: cycles of every descriptor from its shapes and masks.
 
-A descriptor's cycles split three ways (:mod:`velcro.hw.kernel.top`):
+A descriptor's cycles split three ways (:mod:`velcro.hw.kernel.sequencer`):
 
 ``busy``
     Cycles in ``RUN`` (and ``POOL_RUN``): the cycle that starts an engine plus the
