@@ -388,3 +388,27 @@ def test_stdout_holds_the_summary_even_when_writing_fails(package, tmp_path):
     assert re.match(r"footwear on golden: accuracy \d+\.\d\d% on 5 images", first)
     assert load(package).C > 0
     assert io.StringIO(result.stdout).read().count("\n") == 1
+
+
+def test_two_commands_writing_one_json_leave_one_complete_record(package, tmp_path):
+    """Two ``velcro run`` processes write the same ``--json`` while a reader polls it: every
+    read is a complete record of one of them, and the last one standing is complete."""
+    out = tmp_path / "run.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    writers = [subprocess.Popen([sys.executable, "-m", "velcro.sw.cli", "run", "--package",
+                                 str(package), "--images", str(n), "--json", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=env)
+               for n in (7, 11)]
+    seen = set()
+    while any(w.poll() is None for w in writers):
+        try:
+            text = out.read_text()
+        except FileNotFoundError:
+            continue
+        seen.add(json.loads(text)["images"])
+    for w in writers:
+        assert w.wait() == 0, w.stderr.read()
+    assert seen <= {7, 11}
+    assert json.loads(out.read_text())["images"] in (7, 11)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
