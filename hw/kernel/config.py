@@ -27,8 +27,9 @@ from .records import record_bytes, words_for
 __all__ = ["COUNTERS", "CONFIGS", "KernelConfig", "SHIPPED", "SMALL", "STATUS_BLOCK",
            "STATUS_MAGIC", "STREAMS"]
 
-#: One record per descriptor, written at the end of a run: the descriptor's totals
-#: over all images of the run.
+#: One record per descriptor, written at the end of a run that succeeds, after the
+#: status block (:data:`STATUS_BLOCK`): the descriptor's totals over all images of
+#: the run.
 COUNTERS = data.StructLayout({
     "cycles": 64,        # from fetching the descriptor to finishing it
     "busy": 64,          # engine running (the cost model's cycles, plus start cycles)

@@ -7,9 +7,10 @@ adapters, buffer readers and engines, which input streams offer their first beat
 dense engine's output beats and the words in the pooling buffer. Gives every DMA
 command, the start and record count of every adapter and buffer reader, the settings
 and start of the conv array, pooler, flattener and dense engine, the selects of the
-kernel's stream multiplexers, the datapath reset, ``ap_idle``/``ap_done`` and the
-status registers, the per-descriptor counter records and the status block. Each of its ports bundles
-the members of one unit under that unit's own names; :func:`attach` connects it.
+kernel's stream multiplexers, the datapath reset, ``ap_idle``/``ap_done``, the status
+registers, the per-descriptor counter records and the status block. Each of its
+ports bundles the members of one unit under that unit's own names; :func:`attach`
+connects it.
 
 Per descriptor: ``FETCH`` (request the 64 bytes) -> ``WAIT_DESC`` -> ``DECODE``
 (opcode and ranges) -> ``ADDR`` (addresses) -> ``ISSUE`` (every DMA command and

@@ -35,8 +35,8 @@ Sequencer
 the control registers and the state of every unit, and gives the DMA commands, the
 starts of the adapters, buffer readers and engines, the selects of the stream
 multiplexers below, the datapath reset (at the start of every run and when a run ends
-with an error) and the status registers. Each of its ports is named after the unit it
-connects to.
+with an error), the status registers and the status block. Each of its ports is
+named after the unit it connects to.
 """
 
 from __future__ import annotations
