@@ -6,7 +6,8 @@ on one simulated card:
 
 ``{"run": images, "timeout": s}``
     ``Accelerator.run`` on uint8 images; the outcome holds the logits, the
-    per-descriptor counters and the run totals, or the exception it raised.
+    per-descriptor counters and the run totals, or the exception it raised, and the
+    bytes of the last status block the kernel wrote (``block``).
 ``{"watchdog": cycles}``
     The per-descriptor limit the driver gives the kernel from now on (0: none).
 ``{"fail": (argument, offset, length)}``, ``{"fail_writes": port}``, ``{"heal": True}``
@@ -65,6 +66,7 @@ def _session(platform: SimPlatform, payload: dict) -> dict:
             except DeviceError as e:
                 outcome["error"] = e
             outcome["totals"] = dict(accelerator.last_totals)
+            outcome["block"] = accelerator.driver.last_block
         elif "watchdog" in action:
             accelerator.driver.watchdog = action["watchdog"]
         elif "fail" in action:

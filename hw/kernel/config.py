@@ -24,10 +24,12 @@ from ..dense.requant import PARAMS
 from .descriptor import DESCRIPTOR_BYTES
 from .records import record_bytes, words_for
 
-__all__ = ["COUNTERS", "CONFIGS", "KernelConfig", "SHIPPED", "SMALL", "STREAMS"]
+__all__ = ["COUNTERS", "CONFIGS", "KernelConfig", "SHIPPED", "SMALL", "STATUS_BLOCK",
+           "STATUS_MAGIC", "STREAMS"]
 
-#: One record per descriptor, written at the end of a run: the descriptor's totals
-#: over all images of the run.
+#: One record per descriptor, written at the end of a run that succeeds, after the
+#: status block (:data:`STATUS_BLOCK`): the descriptor's totals over all images of
+#: the run.
 COUNTERS = data.StructLayout({
     "cycles": 64,        # from fetching the descriptor to finishing it
     "busy": 64,          # engine running (the cost model's cycles, plus start cycles)
@@ -36,9 +38,31 @@ COUNTERS = data.StructLayout({
     "stall_cycles": 64,  # waiting for device memory
 })
 
+#: The status block: one record at the start of the ``counters`` buffer
+#: (:attr:`KernelConfig.status_bytes`), written at the end of every run, whether it
+#: succeeded, faulted or hit the watchdog, after the per-descriptor records (which
+#: follow it, and are written only by a run that succeeds) and after the DMAs of a
+#: faulted run are flushed. It holds what the status registers hold at ``ap_done``,
+#: except for the wait for its own write: ``cycles`` and ``stall_cycles`` leave that
+#: wait out, so ``cycles - stall_cycles`` is the registers' figure. ``magic`` is
+#: :data:`STATUS_MAGIC`, which tells a written block from the zeros of a buffer the
+#: kernel could not write.
+STATUS_BLOCK = data.StructLayout({
+    "magic": 32,
+    "status": 32,        # error bits (the ``status`` register; 0: success)
+    "error_at": 32,      # descriptor index and opcode of the first error
+    "images_done": 32,
+    "cycles": 64,
+    "mac_cycles": 64,
+    "skipped": 64,
+    "stall_cycles": 64,
+})
+#: The ``magic`` word of every status block: ``"VELC"`` in ASCII.
+STATUS_MAGIC = 0x564C4543
+
 #: Streams in device memory, by name (see :meth:`KernelConfig.payload_bits`).
 STREAMS = ("descriptor", "act", "weights", "requant", "mask", "x", "indices", "codebook",
-           "params", "out", "counters")
+           "params", "out", "counters", "status")
 
 
 @dataclass(frozen=True)
@@ -108,6 +132,7 @@ class KernelConfig:
             "params": PARAMS.size,
             "out": 32 * self.dense.lanes,
             "counters": COUNTERS.size,
+            "status": STATUS_BLOCK.size,
         }
         try:
             return sizes[stream]
@@ -121,6 +146,12 @@ class KernelConfig:
     def words(self, stream: str, records: int) -> int:
         """AXI words holding ``records`` records of ``stream``."""
         return words_for(records, self.payload_bits(stream), self.word_bytes)
+
+    @property
+    def status_bytes(self) -> int:
+        """Bytes of the status block, a whole number of words: the per-descriptor
+        counter records start this far into the ``counters`` buffer."""
+        return self.words("status", 1) * self.word_bytes
 
     @property
     def vector_words(self) -> int:

@@ -18,7 +18,9 @@ A descriptor's cycles split three ways (:mod:`velcro.hw.kernel.sequencer`):
 
 so ``cycles == fixed + busy + stall`` for every descriptor, and ``busy`` equals the
 model's figure unless a stream ran dry. ``END`` costs :data:`END_FIXED` plus its
-fetch stall.
+fetch stall, and a run :data:`RUN_FIXED` besides its descriptors; the status block a
+run ends with counts the same fixed cycles as the status registers, and leaves out
+only the wait for its own write from ``cycles`` and ``stall_cycles``.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ STEP_FIXED = 6
 #: FETCH, DECODE, END_IMAGE.
 END_FIXED = 3
 #: Cycles of a run outside its descriptors: the start cycle is the first FETCH; the
-#: counter write-out takes COUNTERS (1) and DONE (1) besides its stall.
-RUN_FIXED = 2
+#: counter write-out takes COUNTERS (1), the status block STATUS (1), then DONE (1),
+#: besides their stalls.
+RUN_FIXED = 3
 
 
 @dataclass(frozen=True)

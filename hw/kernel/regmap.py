@@ -24,7 +24,10 @@ after the arguments: status
     Read-only, updated by the kernel during a run and stable after it: error bits,
     where the error happened, images finished, and the performance counters of the
     whole run (64-bit). They are not kernel arguments, so ``kernel.xml`` does not
-    list them and XRT's scheduler never writes them.
+    list them and XRT's scheduler never writes them. The kernel also writes them to
+    device memory at the end of every run, as the status block at the start of the
+    ``counters`` buffer (:data:`~velcro.hw.kernel.config.STATUS_BLOCK`), for hosts
+    that cannot read registers.
 
 Arguments that are device-memory pointers name the ``m_axi`` port that reads or
 writes through them (:data:`PORTS`); buffers must be allocated in a memory bank that
@@ -241,7 +244,7 @@ ARGUMENTS = (
     Argument("inputs", 64, "void*", "m_axi_data", "input tensors, one per image"),
     Argument("outputs", 64, "void*", "m_axi_data", "results, one per image"),
     Argument("counters", 64, "void*", "m_axi_data",
-             "per-descriptor counters, written at the end of the run"),
+             "status block and per-descriptor counters, written at the end of the run"),
     Argument("images", 32, "unsigned int", doc="images of this run"),
     Argument("watchdog", 32, "unsigned int",
              doc="most cycles one descriptor may take before the run is ended with an "

@@ -7,9 +7,10 @@ adapters, buffer readers and engines, which input streams offer their first beat
 dense engine's output beats and the words in the pooling buffer. Gives every DMA
 command, the start and record count of every adapter and buffer reader, the settings
 and start of the conv array, pooler, flattener and dense engine, the selects of the
-kernel's stream multiplexers, the datapath reset, ``ap_idle``/``ap_done`` and the
-status registers, and the per-descriptor counter records. Each of its ports bundles
-the members of one unit under that unit's own names; :func:`attach` connects it.
+kernel's stream multiplexers, the datapath reset, ``ap_idle``/``ap_done``, the status
+registers, the per-descriptor counter records and the status block. Each of its
+ports bundles the members of one unit under that unit's own names; :func:`attach`
+connects it.
 
 Per descriptor: ``FETCH`` (request the 64 bytes) -> ``WAIT_DESC`` -> ``DECODE``
 (opcode and ranges) -> ``ADDR`` (addresses) -> ``ISSUE`` (every DMA command and
@@ -18,10 +19,13 @@ input stream is on chip, and two output channels' kernels for a conv layer) ->
 ``RUN`` (start the engine, wait for its end) -> op-specific tails -> ``CHECK``
 (every stream consumed exactly, the engine accepted its parameters) -> ``ACCOUNT``
 (add the descriptor's counters to its record). ``END`` moves to the next image or,
-after the last, writes the counter records and finishes. The datapath is reset at
+after the last, writes the counter records (``COUNTERS``). The datapath is reset at
 the start of every run, and again when a run ends with an error: ``ABORT`` flushes
-the DMAs (requests already made are completed, their data dropped) and the run ends
-with ``ap_done`` like any other.
+the DMAs (requests already made are completed, their data dropped). Every run ends
+in ``STATUS``, which writes the status block
+(:data:`~velcro.hw.kernel.config.STATUS_BLOCK`) to the start of the counter buffer,
+and ends with ``ap_done`` once that write is acknowledged; a host without register
+access reads the outcome of the run there.
 
 Faults (the ``status`` register): an AXI error response on a read or the write, a
 bad descriptor (beyond ``max_program``, an unknown opcode, arguments beyond the
@@ -33,7 +37,9 @@ opcode in ``error_at``.
 Counters: ``busy`` counts the cycles in ``RUN`` (the engines' cost-model cycles plus
 the cycle that starts them), ``stall_cycles`` the cycles in ``WAIT_DESC``,
 ``PREFETCH`` and waits for the write DMA; every other cycle of a descriptor is a
-fixed cost of the sequencer (:mod:`velcro.hw.kernel.cost`).
+fixed cost of the sequencer (:mod:`velcro.hw.kernel.cost`). The status block
+takes the totals in ``STATUS`` and counts that cycle and ``DONE`` in them; the wait
+for its own write (a stall of the registers' totals) is the one thing it leaves out.
 
 Why one module: the states of the descriptor loop, the decode of the descriptor they
 act on, the checks that end a run and the counters it keeps all read the one
@@ -56,7 +62,7 @@ from ..axi.read import COMMAND
 from ..conv.array import LayerSignature, StatsSignature
 from ..conv.config import Op
 from ..dense.engine import command_layout
-from .config import COUNTERS, KernelConfig
+from .config import COUNTERS, STATUS_BLOCK, STATUS_MAGIC, KernelConfig
 from .csr import register_layout
 from .descriptor import DESCRIPTOR, DESCRIPTOR_BYTES, Opcode
 from .records import COUNT_BITS, record_words
@@ -70,7 +76,7 @@ OP_BITS = 32
 #: Record adapters, by stream: ``unpack_<name>`` and ``pack_<name>`` ports.
 UNPACKED = ("desc", "weights", "codebook", "requant", "params", "mask", "indices", "act",
             "vec")
-PACKED = ("map", "out", "counters")
+PACKED = ("map", "out", "counters", "status")
 #: Input streams whose first beat the sequencer waits for (``weights``: the weight
 #: FIFO's output, ``x``: the activation buffer's, ``pooled``: the pooling buffer's).
 OFFERED = ("act", "vec", "weights", "requant", "mask", "indices", "codebook", "params", "x",
@@ -101,6 +107,7 @@ class WriteData(enum.IntEnum):
     OUT = 0
     MAP = 1
     COUNTERS = 2
+    STATUS = 3
 
 
 def _transfer(count, base=None, records=None) -> wiring.Signature:
@@ -172,6 +179,8 @@ class Sequencer(wiring.Component):
         (:class:`WriteData`).
     counter_records : Out(bundle)
         A synchronous read port of the counter records: ``addr`` in, ``data`` out.
+    status_block : Out(stream of STATUS_BLOCK)
+        The status block, one record per run, to its packer.
     """
 
     def __init__(self, config: KernelConfig):
@@ -219,6 +228,7 @@ class Sequencer(wiring.Component):
                 "vector_base": Out(range(2 * vw)), "to_memory": Out(1), "write": Out(2)})),
             "counter_records": Out(wiring.Signature({
                 "addr": In(range(programs)), "data": Out(COUNTERS)})),
+            "status_block": Out(stream.Signature(STATUS_BLOCK)),
         })
 
     def elaborate(self, platform):
@@ -277,6 +287,10 @@ class Sequencer(wiring.Component):
         in_busy = Signal()
         in_stall = Signal()
         bad = Signal()
+        block = self.status_block
+        status_now = Signal.like(status)
+        error_at_now = Signal(REGMAP["error_at"].width)
+        counters_misaligned = base["counters"][:exact_log2(wb)] != 0
 
         def words(stream: str, records):
             per_word, per_record = record_words(cfg.payload_bits(stream), wb)
@@ -433,7 +447,7 @@ class Sequencer(wiring.Component):
                                  op_cycles.eq(0)]
                     m.d.sync += [t.eq(0) for t in total.values()]
                     with m.If(args.images == 0):
-                        m.next = "DONE"
+                        m.next = "STATUS"
                     with m.Else():
                         m.next = "FETCH"
 
@@ -635,9 +649,10 @@ class Sequencer(wiring.Component):
 
             with active("COUNTERS"):
                 with m.If(end_pc == 0):
-                    m.next = "DONE"
+                    m.next = "STATUS"
                 with m.Elif(wr.cmd.ready):
-                    m.d.comb += [wr.cmd.valid.eq(1), wr.cmd.payload.addr.eq(base["counters"]),
+                    m.d.comb += [wr.cmd.valid.eq(1),
+                                 wr.cmd.payload.addr.eq(base["counters"] + cfg.status_bytes),
                                  wr.cmd.payload.words.eq(words("counters", end_pc)),
                                  pack["counters"].start.eq(1),
                                  pack["counters"].count.eq(end_pc),
@@ -648,11 +663,42 @@ class Sequencer(wiring.Component):
             with active("COUNTERS_WAIT"):
                 m.d.comb += [in_stall.eq(1), route.write.eq(WriteData.COUNTERS)]
                 with m.If(~wr.busy & ~pack["counters"].busy & ~c_reader.busy):
-                    m.next = "DONE"
+                    m.next = "STATUS"
 
             with m.State("ABORT"):
                 m.d.comb += [dp_reset.eq(1), wr.flush.eq(1)] + [r.flush.eq(1) for r in readers]
                 with m.If(Cat(r.idle for r in readers).all() & wr.idle):
+                    m.next = "STATUS"
+
+            # Not an active state: the block of a faulted run is written all the same.
+            with m.State("STATUS"):
+                with m.If(counters_misaligned):
+                    m.next = "DONE"
+                with m.Elif(wr.cmd.ready):
+                    m.d.comb += [wr.cmd.valid.eq(1), wr.cmd.payload.addr.eq(base["counters"]),
+                                 wr.cmd.payload.words.eq(words("status", 1)),
+                                 pack["status"].start.eq(1), pack["status"].count.eq(1)]
+                    # The totals so far, this cycle and DONE's: all but the write's wait.
+                    m.d.sync += [
+                        block.payload.magic.eq(STATUS_MAGIC),
+                        block.payload.status.eq(status_now),
+                        block.payload.error_at.eq(error_at_now),
+                        block.payload.images_done.eq(images_done),
+                        block.payload.cycles.eq(total["cycles"] + 2),
+                        block.payload.mac_cycles.eq(total["mac_cycles"]),
+                        block.payload.skipped.eq(total["skipped"]),
+                        block.payload.stall_cycles.eq(total["stall_cycles"]),
+                        block.valid.eq(1),
+                    ]
+                    m.next = "STATUS_WAIT"
+                with m.Else():
+                    m.d.comb += in_stall.eq(1)
+
+            with m.State("STATUS_WAIT"):
+                m.d.comb += [in_stall.eq(1), route.write.eq(WriteData.STATUS)]
+                with m.If(block.ready):
+                    m.d.sync += block.valid.eq(0)
+                with m.If(~block.valid & ~wr.busy & ~pack["status"].busy):
                     m.next = "DONE"
 
             with m.State("DONE"):
@@ -664,7 +710,7 @@ class Sequencer(wiring.Component):
             (fsm.ongoing("DECODE") & decode_bad) |
             (fsm.ongoing("ISSUE") & misaligned) |
             (fsm.ongoing("CHECK") & check_bad) |
-            (fsm.ongoing("COUNTERS") & (base["counters"][:exact_log2(wb)] != 0)))
+            (fsm.ongoing("COUNTERS") & counters_misaligned))
 
         # --- counters and status ------------------------------------------------------------
         running = ~fsm.ongoing("IDLE")
@@ -678,15 +724,18 @@ class Sequencer(wiring.Component):
             m.d.sync += [op_cycles.eq(op_cycles + 1), op_busy.eq(op_busy + in_busy),
                          op_stall.eq(op_stall + in_stall)]
         m.d.comb += c_old.addr.eq(pc)
-        active_state = running & ~fsm.ongoing("ABORT") & ~fsm.ongoing("DONE")
+        ending = Cat(fsm.ongoing(name) for name in ("ABORT", "STATUS", "STATUS_WAIT", "DONE"))
+        active_state = running & ~ending.any()
         with m.If(active_state & fault.any()):
             m.d.sync += [status.eq(fault), error_pc.eq(pc), error_op.eq(op)]
         st = csr.status
         where = REGMAP["error_at"]
         m.d.comb += [
-            st.status.eq(status),
-            st.error_at.eq((error_pc << where.field_named("PC").bit) |
-                           (error_op << where.field_named("OPCODE").bit)),
+            status_now.eq(status),
+            error_at_now.eq((error_pc << where.field_named("PC").bit) |
+                            (error_op << where.field_named("OPCODE").bit)),
+            st.status.eq(status_now),
+            st.error_at.eq(error_at_now),
             st.images_done.eq(images_done),
             st.cycles.eq(total["cycles"]),
             st.mac_cycles.eq(total["mac_cycles"]),

@@ -13,7 +13,8 @@ one AXI4 manager per entry of :data:`~velcro.hw.kernel.regmap.PORTS`, 64-bit add
     Reads the dense index streams, the heaviest traffic, on a port (and memory bank)
     of their own.
 ``m_axi_data``
-    Reads the inputs, writes the results and the per-descriptor counters.
+    Reads the inputs, writes the results, the per-descriptor counters and the status
+    block (:data:`~velcro.hw.kernel.config.STATUS_BLOCK`) that ends every run.
 
 Datapath
 --------
@@ -34,8 +35,8 @@ Sequencer
 the control registers and the state of every unit, and gives the DMA commands, the
 starts of the adapters, buffer readers and engines, the selects of the stream
 multiplexers below, the datapath reset (at the start of every run and when a run ends
-with an error) and the status registers. Each of its ports is named after the unit it
-connects to.
+with an error), the status registers and the status block. Each of its ports is
+named after the unit it connects to.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from ..conv.format import MASK_LAYOUT, REQUANT_LAYOUT, activations_layout, weigh
 from ..dense.engine import DenseEngine
 from ..dense.requant import PARAMS
 from .buffers import BufferReader
-from .config import COUNTERS, SHIPPED, KernelConfig
+from .config import COUNTERS, SHIPPED, STATUS_BLOCK, KernelConfig
 from .csr import ControlRegisters
 from .descriptor import DESCRIPTOR_BYTES
 from .flatten import Flatten
@@ -157,6 +158,7 @@ class VelcroKernel(wiring.Component):
             "map": Packer(W, act),
             "out": Packer(W, 32 * dense_cfg.lanes),
             "counters": Packer(W, COUNTERS),
+            "status": Packer(W, STATUS_BLOCK),
         }
         adapters = {**{f"unpack_{k}": v for k, v in unpack.items()},
                     **{f"pack_{k}": v for k, v in pack.items()}}
@@ -224,6 +226,8 @@ class VelcroKernel(wiring.Component):
         records = seq.counter_records
         m.d.comb += [records.addr.eq(c_reader.read.addr), c_reader.data.eq(records.data)]
         wiring.connect(m, c_reader.o, pack["counters"].records)
+        # The status block, straight from the sequencer.
+        wiring.connect(m, seq.status_block, pack["status"].records)
 
         # --- stream selects -------------------------------------------------------------------
         # Where the array's input comes from and its output goes.
@@ -277,6 +281,8 @@ class VelcroKernel(wiring.Component):
         with m.Switch(route.write):
             with m.Case(WriteData.COUNTERS):
                 wiring.connect(m, pack["counters"].words, wr.data)
+            with m.Case(WriteData.STATUS):
+                wiring.connect(m, pack["status"].words, wr.data)
             with m.Case(WriteData.MAP):
                 wiring.connect(m, pack["map"].words, wr.data)
             with m.Default():

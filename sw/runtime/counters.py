@@ -1,8 +1,8 @@
 """The kernel's counters, summed over the runs of a device.
 
 Every kernel call gives one :class:`~velcro.sw.runtime.driver.StepCounters` per
-descriptor and the run totals of the kernel's registers (cycles, MAC cycles, skipped
-elements, stall cycles, images done). A device adds them up in :class:`Counters`:
+descriptor and the run totals of the kernel's status block (cycles, MAC cycles,
+skipped elements, stall cycles, images done). A device adds them up in :class:`Counters`:
 per descriptor over every run, the run totals over every run, and the figures of
 the last run alone. The ``golden`` and ``alveo`` devices
 (:class:`~velcro.sw.runtime.accelerator.Accelerator`) and the ``sim`` device
@@ -17,7 +17,7 @@ from .driver import StepCounters
 
 __all__ = ["TOTALS", "Counters"]
 
-#: The run totals, as the kernel's registers name them.
+#: The run totals, as the kernel's status block and registers name them.
 TOTALS = ("cycles", "mac_cycles", "skipped", "stall_cycles", "images_done")
 #: The fields of a :class:`StepCounters` that add up over runs.
 _SUMMED = ("cycles", "busy", "mac_cycles", "skipped", "stall_cycles")

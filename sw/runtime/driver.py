@@ -5,8 +5,14 @@ A *platform* gives it PYNQ's objects, or objects that behave like them:
 
 ``platform.overlay``
     The loaded design: ``overlay.HBM<n>`` memory banks and the kernel instance
-    ``overlay.velcro_kernel_1`` with ``write(offset, value)``, ``read(offset)`` and
-    ``start(**arguments)``, which returns a handle whose ``done`` says the run ended.
+    ``overlay.velcro_kernel_1`` with ``start(**arguments)``, which returns a handle
+    whose ``done`` says the run ended. A run needs nothing else of the instance: the
+    kernel ends every run by writing its status block
+    (:data:`~velcro.hw.kernel.config.STATUS_BLOCK`: error bits, where the first error
+    happened, images done, the run's totals) to the start of the counter buffer, and
+    the driver takes the outcome from there, so a platform without register access
+    (``pyxrt``) runs like one with it. ``read(offset)`` is only for
+    :meth:`KernelDriver.read`, to look at the status registers by hand.
 ``platform.allocate(shape, dtype, target=bank)``
     A device buffer: a NumPy array with ``device_address``, ``sync_to_device()``,
     ``sync_from_device()`` and ``freebuffer()``.
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from velcro.hw.kernel.config import COUNTERS, KernelConfig
+from velcro.hw.kernel.config import COUNTERS, STATUS_BLOCK, STATUS_MAGIC, KernelConfig
 from velcro.hw.kernel.connectivity import CLOCK_HZ, INSTANCE, bank_of
 from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
 from velcro.hw.kernel.descriptor import Opcode
@@ -39,7 +45,8 @@ __all__ = ["DeviceTimeout", "KernelDriver", "KernelError", "Platform", "RunResul
 
 
 class KernelError(DeviceError):
-    """The kernel ended a run with error bits set in its ``status`` register."""
+    """The kernel ended a run with error bits set in its status block, or without
+    writing the block."""
 
 
 class DeviceTimeout(DeviceError):
@@ -127,6 +134,9 @@ class KernelDriver:
         #: Cycles one descriptor may take before the kernel ends the run with an error;
         #: ``None``: eight times the longest modelled descriptor plus 65536, 0: no limit.
         self.watchdog: int | None = None
+        #: The status block of the last run, as the kernel wrote it (``None`` before
+        #: the first run ends; zeros if the kernel could not write it).
+        self.last_block: bytes | None = None
 
     # --- memory ------------------------------------------------------------------------
     def _buffer(self, argument: str, raw: bytes | int):
@@ -161,7 +171,7 @@ class KernelDriver:
 
     # --- registers -----------------------------------------------------------------------
     def read(self, name: str) -> int:
-        """A register by name (64-bit registers low word first)."""
+        """A register by name (64-bit registers low word first); runs never read any."""
         reg = REGMAP[name]
         value = 0
         for n, offset in enumerate(reg.words):
@@ -205,25 +215,46 @@ class KernelDriver:
                                         f"{timeout:.3g} s (modelled: "
                                         f"{per_image * n / CLOCK_HZ:.3g} s)")
                 self.platform.sleep(self.platform.poll)
-            self._check_status(program)
-            outputs.sync_from_device()
             counters.sync_from_device()
+            raw = bytes(counters)
+            self.last_block = raw[:self.config.status_bytes]
+            block = self._status_block(raw)
+            self._check_status(program, block)
+            outputs.sync_from_device()
             result = RunResult(program.unpack_outputs(bytes(outputs), n), n)
-            result.steps = self._step_counters(program, bytes(counters))
-            result.totals = {name: self.read(name) for name in
+            result.steps = self._step_counters(program, raw[self.config.status_bytes:])
+            result.totals = {name: int(block[name]) for name in
                              ("cycles", "mac_cycles", "skipped", "stall_cycles", "images_done")}
             return result
         finally:
             for buf in (inputs, outputs, counters):
                 buf.freebuffer()
 
-    def _check_status(self, program: Program) -> None:
-        status = self.read("status")
+    def _status_block(self, raw: bytes):
+        """The status block at the start of the counter buffer ``raw``.
+
+        Raises
+        ------
+        KernelError
+            The kernel did not write it (the buffer still holds the zeros it was
+            given): only a failing write path keeps it from doing so.
+        """
+        value = int.from_bytes(raw[:self.config.status_bytes], "little")
+        block = STATUS_BLOCK.from_bits(value & ((1 << STATUS_BLOCK.size) - 1))
+        if block.magic != STATUS_MAGIC:
+            port = REGMAP["counters"].port
+            raise KernelError(f"the kernel ended without writing its status block: its "
+                              f"writes through {port} failed (AXI_WRITE), or the counter "
+                              f"buffer is in a bank {port} does not reach")
+        return block
+
+    def _check_status(self, program: Program, block) -> None:
+        status = int(block.status)
         if not status:
             return
         reg, where = REGMAP["status"], REGMAP["error_at"]
         errors = [f.name for f in reg.fields if status & f.mask]
-        at = self.read("error_at")
+        at = int(block.error_at)
         pc_field, op_field = where.field_named("PC"), where.field_named("OPCODE")
         pc = (at & pc_field.mask) >> pc_field.bit
         opcode = (at & op_field.mask) >> op_field.bit
@@ -234,7 +265,7 @@ class KernelDriver:
         step = program.steps[pc].name if pc < len(program.steps) else "beyond the program"
         raise KernelError(f"the kernel stopped with {' and '.join(errors)} (status "
                           f"{status:#x}) at descriptor {pc} ({op_name}, {step}) after "
-                          f"{self.read('images_done')} image(s)")
+                          f"{int(block.images_done)} image(s)")
 
     def _step_counters(self, program: Program, raw: bytes) -> list[StepCounters]:
         rb = self.config.record_bytes("counters")

@@ -96,9 +96,10 @@ class Program:
 
     @property
     def counter_bytes(self) -> int:
-        """Bytes of the counter records of the steps before ``END``."""
+        """Bytes of the counter buffer: the status block, then the counter records of
+        the steps before ``END``."""
         cfg = self.config
-        return cfg.words("counters", len(self.steps) - 1) * cfg.word_bytes
+        return cfg.status_bytes + cfg.words("counters", len(self.steps) - 1) * cfg.word_bytes
 
     def pack_inputs(self, x: np.ndarray) -> bytes:
         """The ``inputs`` image of ``x`` (``[N, *input_shape]`` int8)."""

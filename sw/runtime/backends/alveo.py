@@ -126,7 +126,6 @@ class XrtPlatform(Platform):
         self._pyxrt = pyxrt
         self.device = pyxrt.device(index)
         uuid = self.device.load_xclbin(pyxrt.xclbin(str(path)))
-        # Exclusive access lets the driver read the status registers after a run.
         kernel = pyxrt.kernel(self.device, uuid, KERNEL_NAME,
                               pyxrt.kernel.cu_access_mode.exclusive)
         arguments = [r.name for r in REGMAP.arguments]
@@ -144,15 +143,8 @@ class XrtPlatform(Platform):
                 bank = BANKS[CONNECTIVITY[reg.port]]
                 setattr(self.overlay, bank.name, Bank(kernel.group_id(arguments.index(reg.name))))
 
+        # No register access (pyxrt has none): the driver reads the status block.
         class Kernel:
-            @staticmethod
-            def read(offset):
-                return kernel.read_register(offset)
-
-            @staticmethod
-            def write(offset, value):
-                kernel.write_register(offset, value)
-
             @staticmethod
             def start(**values):
                 run = pyxrt.run(kernel)

@@ -5,10 +5,11 @@ kernel does: the descriptors through the ``program`` port, the records of every
 stream, the per-image tensors through the data port, each port only inside the
 memory bank it is linked to. It decodes the records back into arrays (field offsets
 from the same layouts the hardware uses, :func:`fields`), computes every layer with
-:mod:`velcro.sw.golden`, writes results and counter records back and sets the
-status registers. So the ``golden`` device checks the compiler, the memory layout
-and the driver without the RTL, and the RTL is checked against it through the same
-driver.
+:mod:`velcro.sw.golden`, writes results and counter records back, ends every run
+with the status block (:data:`~velcro.hw.kernel.config.STATUS_BLOCK`) at the start
+of the counter buffer and sets the status registers to match. So the ``golden``
+device checks the compiler, the memory layout and the driver without the RTL, and
+the RTL is checked against it through the same driver.
 
 Images are independent and the program is the same for each, so the model runs
 every descriptor over the whole batch at once. Counters are the cost model's
@@ -16,7 +17,12 @@ every descriptor over the whole batch at once. Counters are the cost model's
 
 Errors follow the kernel's rules: an unknown opcode, out-of-range parameters or
 stream lengths that do not match the layer set ``BAD_DESCRIPTOR``; an access outside
-a port's bank sets ``AXI_READ`` or ``AXI_WRITE``.
+a port's bank sets ``AXI_READ`` or ``AXI_WRITE``; a descriptor whose modelled cycles
+exceed the ``watchdog`` argument sets ``WATCHDOG`` (the kernel, which also counts
+its stalls, may stop sooner). A fault ends the run in its first image, as the
+kernel's do when they do not depend on the image: the status block of a faulted run
+has no images done, the MAC cycles and skips of the descriptors before the fault in
+one image, and no cycles (the model does not time a run it ends early).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from velcro.hw.dense.config import DenseLayer
 from velcro.hw.dense.cost import stream_beats
 from velcro.hw.dense.requant import PARAMS
 from velcro.hw.kernel import cost as kernel_cost
-from velcro.hw.kernel.config import COUNTERS, KernelConfig
+from velcro.hw.kernel.config import COUNTERS, STATUS_BLOCK, STATUS_MAGIC, KernelConfig
 from velcro.hw.kernel.connectivity import bank_of
 from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
 from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES, Opcode, decode
@@ -135,46 +141,62 @@ class KernelModel:
 
     # --- a run --------------------------------------------------------------------------------
     def run(self) -> None:
-        """Execute the program on every image; set the status registers."""
-        for reg in REGMAP.status:
-            self._set(reg.name, 0)
+        """Execute the program on every image; write the status block and set the
+        status registers to it."""
         n = self.arg("images")
-        totals = dict.fromkeys(("cycles", "mac_cycles", "skipped", "stall_cycles"), 0)
+        block = dict.fromkeys(("status", "error_at", "images_done", "cycles", "mac_cycles",
+                               "skipped", "stall_cycles"), 0)
+        costs = []
         try:
-            steps = self._fetch() if n else []
-            records, images_done = self._execute(steps, n), n
-            totals["cycles"] = RUN_FIXED + n * END_FIXED
-            for record in records:
-                totals["cycles"] += record["cycles"]
-                totals["mac_cycles"] += record["mac_cycles"]
-                totals["skipped"] += record["skipped"]
+            steps, fault = self._fetch() if n else ([], None)
+            self._execute(steps, n, costs)
+            if fault is not None:
+                raise fault
+            records = [{"cycles": n * (cost.fixed + cost.busy), "busy": n * cost.busy,
+                        "mac_cycles": n * cost.mac_cycles, "skipped": n * cost.skipped,
+                        "stall_cycles": 0} for cost in costs]
+            block["cycles"] = RUN_FIXED + n * END_FIXED + sum(r["cycles"] for r in records)
+            block["mac_cycles"] = sum(r["mac_cycles"] for r in records)
+            block["skipped"] = sum(r["skipped"] for r in records)
+            block["images_done"] = n
             if records:
                 self._write_counters(records, len(steps))
         except _Fault as fault:
-            status, where = REGMAP["status"], REGMAP["error_at"]
-            self._set("status", status.field_named(fault.bit).mask)
-            self._set("error_at", (fault.pc << where.field_named("PC").bit) |
-                      (fault.opcode << where.field_named("OPCODE").bit))
-            images_done = 0
-        self._set("images_done", images_done)
-        for name, value in totals.items():
+            self._fault(block, fault)
+            block["mac_cycles"] = sum(cost.mac_cycles for cost in costs)
+            block["skipped"] = sum(cost.skipped for cost in costs)
+        try:
+            self._write_block(block)
+        except _Fault:
+            pass            # lost, as the kernel's: the driver finds no block
+        for name, value in block.items():
             self._set(name, value)
 
-    def _fetch(self) -> list:
+    def _fault(self, block: dict, fault: _Fault) -> None:
+        status, where = REGMAP["status"], REGMAP["error_at"]
+        block["status"] = status.field_named(fault.bit).mask
+        block["error_at"] = ((fault.pc << where.field_named("PC").bit) |
+                             (fault.opcode << where.field_named("OPCODE").bit))
+        block["images_done"] = block["cycles"] = block["stall_cycles"] = 0
+
+    def _fetch(self) -> tuple[list, _Fault | None]:
+        """The descriptors before ``END``, and the fault that ends the program instead
+        of an ``END`` (raised once the descriptors before it have run)."""
         steps = []
         base = self.arg("program")
-        for pc in range(self.config.max_program + 1):
-            if pc == self.config.max_program:
-                raise _Fault("BAD_DESCRIPTOR", pc, 0)
-            raw = self._read("m_axi_program", base + pc * DESCRIPTOR_BYTES, DESCRIPTOR_BYTES,
-                             (pc, 0))
+        for pc in range(self.config.max_program):
+            try:
+                raw = self._read("m_axi_program", base + pc * DESCRIPTOR_BYTES,
+                                 DESCRIPTOR_BYTES, (pc, 0))
+            except _Fault as fault:
+                return steps, fault
             opcode, args = decode(raw.tobytes())
             if opcode not in Opcode.__members__.values():
-                raise _Fault("BAD_DESCRIPTOR", pc, opcode)
+                return steps, _Fault("BAD_DESCRIPTOR", pc, opcode)
             if opcode == Opcode.END:
-                return steps
+                return steps, None
             steps.append((Opcode(opcode), args))
-        return steps
+        return steps, _Fault("BAD_DESCRIPTOR", self.config.max_program, 0)
 
     def _write_counters(self, records: list[dict], count: int) -> None:
         cfg = self.config
@@ -184,19 +206,27 @@ class KernelModel:
             value = COUNTERS.const(record).as_bits()
             raw[index * rb:(index + 1) * rb] = np.frombuffer(value.to_bytes(rb, "little"),
                                                              np.uint8)
-        self._write("m_axi_data", self.arg("counters"), raw, (count, Opcode.END))
+        self._write("m_axi_data", self.arg("counters") + cfg.status_bytes, raw,
+                    (count, Opcode.END))
 
-    def _execute(self, steps: list, n: int) -> list[dict]:
+    def _write_block(self, block: dict) -> None:
+        size = self.config.status_bytes
+        value = STATUS_BLOCK.const({"magic": STATUS_MAGIC, **block}).as_bits()
+        raw = np.frombuffer(value.to_bytes(size, "little"), np.uint8).copy()
+        self._write("m_axi_data", self.arg("counters"), raw, (0, Opcode.END))
+
+    def _execute(self, steps: list, n: int, costs: list) -> None:
+        """Run ``steps`` on the ``n`` images; append each one's per-image cost to
+        ``costs`` once it has finished."""
         maps: dict[int, np.ndarray] = {}
         vectors: dict[int, np.ndarray] = {}
-        records = []
+        watchdog = self.arg("watchdog")
         for pc, (opcode, args) in enumerate(steps):
             run = getattr(self, f"_{opcode.name.lower()}")
             cost = run(pc, args, n, maps, vectors)
-            records.append({"cycles": n * (cost.fixed + cost.busy), "busy": n * cost.busy,
-                            "mac_cycles": n * cost.mac_cycles, "skipped": n * cost.skipped,
-                            "stall_cycles": 0})
-        return records
+            if watchdog and cost.fixed + cost.busy > watchdog:
+                raise _Fault("WATCHDOG", pc, opcode)
+            costs.append(cost)
 
     # --- ops ------------------------------------------------------------------------------------
     def _bad(self, pc, opcode):

@@ -2,13 +2,14 @@
 
 The testbench plays the datapath: every DMA takes commands at once and is idle, the
 program channel delivers the descriptor at the fetched address one cycle after the
-request, and every input stream offers its first beat at once. The whole kernel runs
+request, every input stream offers its first beat at once, and the status block's
+packer takes the block at once. The whole kernel runs
 the same sequencer against real units in ``test_top.py``.
 """
 
 from amaranth.sim import Simulator
 
-from velcro.hw.kernel.config import SMALL
+from velcro.hw.kernel.config import SMALL, STATUS_MAGIC
 from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED, STEP_FIXED
 from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES, Opcode, encode
 from velcro.hw.kernel.regmap import REGMAP
@@ -17,11 +18,14 @@ from velcro.hw.kernel.sequencer import Sequencer
 PROGRAM_BASE = 0x1000
 ERROR_BIT = {f.name: f.bit for f in REGMAP["status"].fields}
 ERROR_AT = {f.name: f.bit for f in REGMAP["error_at"].fields}
+#: Cycles from the status block's write command to ``DONE`` here: the block is taken,
+#: then the (never busy) write DMA is seen idle.
+BLOCK_WAIT = 2
 
 
 def run(program: list[bytes], *, images: int = 1, limit: int = 200) -> dict:
     """Run ``program`` to ``ap_done``; the status registers and the first counter
-    record, read back after the run."""
+    record, read back after the run, and the status block the run gave."""
     seq = Sequencer(SMALL)
     result = {}
 
@@ -35,6 +39,8 @@ def run(program: list[bytes], *, images: int = 1, limit: int = 200) -> dict:
         for name in seq.offered.shape().members:
             ctx.set(seq.offered[name], 1)
         ctx.set(seq.unpack_desc.records.valid, 1)
+        ctx.set(seq.status_block.ready, 1)
+        blocks = []
         ctx.set(seq.csr.args.program, PROGRAM_BASE)
         ctx.set(seq.csr.args.images, images)
         ctx.set(seq.csr.ap_start, 1)
@@ -48,6 +54,10 @@ def run(program: list[bytes], *, images: int = 1, limit: int = 200) -> dict:
                 index = (ctx.get(fetch.payload.addr) - PROGRAM_BASE) // DESCRIPTOR_BYTES
                 ctx.set(seq.unpack_desc.records.payload,
                         int.from_bytes(program[index], "little"))
+            if ctx.get(seq.status_block.valid):
+                payload = seq.status_block.payload
+                blocks.append({name: ctx.get(payload[name])
+                               for name in payload.shape().members})
             await ctx.tick()
         else:
             raise AssertionError(f"no ap_done within {limit} cycles")
@@ -60,6 +70,7 @@ def run(program: list[bytes], *, images: int = 1, limit: int = 200) -> dict:
         await ctx.tick()
         result["record"] = {name: ctx.get(seq.counter_records.data[name])
                             for name in ("cycles", "busy", "stall_cycles")}
+        result["blocks"] = blocks
 
     sim = Simulator(seq)
     sim.add_clock(1e-8)
@@ -77,7 +88,19 @@ def test_an_end_per_image_finishes_at_the_modelled_cost():
     assert status["status"] == 0
     assert status["images_done"] == 3
     assert status["cycles"] == 3 * END_FIXED + RUN_FIXED + status["stall_cycles"]
-    assert status["stall_cycles"] == 3          # one cycle waiting for each descriptor
+    # One cycle waiting for each descriptor, and the status block's write.
+    assert status["stall_cycles"] == 3 + BLOCK_WAIT
+    check_block(status)
+
+
+def check_block(status):
+    """One status block: the registers' figures, less the cycles its write waited."""
+    (block,) = status["blocks"]
+    assert block["magic"] == STATUS_MAGIC
+    for name in ("status", "error_at", "images_done", "mac_cycles", "skipped"):
+        assert block[name] == status[name], name
+    assert block["cycles"] == status["cycles"] - BLOCK_WAIT
+    assert block["stall_cycles"] == status["stall_cycles"] - BLOCK_WAIT
 
 
 def test_a_dense_layer_beyond_the_limits_faults_with_its_index_and_opcode():
@@ -91,9 +114,11 @@ def test_a_dense_layer_beyond_the_limits_faults_with_its_index_and_opcode():
     record = status["record"]
     assert record["busy"] >= 1
     assert record["cycles"] == STEP_FIXED + record["busy"] + record["stall_cycles"]
+    check_block(status)
 
 
 def test_an_unknown_opcode_faults():
     status = run([load_vec(), load_vec(), bytes(DESCRIPTOR_BYTES)])
     assert status["status"] == 1 << ERROR_BIT["BAD_DESCRIPTOR"]
     assert status["error_at"] == 2 << ERROR_AT["PC"]
+    check_block(status)

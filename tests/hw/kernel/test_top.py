@@ -2,7 +2,8 @@
 
 Every simulation runs the runtime's own driver against the RTL (the ``sim``
 backend) and compares the logits bit for bit with :mod:`velcro.sw.golden`; cycle
-counters are checked against :mod:`velcro.hw.kernel.cost`. The shipped kernel is
+counters are checked against :mod:`velcro.hw.kernel.cost`, and the status block the
+kernel ends a run with against the golden kernel model's. The shipped kernel is
 built once for Verilator and shared by the tests; Icarus runs a small kernel on the
 tiny package, whose partition also puts layers on the host.
 """
@@ -15,14 +16,15 @@ import pytest
 
 from velcro.hw.conv.config import ConvArrayConfig
 from velcro.hw.dense.config import DenseConfig
-from velcro.hw.kernel.config import SHIPPED, SMALL, KernelConfig
+from velcro.hw.kernel.config import SHIPPED, SMALL, STATUS_BLOCK, KernelConfig
 from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
 from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES
 from velcro.sim.backend import build_kernel
 from velcro.sw import golden
 from velcro.sw.data import make_task
 from velcro.sw.export.package import load
-from velcro.sw.runtime import DeviceTimeout, KernelError
+from velcro.sw.runtime import Accelerator, DeviceTimeout, KernelError
+from velcro.sw.runtime.backends.golden import GoldenPlatform
 from velcro.sw.runtime.partition import partition
 from velcro.sw.runtime.program import compile_segment
 
@@ -70,6 +72,41 @@ def check_counters(program, outcome, images, *, exact):
     assert totals["skipped"] == sum(c.skipped for c in counters)
 
 
+def golden_blocks(config, package, actions):
+    """The status block of every ``run`` of ``actions`` on the golden device (``poke``,
+    ``reload`` and ``watchdog`` replayed as the bench does)."""
+    accelerator = Accelerator(GoldenPlatform(config), config, "golden")
+    accelerator.load(package)
+    blocks = []
+    for action in actions:
+        if "run" in action:
+            try:
+                accelerator.run(np.asarray(action["run"]))
+            except KernelError:
+                pass
+            blocks.append(accelerator.driver.last_block)
+        elif "watchdog" in action:
+            accelerator.driver.watchdog = action["watchdog"]
+        elif "poke" in action:
+            argument, offset, raw = action["poke"]
+            buffer = accelerator.buffers(0)[argument]
+            buffer[offset:offset + len(raw)] = np.frombuffer(raw, np.uint8)
+            buffer.sync_to_device()
+        elif "reload" in action:
+            accelerator.load(package)
+    return blocks
+
+
+def untimed(block, *, faulted=False):
+    """``block`` as the golden model, which has no memory latency, writes it: no stall
+    cycles, and no cycles at all for a faulted run (the model does not time those)."""
+    values = STATUS_BLOCK.from_bits(int.from_bytes(block, "little"))
+    fields = {name: int(getattr(values, name)) for name, _ in STATUS_BLOCK}
+    fields["cycles"] = 0 if faulted else fields["cycles"] - fields["stall_cycles"]
+    fields["stall_cycles"] = 0
+    return STATUS_BLOCK.const(fields).as_bits().to_bytes(len(block), "little")
+
+
 @pytest.fixture(scope="module")
 def footwear(footwear_package):
     package = load(footwear_package)
@@ -91,10 +128,13 @@ def test_back_to_back_runs_are_cycle_exact_without_pauses(footwear):
     package, program = footwear
     first, second = validation_images(2), validation_images(2, start=2)
     result = session(SHIPPED, package, [{"run": first}, {"run": second}])
-    for images, outcome in zip((first, second), result["outcomes"], strict=True):
+    expected = golden_blocks(SHIPPED, package, [{"run": first}, {"run": second}])
+    for images, outcome, block in zip((first, second), result["outcomes"], expected,
+                                      strict=True):
         np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
         check_counters(program, outcome, 2, exact=True)
         assert outcome["totals"]["images_done"] == 2
+        assert untimed(outcome["block"]) == block
 
 
 def test_errors_end_the_run_and_the_next_run_succeeds(footwear):
@@ -136,6 +176,15 @@ def test_errors_end_the_run_and_the_next_run_succeeds(footwear):
         np.testing.assert_array_equal(outcome["logits"], expected)
     assert isinstance(hung["error"], DeviceTimeout)
     assert "did not finish 1 image(s)" in str(hung["error"])
+    # The blocks of a bad descriptor's and a watchdog's end are the golden model's.
+    replayed = [{"poke": ("program", 3 * DESCRIPTOR_BYTES, bytes([14]))}, {"run": images},
+                {"reload": True}, {"watchdog": 200}, {"run": images}]
+    expected = golden_blocks(SHIPPED, package, replayed)
+    assert [untimed(o["block"], faulted=True) for o in (bad_opcode, over_time)] == expected
+    faulted = STATUS_BLOCK.from_bits(int.from_bytes(expected[0], "little"))
+    assert faulted.status and faulted.mac_cycles > 0      # the convs before it ran
+    assert untimed(restored["block"]) == golden_blocks(SHIPPED, package,
+                                                       [{"run": images}])[0]
 
 
 def test_split_package_under_icarus(tiny_package):

@@ -6,6 +6,7 @@ import pytest
 
 from velcro.hw.conv.format import MASK_LAYOUT, REQUANT_LAYOUT, pack_mask, pack_requant
 from velcro.hw.kernel.config import SHIPPED
+from velcro.hw.kernel.connectivity import bank_of
 from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
 from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES, Opcode
 from velcro.sw.export.package import load
@@ -77,11 +78,30 @@ def test_stream_lengths_that_do_not_match_the_layer_are_bad_descriptors(tiny_pac
 def test_a_buffer_in_the_wrong_bank_fails_like_on_the_card(tiny_package, wrapped_platform,
                                                           images_for):
     class WrongBank(wrapped_platform):
+        """The program in a bank its port does not reach, the rest where it belongs."""
+
+        def allocate(self, shape, dtype, target):
+            if target is getattr(self.overlay, bank_of("m_axi_program").name):
+                target = self.overlay.HBM7
+            return self.inner.allocate(shape, dtype, target)
+
+    assert bank_of("m_axi_program").name != "HBM7"
+    package = tiny_package
+    accelerator = Accelerator(WrongBank(), SHIPPED)
+    accelerator.load(package)
+    with pytest.raises(KernelError, match="AXI_READ .* at descriptor 0"):
+        accelerator.run(images_for(package, 1))
+
+
+def test_a_counter_buffer_the_kernel_cannot_write_is_an_error(tiny_package, wrapped_platform,
+                                                              images_for):
+    """No status block can be written, so none is read: the run is still an error."""
+    class WrongBank(wrapped_platform):
         def allocate(self, shape, dtype, target):
             return self.inner.allocate(shape, dtype, self.overlay.HBM7)
 
     package = tiny_package
     accelerator = Accelerator(WrongBank(), SHIPPED)
     accelerator.load(package)
-    with pytest.raises(KernelError, match="AXI_READ .* at descriptor 0"):
+    with pytest.raises(KernelError, match="without writing its status block"):
         accelerator.run(images_for(package, 1))
