@@ -70,10 +70,10 @@ class FakeCard:
     xclbins: dict = field(default_factory=dict)
     loaded: object = None
 
-    def write_xclbin(self, path, content: FakeXclbin | None = None):
-        """A file at ``path`` the fake ``xclbin(path)`` reads as ``content``."""
+    def write_xclbin(self, path, **content):
+        """A file at ``path`` the fake ``xclbin(path)`` reads as ``FakeXclbin(**content)``."""
         path.write_bytes(b"xclbin2\0")
-        self.xclbins[str(path)] = content or FakeXclbin()
+        self.xclbins[str(path)] = FakeXclbin(**content)
         return path
 
     def of(self, kind: str) -> list:
