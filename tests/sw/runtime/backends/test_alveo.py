@@ -256,3 +256,36 @@ def test_pynq_is_refused_under_numpy_2(bindings, xrt_install, monkeypatch):
     monkeypatch.setattr(alveo, "NUMPY_VERSION", "2.1.3")
     with pytest.raises(DeviceError, match="pynq: PYNQ 3.0.1 needs NumPy < 2, not 2.1.3"):
         alveo.choose_backend("auto", alveo.find_xrt())
+
+
+# --- the driver over the adapters -------------------------------------------------------
+def accelerator(backend, package, bindings, xrt_install, xclbin):
+    bindings(pyxrt="2.20" if backend == "pyxrt" else None, pynq=backend == "pynq")
+    xrt_install("2.16.204")
+    device = Accelerator.open("alveo:0", xclbin=xclbin, backend=backend)
+    device.load(package)
+    device.platform.min_timeout, device.platform.poll = 0.05, 0.0
+    return device
+
+
+@pytest.mark.parametrize("backend", ["pyxrt", "pynq"])
+def test_a_run_that_times_out_frees_none_of_its_buffers(backend, tiny_package, bindings,
+                                                        xrt_install, xclbin, card,
+                                                        images_for, monkeypatch):
+    monkeypatch.setattr(alveo, "ABORT_GRACE", 0.01)
+    device = accelerator(backend, tiny_package, bindings, xrt_install, xclbin)
+    card.polls = None
+    with pytest.raises(DeviceError, match="did not finish"):
+        device.run(images_for(tiny_package, 2))
+    assert not card.of("free")
+
+
+@pytest.mark.parametrize("backend", ["pyxrt", "pynq"])
+def test_a_run_ending_in_error_is_a_device_error_through_the_driver(
+        backend, tiny_package, bindings, xrt_install, xclbin, card, images_for):
+    device = accelerator(backend, tiny_package, bindings, xrt_install, xclbin)
+    card.final_state = "ERT_CMD_STATE_SKCRASHED"
+    with pytest.raises(DeviceError, match="the kernel run ended in ERT_CMD_STATE_SKCRASHED"):
+        device.run(images_for(tiny_package, 2))
+    # The run has ended: its three buffers go back at once.
+    assert len(card.of("free")) == 3
