@@ -167,8 +167,10 @@ def check_xclbin(path: Path, pyxrt) -> list[Check]:
     except Exception as e:
         return [Check("bitstream", False, f"pyxrt cannot read {path}: {type(e).__name__}: "
                       f"{e}", "rebuild the bitstream")]
-    checks = [Check("bitstream platform", xsa == PLATFORM, f"{path} is for {printable(xsa)}",
-                    "" if xsa == PLATFORM else f"rebuild it for {PLATFORM}")]
+    # The header's VBNV, written as the platform's name or as vendor:board:name:version.
+    same = re.sub(r"[:.]", "_", xsa) == PLATFORM
+    checks = [Check("bitstream platform", same, f"{path} is for {printable(xsa)}",
+                    "" if same else f"rebuild it for {PLATFORM}")]
     want = len(REGMAP.arguments)
     if KERNEL_NAME not in kernels:
         checks.append(Check("bitstream kernel", False, f"no kernel {KERNEL_NAME} (it has "

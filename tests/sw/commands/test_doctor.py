@@ -99,6 +99,9 @@ def test_a_bitstream_for_another_platform_or_kernel_is_a_problem(xrt_with_pyxrt,
     lines, out = doctor(capsys, "--xclbin", str(card.write_xclbin(
         tmp_path / "vadd.xclbin", kernels=(("vadd", 3),))))
     assert "no kernel velcro_kernel (it has vadd)" in out
+    _, out = doctor(capsys, "--xclbin", str(card.write_xclbin(
+        tmp_path / "vbnv.xclbin", xsa="xilinx:u280:gen3x16_xdma_1:202211.1")))
+    assert "no problems found" in out
 
 
 def test_a_pyxrt_built_for_another_python_says_which(bindings, xrt_install, capsys):
