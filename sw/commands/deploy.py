@@ -33,6 +33,8 @@ from .options import (
 )
 
 DENSE_MODES = ("int8", "km", "pq")
+#: ``velcro run --backend`` (:data:`velcro.sw.runtime.backends.alveo.BACKENDS`).
+BACKENDS = ("auto", "pyxrt", "pynq")
 
 
 def register(sub) -> None:
@@ -89,6 +91,10 @@ def register(sub) -> None:
                    help="sim: probability of a random pause per AXI channel and cycle")
     p.add_argument("--xclbin", type=Path, help="alveo: the bitstream (default: "
                    "bitstreams/build/velcro_u280.xclbin or $VELCRO_XCLBIN)")
+    p.add_argument("--backend", choices=BACKENDS, help="alveo: the Python binding that "
+                   "drives the card: pyxrt (XRT's own), pynq (PYNQ 3.0.1, XRT 2.14 to 2.16) "
+                   "or auto, the first that can work with the XRT installed (default: "
+                   "$VELCRO_BACKEND, else auto; velcro doctor says which work)")
     # Torch only for the opt-in float comparison.
     p.set_defaults(func=cmd_run, needs_torch=lambda args: args.weights is not None)
 
@@ -172,7 +178,9 @@ def open_device(spec: str, package, args=None):
             raise DeviceError(f"--axi-pause must be in [0, 1), not {args.axi_pause}")
         options.update(simulator=args.simulator, pause=args.axi_pause, jobs=args.jobs)
     elif args is not None and kind == "alveo":
-        options.update(xclbin=args.xclbin)
+        options.update(xclbin=args.xclbin, backend=getattr(args, "backend", None))
+    if kind != "alveo" and getattr(args, "backend", None):
+        raise DeviceError(f"--backend is for alveo, not {kind}")
     device = Accelerator.open(spec, **options)
     device.load(package)
     return device

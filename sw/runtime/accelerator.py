@@ -80,7 +80,7 @@ class Accelerator:
     def open(cls, spec: str, *, config: KernelConfig | None = None, **options):
         """The accelerator named by ``spec`` (see the module docstring).
 
-        ``options`` go to the backend: ``xclbin`` for ``alveo``; ``simulator``,
+        ``options`` go to the backend: ``xclbin`` and ``backend`` for ``alveo``; ``simulator``,
         ``pause``, ``seed`` and friends for ``sim``.
         """
         kind, index = parse_device(spec)

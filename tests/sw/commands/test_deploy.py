@@ -184,3 +184,36 @@ def test_dense_options_are_checked(tmp_path, capsys):
                             "--segment", "4", "--out", str(out)],
                    "layer fc2: k=16 exceeds the 10 sub-vectors")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("backend, platform", [("pynq", "PynqPlatform"),
+                                               ("pyxrt", "XrtPlatform"), (None, "XrtPlatform")])
+def test_run_backend_chooses_the_binding_that_drives_the_card(
+        tiny_package, bindings, xrt_install, card, tmp_path, backend, platform):
+    from velcro.hw.kernel.connectivity import CONNECTIVITY
+    from velcro.sw.cli import build_parser
+    from velcro.sw.commands.deploy import BACKENDS, open_device
+    from velcro.sw.runtime.backends import alveo
+
+    assert BACKENDS == alveo.BACKENDS
+    bindings(pyxrt="2.14", pynq=True)
+    xrt_install("2.16.204")
+    xclbin = card.write_xclbin(tmp_path / "velcro.xclbin")
+    argv = ["run", "--package", "p.velcro", "--device", "alveo:0", "--xclbin", str(xclbin)]
+    args = build_parser().parse_args(argv + (["--backend", backend] if backend else []))
+    device = open_device("alveo:0", tiny_package, args)
+    assert type(device.platform).__name__ == platform
+    # The program and the dense indices, each in its port's bank, then synced to it.
+    assert [event[4] for event in card.of("bo")] == [CONNECTIVITY["m_axi_program"],
+                                                     CONNECTIVITY["m_axi_indices"]]
+    assert len(card.of("sync")) == 2
+
+
+def test_run_backend_is_for_alveo_only(tiny_package):
+    from velcro.sw.cli import build_parser
+    from velcro.sw.commands.deploy import open_device
+    from velcro.sw.errors import DeviceError
+
+    args = build_parser().parse_args(["run", "--package", "p.velcro", "--backend", "pyxrt"])
+    with pytest.raises(DeviceError, match="--backend is for alveo, not golden"):
+        open_device("golden", tiny_package, args)
