@@ -211,9 +211,14 @@ class KernelDriver:
             deadline = self.platform.clock() + timeout
             while not handle.done:
                 if self.platform.clock() > deadline:
+                    # Give the card's adapter the chance to end the run before the
+                    # buffers go: it keeps those of a run that is still going.
+                    ended = handle.abort() if hasattr(handle, "abort") else True
                     raise DeviceTimeout(f"the kernel did not finish {n} image(s) within "
                                         f"{timeout:.3g} s (modelled: "
-                                        f"{per_image * n / CLOCK_HZ:.3g} s)")
+                                        f"{per_image * n / CLOCK_HZ:.3g} s)" +
+                                        ("" if ended else "; it is still running (xbutil "
+                                         "reset stops it)"))
                 self.platform.sleep(self.platform.poll)
             counters.sync_from_device()
             raw = bytes(counters)
