@@ -116,8 +116,9 @@ def build(card) -> types.ModuleType:
             size = int(np.prod(shape)) * np.dtype(dtype).itemsize
             ident = len(card.of("bo"))
             card.events.append(("bo", ident, size, "normal", self.idx))
-            buf = PynqBuffer(shape, dtype, device=self.device,
-                             device_address=BANKS[self.idx].base + 4096 * ident)
+            address = card.place(self.idx, size)
+            card.device_memory[ident] = (address, np.zeros(size, np.uint8))
+            buf = PynqBuffer(shape, dtype, device=self.device, device_address=address)
             buf.ident = ident
             return buf
 
@@ -142,6 +143,7 @@ def build(card) -> types.ModuleType:
             if not self.freed:
                 self.freed = True
                 card.events.append(("free", self.ident))
+                card.device_memory.pop(self.ident, None)
 
         @property
         def cacheable(self):
@@ -160,10 +162,12 @@ def build(card) -> types.ModuleType:
 
         def flush(self):
             card.events.append(("sync", self.ident, "XCL_BO_SYNC_BO_TO_DEVICE", self.nbytes, 0))
+            card.device_memory[self.ident][1][:] = self.view(np.uint8).reshape(-1)
 
         def invalidate(self):
             card.events.append(("sync", self.ident, "XCL_BO_SYNC_BO_FROM_DEVICE",
                                 self.nbytes, 0))
+            self.view(np.uint8).reshape(-1)[:] = card.device_memory[self.ident][1]
 
         def sync_to_device(self):
             self.flush()
@@ -200,6 +204,8 @@ def build(card) -> types.ModuleType:
             for index, value in enumerate(args):
                 card.events.append(("set_arg", index, value))
             card.events.append(("start",))
+            if card.kernel is not None:
+                card.execute(dict(enumerate(args)))
             run = {"polled": 0}
             handle = ErtWaitHandle(run, Future(), self.device)
             self.device.active_bos.append((run, handle))

@@ -11,6 +11,9 @@ module functions of that release. The AIE, ``module``, ``ext``, ``runlist`` and
 checks them (a scalar argument is a C ``int``: ``2**31`` is a ``TypeError``).
 
 Behind the module a :class:`FakeCard` records every buffer, sync, argument and run.
+Buffers have a host copy (``map``) and a device copy that only ``sync`` moves data
+between; with ``FakeCard.kernel`` set, a started run executes the descriptor program
+in device memory through the kernel's golden model, as the compute unit would.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from velcro.hw.kernel.connectivity import BANKS, CONNECTIVITY, KERNEL_NAME
 from velcro.hw.kernel.regmap import REGMAP
+from velcro.sw.runtime.backends.kernel_model import DeviceMemory, KernelModel
 
 VERSIONS = ("2.14", "2.20")
 STATES = ("ERT_CMD_STATE_NEW", "ERT_CMD_STATE_QUEUED", "ERT_CMD_STATE_COMPLETED",
@@ -57,6 +61,8 @@ class FakeCard:
         The state a started run ends in.
     polls : int or None
         ``run.state()`` calls before the run ends (``None``: it never ends).
+    kernel : KernelConfig or None
+        When set, a started run executes the program through the kernel's model.
     events : list of tuple
         ``("bo", id, size, flags, group)``, ``("sync", id, direction, size, offset)``,
         ``("set_arg", index, value)``, ``("start",)``, ``("free", id)``, ``("wait", ms)``.
@@ -69,6 +75,27 @@ class FakeCard:
     events: list = field(default_factory=list)
     xclbins: dict = field(default_factory=dict)
     loaded: object = None
+    kernel: object = None
+    device_memory: dict = field(default_factory=dict)
+
+    def place(self, group: int, size: int) -> int:
+        """A page-aligned device address for ``size`` bytes in bank ``group``."""
+        top = max((a + s.size for a, s in self.device_memory.values()
+                   if BANKS[group].contains(a, 1)), default=BANKS[group].base)
+        return -(-top // 4096) * 4096
+
+    def execute(self, arguments: dict) -> None:
+        """Run the program the arguments name, in device memory, as the compute unit."""
+        memory = DeviceMemory()
+        for address, array in self.device_memory.values():
+            memory.add(address, array)
+        model = KernelModel(self.kernel, memory)
+        for index, value in arguments.items():
+            reg = REGMAP.arguments[index]
+            value = value & ((1 << reg.width) - 1)
+            for n, offset in enumerate(reg.words):
+                model.registers[offset] = (value >> (32 * n)) & 0xFFFFFFFF
+        model.run()
 
     def write_xclbin(self, path, **content):
         """A file at ``path`` the fake ``xclbin(path)`` reads as ``FakeXclbin(**content)``."""
@@ -283,21 +310,25 @@ def build(version: str = "2.20", card: FakeCard | None = None) -> types.ModuleTy
             return CONNECTIVITY[reg.port] if reg.pointer else -1
 
     class run:
-        __slots__ = ("kernel", "polled", "started")
+        __slots__ = ("kernel", "polled", "started", "arguments")
 
         def __init__(self, *args):
             _overload("run", args, (), (kernel,))
             self.kernel, self.polled, self.started = (args or (None,))[0], 0, False
+            self.arguments = {}
 
         def start(self):
             card.events.append(("start",))
             self.started = True
+            if card.kernel is not None:
+                card.execute(self.arguments)
 
         def set_arg(self, index, item):
             which = _overload("set_arg", (index, item), (int, bo), (int, int))
             if which == 1 and not -(1 << 31) <= item < 1 << 31:
                 raise TypeError("set_arg(): incompatible function arguments (C int)")
             card.events.append(("set_arg", index, item.ident if which == 0 else item))
+            self.arguments[index] = item.address() if which == 0 else item
 
         def state(self):
             if not self.started:
@@ -322,7 +353,7 @@ def build(version: str = "2.20", card: FakeCard | None = None) -> types.ModuleTy
                 self.wait()
 
     class bo:
-        __slots__ = ("ident", "memory", "group", "__weakref__")
+        __slots__ = ("ident", "memory", "group", "at", "__weakref__")
         flags = _enum("flags", {"normal": 0, "cacheable": 1, "device_only": 2,
                                 "host_only": 3, "p2p": 4, "svm": 5})
         normal, cacheable, device_only = flags.normal, flags.cacheable, flags.device_only
@@ -336,10 +367,13 @@ def build(version: str = "2.20", card: FakeCard | None = None) -> types.ModuleTy
             self.ident = len(card.of("bo"))
             self.memory = np.zeros(size, np.uint8)
             self.group = group
+            self.at = card.place(group, size)
+            card.device_memory[self.ident] = (self.at, np.zeros(size, np.uint8))
             card.events.append(("bo", self.ident, size, flags._name, group))
 
         def __del__(self):
             card.events.append(("free", self.ident))
+            card.device_memory.pop(self.ident, None)
 
         def write(self, buffer, seek):
             data = np.frombuffer(memoryview(buffer).cast("B"), np.uint8)
@@ -355,6 +389,11 @@ def build(version: str = "2.20", card: FakeCard | None = None) -> types.ModuleTy
             _overload("sync", args, *signatures)
             size, offset = args[1:] if len(args) == 3 else (self.memory.size, 0)
             card.events.append(("sync", self.ident, args[0]._name, size, offset))
+            device = card.device_memory[self.ident][1]
+            if args[0]._name == "XCL_BO_SYNC_BO_TO_DEVICE":
+                device[offset:offset + size] = self.memory[offset:offset + size]
+            elif args[0]._name == "XCL_BO_SYNC_BO_FROM_DEVICE":
+                self.memory[offset:offset + size] = device[offset:offset + size]
 
         def map(self):
             return memoryview(self.memory)
@@ -363,7 +402,7 @@ def build(version: str = "2.20", card: FakeCard | None = None) -> types.ModuleTy
             return self.memory.size
 
         def address(self):
-            return BANKS[self.group].base + 4096 * self.ident
+            return self.at
 
     m.uuid, m.xclbin, m.device, m.kernel, m.run, m.bo = uuid, xclbin, device, kernel, run, bo
     if modern:
