@@ -292,6 +292,40 @@ def cycle_record(device, images: int) -> dict:
     }
 
 
+def counter_check(device, images: np.ndarray, spec: str) -> tuple[dict, str | None]:
+    """The MAC cycles and skipped elements the kernel counted, per descriptor, next to
+    what the golden model of the same kernel counts on the same images.
+
+    Returns the record and, when they differ, a one-line description of the first
+    descriptor that does (``None`` when every one agrees). The cycles are not compared:
+    they depend on memory latency, which the golden model does not have.
+    """
+    from ..runtime import Accelerator
+
+    expected = Accelerator.open("golden", config=device.config)
+    expected.load(device.package)
+    expected.run(images)
+    layers, problem = [], None
+    for got, want in zip(device.counters(), expected.counters(), strict=True):
+        layers.append({"name": got.name, "mac_cycles": got.mac_cycles,
+                       "mac_cycles_expected": want.mac_cycles, "skipped": got.skipped,
+                       "skipped_expected": want.skipped})
+        if problem is None and (got.mac_cycles, got.skipped) != (want.mac_cycles,
+                                                                  want.skipped):
+            problem = (f"{spec} counted {got.mac_cycles} MAC cycles and {got.skipped} "
+                       f"skipped elements in {got.name} ({got.opcode}), the golden model "
+                       f"of the kernel {want.mac_cycles} and {want.skipped}")
+    record = {
+        "mac_cycles": sum(layer["mac_cycles"] for layer in layers),
+        "mac_cycles_expected": sum(layer["mac_cycles_expected"] for layer in layers),
+        "skipped": sum(layer["skipped"] for layer in layers),
+        "skipped_expected": sum(layer["skipped_expected"] for layer in layers),
+        "match": problem is None,
+        "layers": layers,
+    }
+    return record, problem
+
+
 def predictions_sha256(predictions: np.ndarray) -> str:
     """sha256 of the predicted classes as little-endian int64: compares devices' outputs."""
     return hashlib.sha256(np.asarray(predictions, dtype="<i8").tobytes()).hexdigest()
@@ -350,12 +384,23 @@ def cmd_run(args) -> None:
         record["float_accuracy"] = float(np.mean(float_predictions == labels))
     if args.device == "sim":
         record["cycles"] = cycle_record(device, n)
+    problem = None
+    if args.device != "golden":
+        record["kernel_counters"], problem = counter_check(device, images, args.device)
     skipped = record["macs_skipped"] / max(record["macs"] + record["macs_skipped"], 1)
     versus = (f" (float with the same plan {100 * record['float_accuracy']:.2f}%)"
               if compare else "")
     print(f"{printable(task.name)} on {args.device}: accuracy {100 * record['accuracy']:.2f}%"
           f"{versus} on {n} images, {skipped:.1%} of MACs skipped, "
           f"{record['images_per_second']} images/s", flush=True)
+    if "kernel_counters" in record:
+        counted = record["kernel_counters"]
+        print(f"kernel counted {counted['mac_cycles']} MAC cycles and {counted['skipped']} "
+              f"skipped elements (golden model of the kernel: "
+              f"{counted['mac_cycles_expected']} and {counted['skipped_expected']})",
+              flush=True)
     if args.json:
         write_json(args.json, record)
         print(f"wrote {args.json}")
+    if problem is not None:
+        raise DeviceError(problem)

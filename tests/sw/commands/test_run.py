@@ -29,6 +29,10 @@ def test_sim_and_golden_runs_agree_and_report_cycles(footwear_package, tmp_path)
     assert cycles["total"] > sum(layer["cycles"] for layer in cycles["layers"]) > 0
     assert cycles["per_image"] == cycles["total"] / 2
     assert records["sim"]["seconds"] > 0 and 0 <= records["sim"]["accuracy"] <= 1
+    counted = records["sim"]["kernel_counters"]
+    assert counted["match"] and counted["mac_cycles"] == counted["mac_cycles_expected"] > 0
+    assert counted["skipped"] == counted["skipped_expected"] > 0
+    assert "kernel_counters" not in records["golden"]
 
 
 def test_the_simulation_runs_in_chunks_and_reports_each(capsys):
@@ -50,3 +54,32 @@ def test_the_simulation_runs_in_chunks_and_reports_each(capsys):
     np.testing.assert_array_equal(run_images(gold, images, "golden"), images)
     assert sim.calls == [SIM_CHUNK, SIM_CHUNK, 5] and gold.calls == [len(images)]
     assert "[velcro] sim run: 25/25 img" in capsys.readouterr().err
+
+
+def test_counters_that_differ_from_the_golden_model_fail_the_run_after_reporting(
+        footwear_package, tmp_path, monkeypatch, capsys):
+    """A kernel whose MAC-cycle or skip counts disagree with its golden model is an error
+    (exit 2, naming the layer), after the summary and the record are out."""
+    import dataclasses
+
+    from velcro.sw.commands import deploy
+    from velcro.sw.runtime import Accelerator
+
+    def open_device(spec, package, args=None):
+        device = Accelerator.open("golden")
+        device.load(package)
+        honest = device.counters
+        device.counters = lambda: [dataclasses.replace(c, skipped=c.skipped + (i == 1))
+                                   for i, c in enumerate(honest())]
+        return device
+
+    monkeypatch.setattr(deploy, "open_device", open_device)
+    out = tmp_path / "run.json"
+    assert main(["run", "--package", str(footwear_package), "--device", "alveo:0",
+                 "--images", "3", "--json", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "footwear on alveo:0: accuracy" in captured.out
+    name = load(footwear_package).layers[0].name
+    assert f"skipped elements in {name} (CONV)" in captured.err.splitlines()[-1]
+    counted = json.loads(out.read_text())["kernel_counters"]
+    assert not counted["match"] and counted["skipped"] == counted["skipped_expected"] + 1
