@@ -31,6 +31,10 @@ __all__ = ["BuildFolder", "build_xclbin", "build_xo", "generate", "write_if_chan
 
 VIVADO = "vivado"
 VPP = "v++"
+EMCONFIGUTIL = "emconfigutil"
+
+#: ``v++`` link targets: the card, and hardware emulation (the RTL under XRT's emulator).
+TARGETS = ("hw", "hw_emu")
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,17 @@ class BuildFolder:
 
     @property
     def xclbin(self) -> Path:
-        return self.path / "velcro_u280.xclbin"
+        return self.xclbin_for("hw")
+
+    def xclbin_for(self, target: str) -> Path:
+        """The linked bitstream of ``target`` (:data:`TARGETS`)."""
+        return self.path / ("velcro_u280.xclbin" if target == "hw"
+                            else f"velcro_u280.{target}.xclbin")
+
+    @property
+    def emconfig(self) -> Path:
+        """The emulation configuration XRT reads in ``hw_emu`` runs."""
+        return self.path / "emconfig.json"
 
     @property
     def inputs(self) -> tuple[Path, ...]:
@@ -136,19 +150,30 @@ def build_xo(folder: BuildFolder, *, force: bool = False) -> bool:
     return True
 
 
-def build_xclbin(folder: BuildFolder, *, force: bool = False) -> bool:
-    """Link ``velcro_u280.xclbin`` with ``v++`` (packaging the XO file first if it is not
-    current); False if the xclbin was current."""
+def build_xclbin(folder: BuildFolder, *, force: bool = False, target: str = "hw") -> bool:
+    """Link the bitstream of ``target`` with ``v++`` (packaging the XO file first if it is
+    not current); False if it was current. ``hw_emu`` also writes ``emconfig.json`` with
+    ``emconfigutil``, which an emulation run needs beside the xclbin."""
+    if target not in TARGETS:
+        raise ToolError(f"unknown link target {target!r}; one of {', '.join(TARGETS)}")
+    product = folder.xclbin_for(target)
+    emulated = target != "hw"
     xo_stale = force or not _current(folder.xo, _xo_sources(folder))
-    if not xo_stale and _current(folder.xclbin, (folder.xo, folder.link_cfg)):
+    if not xo_stale and _current(product, (folder.xo, folder.link_cfg)) and \
+            (not emulated or folder.emconfig.is_file()):
         return False
-    _require([VIVADO, VPP] if xo_stale else [VPP], folder)
+    tools = ([VIVADO] if xo_stale else []) + [VPP] + ([EMCONFIGUTIL] if emulated else [])
+    _require(tools, folder)
     if xo_stale:
         _vivado(folder)
-    log_dir = folder.path / "logs"
-    _run(VPP, ["-l", "-t", "hw", "--platform", PLATFORM,
+    log_dir = folder.path / ("logs" if target == "hw" else f"logs_{target}")
+    _run(VPP, ["-l", "-t", target, "--platform", PLATFORM,
                "--kernel_frequency", str(CLOCK_HZ // 1_000_000),
-               "--config", folder.link_cfg.name, "--temp_dir", "_x", "--log_dir", log_dir.name,
-               "--report_dir", "reports", "-o", folder.xclbin.name, folder.xo.name],
-         folder, log_dir, folder.xclbin)
+               "--config", folder.link_cfg.name, "--temp_dir", f"_x_{target}" if emulated
+               else "_x", "--log_dir", log_dir.name,
+               "--report_dir", "reports", "-o", product.name, folder.xo.name],
+         folder, log_dir, product)
+    if emulated:
+        _run(EMCONFIGUTIL, ["--platform", PLATFORM, "--od", "."], folder, folder.path,
+             folder.emconfig)
     return True

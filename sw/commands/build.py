@@ -34,6 +34,10 @@ def register(sub) -> None:
         q.add_argument("--out", type=Path, default=BUILD_FOLDER,
                        help=f"build folder (default: {BUILD_FOLDER})")
         q.add_argument("--force", action="store_true", help="rebuild even if up to date")
+        if target == "xclbin":
+            q.add_argument("--target", dest="link", choices=("hw", "hw_emu"), default="hw",
+                           help="hw: the card (default); hw_emu: hardware emulation, "
+                           "velcro_u280.hw_emu.xclbin and emconfig.json for XRT's emulator")
         q.set_defaults(func=cmd_vitis, needs_torch=False)
     q = targets.add_parser("estimate", help="Yosys resource estimate of the kernel against "
                            "the U280's capacity")
@@ -82,9 +86,11 @@ def cmd_vitis(args) -> None:
     for path in folder.inputs:
         print(path)
     print(f"[build] inputs written ({time.perf_counter() - start:.0f} s)", flush=True)
-    build = build_xo if args.target == "xo" else build_xclbin
-    product = folder.xo if args.target == "xo" else folder.xclbin
-    built = build(folder, force=args.force)
+    if args.target == "xo":
+        product, built = folder.xo, build_xo(folder, force=args.force)
+    else:
+        product = folder.xclbin_for(args.link)
+        built = build_xclbin(folder, force=args.force, target=args.link)
     print(f"{product}{'' if built else '  (up to date)'}")
 
 

@@ -15,9 +15,11 @@ import stat
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from xml.etree import ElementTree
 
+import numpy as np
 import pytest
 
 from velcro.hw.conv.config import ConvArrayConfig
@@ -58,6 +60,8 @@ if tool == "vivado":
 elif tool == "v++":
     record["config"] = Path(args[args.index("--config") + 1]).read_text()
     product = Path(args[args.index("-o") + 1])
+elif tool == "emconfigutil":
+    product = Path(args[args.index("--od") + 1]) / "emconfig.json"
 with open({log!r}, "a") as f:
     f.write(json.dumps(record) + "\n")
 if os.environ.get("FAKE_EXIT"):
@@ -269,3 +273,67 @@ def test_shipped_kernel_inputs_without_tools(tmp_path, monkeypatch, capsys):
     assert main(["build", "xclbin", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("velcro: error: vivado and v++ not found")
     check_inputs(BuildFolder(out), kernel_config.SHIPPED)
+
+
+def test_hw_emu_links_the_emulation_target_and_writes_its_emconfig(small_kernel, tools,
+                                                                   tmp_path, capsys):
+    calls = tools("vivado", "v++", "emconfigutil")
+    out = tmp_path / "out"
+    assert main(["build", "xclbin", "--target", "hw_emu", "--out", str(out)]) == 0
+    folder = BuildFolder(out)
+    vivado, vpp, emconfig = calls()
+    assert vpp["args"][:3] == ["-l", "-t", "hw_emu"]
+    assert vpp["args"][vpp["args"].index("-o") + 1] == "velcro_u280.hw_emu.xclbin"
+    assert emconfig["tool"] == "emconfigutil" and emconfig["cwd"] == str(out)
+    assert emconfig["args"] == ["--platform", PLATFORM, "--od", "."]
+    assert folder.xclbin_for("hw_emu").is_file() and folder.emconfig.is_file()
+    assert not folder.xclbin.exists()
+    assert capsys.readouterr().out.rstrip().endswith("velcro_u280.hw_emu.xclbin")
+    # Current: nothing runs again; the card's target is a link of its own.
+    assert main(["build", "xclbin", "--target", "hw_emu", "--out", str(out)]) == 0
+    assert len(calls()) == 3
+    assert main(["build", "xclbin", "--out", str(out)]) == 0
+    assert [c["tool"] for c in calls()[3:]] == ["v++"] and folder.xclbin.is_file()
+
+
+def test_hw_emu_without_emconfigutil_names_it(small_kernel, tools, tmp_path, capsys):
+    tools("vivado", "v++")
+    assert main(["build", "xclbin", "--target", "hw_emu", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("velcro: error: emconfigutil not found on PATH")
+
+
+# --- with the tools (``-m vivado``: Vivado and Vitis sourced, XRT for the emulation) -------
+
+@pytest.mark.vivado
+def test_vivado_packages_the_shipped_kernel(tmp_path):
+    out = tmp_path / "build"
+    assert main(["build", "xo", "--out", str(out)]) == 0
+    with zipfile.ZipFile(BuildFolder(out).xo) as xo:
+        assert any(name.endswith("kernel.xml") for name in xo.namelist())
+
+
+@pytest.mark.vivado
+def test_hardware_emulation_runs_footwear_like_golden(tmp_path, footwear_package,
+                                                      monkeypatch):
+    """``v++ -t hw_emu`` link, then two footwear images through the card's driver under
+    XRT's emulator, bit-exact against the golden device."""
+    from velcro.sw.data import make_task
+    from velcro.sw.export.package import load
+    from velcro.sw.runtime import Accelerator
+
+    out = tmp_path / "build"
+    assert main(["build", "xclbin", "--target", "hw_emu", "--out", str(out)]) == 0
+    folder = BuildFolder(out)
+    monkeypatch.setenv("XCL_EMULATION_MODE", "hw_emu")
+    monkeypatch.setenv("EMCONFIG_PATH", str(out))
+    package = load(footwear_package)
+    images = make_task("footwear").split("validation").images[:2]
+    device = Accelerator.open("alveo:0", xclbin=folder.xclbin_for("hw_emu"))
+    try:
+        device.load(package)
+        logits = device.run(images, timeout=4 * 3600)
+    finally:
+        device.close()
+    golden = Accelerator.open("golden")
+    golden.load(package)
+    np.testing.assert_array_equal(logits, golden.run(images))

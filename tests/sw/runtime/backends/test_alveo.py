@@ -311,3 +311,23 @@ def test_footwear_through_the_adapter_is_bit_exact_with_golden(
     synced = {e[2] for e in card.of("sync")}
     assert synced == {"XCL_BO_SYNC_BO_TO_DEVICE", "XCL_BO_SYNC_BO_FROM_DEVICE"}
     assert device.images == 24 and device.counters() == golden.counters()
+
+
+# --- on a card (``-m board``: an Alveo U280 with the bitstream, XRT sourced) ---------------
+
+@pytest.mark.board
+def test_footwear_on_the_card_matches_golden(footwear_package, golden_accelerator):
+    """100 footwear images on ``alveo:0`` (bitstream from ``$VELCRO_XCLBIN`` or the build
+    folder): logits bit-exact and the kernel's MAC-cycle and skip counts as golden's."""
+    package = load(footwear_package)
+    images = make_task("footwear").split("validation").images[:100]
+    device = Accelerator.open("alveo:0")
+    try:
+        device.load(package)
+        logits = device.run(images)
+    finally:
+        device.close()
+    golden = golden_accelerator(package)
+    np.testing.assert_array_equal(logits, golden.run(images))
+    assert [(c.mac_cycles, c.skipped) for c in device.counters()] == \
+        [(c.mac_cycles, c.skipped) for c in golden.counters()]
