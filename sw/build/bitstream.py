@@ -166,11 +166,13 @@ def build_xclbin(folder: BuildFolder, *, force: bool = False, target: str = "hw"
     _require(tools, folder)
     if xo_stale:
         _vivado(folder)
-    log_dir = folder.path / ("logs" if target == "hw" else f"logs_{target}")
+    # Each target keeps its own scratch and log folders, so one link never reuses another's.
+    suffix = f"_{target}" if emulated else ""
+    log_dir = folder.path / f"logs{suffix}"
     _run(VPP, ["-l", "-t", target, "--platform", PLATFORM,
                "--kernel_frequency", str(CLOCK_HZ // 1_000_000),
-               "--config", folder.link_cfg.name, "--temp_dir", f"_x_{target}" if emulated
-               else "_x", "--log_dir", log_dir.name,
+               "--config", folder.link_cfg.name, "--temp_dir", f"_x{suffix}",
+               "--log_dir", log_dir.name,
                "--report_dir", "reports", "-o", product.name, folder.xo.name],
          folder, log_dir, product)
     if emulated:
