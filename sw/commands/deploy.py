@@ -303,8 +303,11 @@ def counter_check(device, images: np.ndarray, spec: str) -> tuple[dict, str | No
     from ..runtime import Accelerator
 
     expected = Accelerator.open("golden", config=device.config)
-    expected.load(device.package)
-    expected.run(images)
+    try:
+        expected.load(device.package)
+        expected.run(images)
+    finally:
+        expected.close()
     layers, problem = [], None
     for got, want in zip(device.counters(), expected.counters(), strict=True):
         layers.append({"name": got.name, "mac_cycles": got.mac_cycles,
