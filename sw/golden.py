@@ -18,8 +18,16 @@ of the runtime all compute exactly this:
   ``mult`` unsigned 16-bit and ``shift`` in ``[0, 31]``; ``lo`` is 0 after ReLU and -128
   otherwise. ``mult / 2**shift`` stands for a real scale; :func:`requant_params` fits
   the factors to one;
+- activation bounds: an op's output is clamped to ``[lo, hi]``: ``lo`` 0 and ``hi`` 127
+  after ReLU, ``hi = min(127, round(6 / scale))`` after ReLU6, ``[-128, 127]`` with no
+  activation;
 - VELCRO: where ``mask[c, i, j]`` is set the output is ``mean_q[c, i, j]`` and the
-  accumulation is not performed;
+  accumulation is not performed; masks apply to every activation that follows a
+  convolution (after a residual add too);
+- convolutions of any kernel size, stride, zero padding and groups (:func:`conv`);
+  residual adds and channel concatenation bring each operand to the output scale with
+  the requantization rule (:func:`add`, :func:`concat`); max-pooling pads with
+  ``-inf``; average pooling rounds the integer mean half up (:func:`avgpool`);
 - dense layers via codebooks: ``W[o, j*s:(j+1)*s] = codebook[j][idx[o, j]]``; the engine
   builds ``LUT_j[c] = <x_j, codebook[j][c]>`` and adds ``LUT_j[idx[o, j]]``.
 
@@ -42,6 +50,7 @@ host stages disagree with it; split, the rules would be stated once per file.
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,7 +59,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .export.bits import unpack_mask
+from .export.ops import clamp_of, pool_size
 from .export.package import Layer, Package, check, codebook_weight
+from .export.schema import INPUT, layer_inputs
 
 ACC_BITS = 32
 MULT_BITS = 16
@@ -179,23 +190,6 @@ def requant_params(scale) -> tuple[np.ndarray, np.ndarray]:
     return mult.astype(np.uint16), shift.astype(np.uint8)
 
 
-def _conv_nhwc(x: np.ndarray, w: _Matrix, stride: int) -> np.ndarray:
-    """Bias-free accumulators of a 3x3 convolution, zero padding 1, in NHWC layout.
-
-    ``x`` int8 ``[N, H, W, C_in]``, ``w`` from ``[C_out, 3, 3, C_in]`` weights; returns
-    int64 ``[N, H_out, W_out, C_out]``. The input is padded in the matrix's float type
-    and unrolled into rows of ``(dy, dx, c)`` windows (im2col) for one product.
-    """
-    n, h, wd, c = x.shape
-    padded = np.zeros((n, h + 2, wd + 2, c), dtype=w.values.dtype)
-    padded[:, 1:-1, 1:-1] = x
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
-    windows = windows[:, ::stride, ::stride]                # [N, H_out, W_out, C, 3, 3]
-    h_out, w_out = windows.shape[1:3]
-    cols = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * h_out * w_out, 9 * c)
-    return w.apply(cols).reshape(n, h_out, w_out, -1)
-
-
 def _conv_matrix(w: np.ndarray) -> _Matrix:
     """Conv weights ``[C_out, C_in, 3, 3]`` as the ``(dy, dx, c)``-ordered matrix."""
     return _Matrix.of(np.asarray(w).transpose(0, 2, 3, 1).reshape(len(w), -1))
@@ -218,18 +212,9 @@ def conv3x3_acc(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride: int = 1)
     """
     if stride not in (1, 2):
         raise GoldenError(f"stride must be 1 or 2, not {stride}")
-    batched = np.ndim(x) == 4
-    x = _check_int("activations", x if batched else np.asarray(x)[None], INT8_MIN, INT8_MAX)
-    w = _check_int("weights", w, INT8_MIN, INT8_MAX)
-    bias = _check_int("bias", bias, ACC_MIN, ACC_MAX)
-    if x.ndim != 4 or w.ndim != 4 or w.shape[2:] != (3, 3) or w.shape[1] != x.shape[1]:
-        raise GoldenError(f"conv3x3 needs x [C_in, H, W] and w [C_out, C_in, 3, 3], got "
-                          f"{list(x.shape[1:])} and {list(w.shape)}")
-    if bias.shape != (w.shape[0],):
-        raise GoldenError(f"bias needs {w.shape[0]} entries, got {bias.shape}")
-    acc = _conv_nhwc(x.transpose(0, 2, 3, 1).astype(np.int8), _conv_matrix(w), stride)
-    acc = _check_acc(acc.transpose(0, 3, 1, 2) + bias[:, None, None])
-    return acc if batched else acc[0]
+    if np.ndim(w) != 4 or np.shape(w)[2:] != (3, 3):
+        raise GoldenError(f"conv3x3 needs w [C_out, C_in, 3, 3], got {list(np.shape(w))}")
+    return conv_acc(x, w, bias, stride, 1)
 
 
 def conv3x3(x: np.ndarray, w: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray,
@@ -246,6 +231,252 @@ def conv3x3(x: np.ndarray, w: np.ndarray, bias: np.ndarray, mult: np.ndarray, sh
     if mask is not None:
         y = apply_skip(y, mask, mean)
     return y
+
+
+def _pairs(value, what: str) -> tuple[int, int]:
+    pair = tuple(value) if isinstance(value, tuple | list) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int | np.integer) and v >= 0 for v in pair):
+        raise GoldenError(f"{what} must be a non-negative integer or a pair, not {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _windows(x: np.ndarray, kernel, stride, padding, fill, dtype) -> np.ndarray:
+    """Windows ``[N, H_out, W_out, C, kh, kw]`` of NHWC ``x`` padded with ``fill``."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, h, w, c = x.shape
+    padded = np.full((n, h + 2 * ph, w + 2 * pw, c), fill, dtype=dtype)
+    padded[:, ph:ph + h, pw:pw + w] = x
+    if padded.shape[1] < kh or padded.shape[2] < kw:
+        raise GoldenError(f"a {kh}x{kw} window does not fit a {h}x{w} map padded by "
+                          f"{ph}, {pw}")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(1, 2))
+    return windows[:, ::sh, ::sw]
+
+
+@dataclass(frozen=True)
+class _GroupedMatrix:
+    """Grouped conv weights ``[C_out, C_in / g, kh, kw]`` as ``g`` exact matrices
+    ``[(dy, dx, c), C_out / g]`` (see :class:`_Matrix`)."""
+
+    groups: int
+    matrices: tuple[_Matrix, ...]
+
+    @classmethod
+    def of(cls, w: np.ndarray, groups: int) -> _GroupedMatrix:
+        w = np.asarray(w)
+        per = len(w) // groups
+        return cls(groups, tuple(_conv_matrix(w[g * per:(g + 1) * per]) for g in range(groups)))
+
+    def apply(self, windows: np.ndarray) -> np.ndarray:
+        """Accumulators ``[N, H, W, C_out]`` of windows ``[N, H, W, C_in, kh, kw]``."""
+        n, h, w, c, kh, kw = windows.shape
+        per = c // self.groups
+        outs = []
+        for g, matrix in enumerate(self.matrices):
+            part = windows[:, :, :, g * per:(g + 1) * per]
+            cols = part.transpose(0, 1, 2, 4, 5, 3).reshape(n * h * w, kh * kw * per)
+            outs.append(matrix.apply(cols).reshape(n, h, w, -1))
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)
+
+
+def conv_acc(x: np.ndarray, w: np.ndarray, bias: np.ndarray, stride=1, padding=0,
+             groups: int = 1) -> np.ndarray:
+    """Int32 accumulators of a 2-D convolution with zero padding.
+
+    ``acc[o, i, j] = bias[o] + sum_{c, dy, dx} w[o, c, dy, dx] * x[g*C_g + c, i*s + dy - p,
+    j*s + dx - p]`` over the ``C_g = C_in / groups`` channels of output ``o``'s group
+    ``g``, with ``x`` zero outside the map (PyTorch's ``conv2d`` with integers).
+
+    Parameters
+    ----------
+    x : int8 ``[(N,) C_in, H, W]``
+    w : int8 ``[C_out, C_in / groups, kh, kw]``
+    bias : int32 ``[C_out]``
+    stride, padding : int or pair
+    groups : divides ``C_in`` and ``C_out`` (``groups = C_in``: depthwise)
+
+    Returns
+    -------
+    int64 ``[(N,) C_out, H_out, W_out]``, ``H_out = (H + 2 p - kh) // s + 1``.
+    """
+    batched = np.ndim(x) == 4
+    x = _check_int("activations", x if batched else np.asarray(x)[None], INT8_MIN, INT8_MAX)
+    w = _check_int("weights", w, INT8_MIN, INT8_MAX)
+    bias = _check_int("bias", bias, ACC_MIN, ACC_MAX)
+    stride, padding = _pairs(stride, "stride"), _pairs(padding, "padding")
+    if min(stride) < 1:
+        raise GoldenError(f"stride must be positive, not {stride}")
+    if (x.ndim != 4 or w.ndim != 4 or groups < 1 or x.shape[1] % groups
+            or len(w) % groups or w.shape[1] * groups != x.shape[1]):
+        raise GoldenError(f"conv needs x [C_in, H, W] and w [C_out, C_in / groups, kh, kw] "
+                          f"with groups dividing both; got {list(x.shape[1:])}, "
+                          f"{list(w.shape)}, groups {groups}")
+    if bias.shape != (w.shape[0],):
+        raise GoldenError(f"bias needs {w.shape[0]} entries, got {bias.shape}")
+    matrix = _GroupedMatrix.of(w, groups)
+    windows = _windows(x.transpose(0, 2, 3, 1), w.shape[2:], stride, padding, 0,
+                       matrix.matrices[0].values.dtype)
+    acc = _check_acc(matrix.apply(windows).transpose(0, 3, 1, 2) + bias[:, None, None])
+    return acc if batched else acc[0]
+
+
+def clamp_bounds(activation: str, scale: float = 1.0) -> tuple[int, int]:
+    """``(lo, hi)`` of an int8 output at ``scale`` after ``activation``.
+
+    ``"none"``: ``[-128, 127]``; ``"relu"``: ``[0, 127]``; ``"relu6"``: ``[0, min(127,
+    round(6 / scale))]``, the integer nearest 6.0 (half to even, NumPy's rounding).
+    """
+    if activation == "none":
+        return INT8_MIN, INT8_MAX
+    if activation == "relu":
+        return 0, INT8_MAX
+    if activation == "relu6":
+        return 0, int(min(INT8_MAX, np.round(6.0 / scale)))
+    raise GoldenError(f"unknown activation {activation!r} (none, relu or relu6)")
+
+
+def _requant_clamped(acc, mult, shift, lo, hi, channel_axis):
+    acc = _check_int("accumulator", acc, ACC_MIN, ACC_MAX)
+    mult = _check_int("mult", mult, 0, MULT_MAX)
+    shift = _check_int("shift", shift, 0, SHIFT_MAX)
+    if not INT8_MIN <= lo <= hi <= INT8_MAX:
+        raise GoldenError(f"clamp bounds [{lo}, {hi}] outside [-128, 127]")
+    if mult.shape != (acc.shape[channel_axis],) or shift.shape != mult.shape:
+        raise GoldenError(f"mult/shift need one entry per channel ({acc.shape[channel_axis]}), "
+                          f"got {mult.shape} and {shift.shape}")
+    view = [1] * acc.ndim
+    view[channel_axis] = -1
+    y = _requant(acc, mult.reshape(view), shift.reshape(view), lo)
+    return np.minimum(y, np.int8(hi))
+
+
+def conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray,
+         stride=1, padding=0, groups: int = 1, lo: int = 0, hi: int = INT8_MAX,
+         mask: np.ndarray | None = None, mean: np.ndarray | None = None) -> np.ndarray:
+    """A convolution (:func:`conv_acc`), requantized and clamped to ``[lo, hi]`` (the
+    activation, :func:`clamp_bounds`), with VELCRO skipping; int8 ``[(N,) C_out, H, W]``.
+
+    ``y = min(hi, clamp((acc * mult + round) >> shift, lo, 127))``: the requantization
+    rule, then the upper bound of ReLU6.
+    """
+    acc = conv_acc(x, w, bias, stride, padding, groups)
+    y = _requant_clamped(acc, mult, shift, lo, hi, acc.ndim - 3)
+    return apply_skip(y, mask, mean) if mask is not None else y
+
+
+def add(a: np.ndarray, b: np.ndarray, mult: np.ndarray, shift: int, lo: int = INT8_MIN,
+        hi: int = INT8_MAX, mask: np.ndarray | None = None,
+        mean: np.ndarray | None = None) -> np.ndarray:
+    """Residual add of two int8 maps at their own scales, into int8 at the output scale.
+
+    ``y = min(hi, clamp((a * mult[0] + b * mult[1] + round) >> shift, lo, 127))``: the
+    requantization rule with the operands' factors ``mult[k] / 2**shift = s_k / s_out``
+    sharing one shift (so the sum is formed before the single rounding). Masked
+    elements (VELCRO, when the add is followed by a tapped activation) are ``mean``.
+    """
+    a = _check_int("a", a, INT8_MIN, INT8_MAX)
+    b = _check_int("b", b, INT8_MIN, INT8_MAX)
+    mult = _check_int("mult", mult, 0, MULT_MAX)
+    shift = int(_check_int("shift", np.asarray(shift), 0, SHIFT_MAX))
+    if a.shape != b.shape or mult.shape != (2,):
+        raise GoldenError(f"add needs operands of one shape and two multipliers, got "
+                          f"{list(a.shape)}, {list(b.shape)} and {list(mult.shape)}")
+    if not INT8_MIN <= lo <= hi <= INT8_MAX:
+        raise GoldenError(f"clamp bounds [{lo}, {hi}] outside [-128, 127]")
+    acc = a * int(mult[0]) + b * int(mult[1]) + ((1 << shift) >> 1)
+    y = np.minimum(np.clip(acc >> shift, lo, INT8_MAX), hi).astype(np.int8)
+    return apply_skip(y, mask, mean) if mask is not None else y
+
+
+def concat(xs: list[np.ndarray], mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Channel concatenation of int8 maps ``[(N,) C_k, H, W]``, each requantized to the
+    output scale: ``clamp((x_k * mult[k] + round_k) >> shift[k], -128, 127)``."""
+    if not xs:
+        raise GoldenError("concat needs at least one operand")
+    mult = _check_int("mult", mult, 0, MULT_MAX)
+    shift = _check_int("shift", shift, 0, SHIFT_MAX)
+    if mult.shape != (len(xs),) or shift.shape != mult.shape:
+        raise GoldenError(f"concat of {len(xs)} operands needs as many mult/shift entries")
+    parts = []
+    for k, x in enumerate(xs):
+        x = _check_int(f"operand {k}", x, INT8_MIN, INT8_MAX)
+        parts.append(_requant(x, mult[k], shift[k], INT8_MIN))
+    try:
+        return np.concatenate(parts, axis=-3)
+    except ValueError as e:
+        raise GoldenError(f"concat operands disagree in shape: {e}") from None
+
+
+def _pool_windows(x, kernel, stride, padding, ceil_mode, fill, dtype):
+    """NHWC windows of a pooling op, the right/bottom edges extended for ceil mode."""
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho = pool_size(h, kh, sh, ph, ceil_mode)
+    wo = pool_size(w, kw, sw, pw, ceil_mode)
+    if 2 * ph > kh or 2 * pw > kw:
+        raise GoldenError(f"padding {padding} exceeds half the window {kernel}")
+    extra_h = max(0, (ho - 1) * sh + kh - (h + 2 * ph))
+    extra_w = max(0, (wo - 1) * sw + kw - (w + 2 * pw))
+    padded = np.full((n, h + 2 * ph + extra_h, w + 2 * pw + extra_w, c), fill, dtype=dtype)
+    padded[:, ph:ph + h, pw:pw + w] = x
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(1, 2))
+    return windows[:, ::sh, ::sw][:, :ho, :wo]
+
+
+def maxpool(x: np.ndarray, kernel, stride=None, padding=0, ceil_mode: bool = False):
+    """Max-pooling of int8 ``[(N,) C, H, W]``; padding and ceil-mode overhang are
+    ``-inf`` (every window holds at least one element of the map)."""
+    kernel = _pairs(kernel, "kernel")
+    stride = _pairs(kernel if stride is None else stride, "stride")
+    padding = _pairs(padding, "padding")
+    batched = np.ndim(x) == 4
+    x = np.asarray(x if batched else np.asarray(x)[None])
+    windows = _pool_windows(x.transpose(0, 2, 3, 1), kernel, stride, padding, ceil_mode,
+                            INT8_MIN, x.dtype)
+    y = windows.max(axis=(-2, -1)).transpose(0, 3, 1, 2)
+    return y if batched else y[0]
+
+
+def avgpool_divisors(h: int, w: int, kernel, stride, padding, ceil_mode: bool,
+                     count_include_pad: bool) -> np.ndarray:
+    """The divisor of every window ``[H_out, W_out]`` (PyTorch's ``avg_pool2d``).
+
+    With ``count_include_pad`` the window counts the padding but not the ceil-mode
+    overhang beyond it; otherwise only elements of the map.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = pool_size(h, kh, sh, ph, ceil_mode), pool_size(w, kw, sw, pw, ceil_mode)
+
+    def counts(size, k, s, p, n):
+        start = np.arange(n) * s - p
+        end = np.minimum(start + k, size + p)
+        if count_include_pad:
+            return end - start
+        return np.minimum(end, size) - np.maximum(start, 0)
+
+    return np.outer(counts(h, kh, sh, ph, ho), counts(w, kw, sw, pw, wo))
+
+
+def avgpool(x: np.ndarray, kernel, stride=None, padding=0, ceil_mode: bool = False,
+            count_include_pad: bool = True) -> np.ndarray:
+    """Average pooling of int8 ``[(N,) C, H, W]`` at an unchanged scale.
+
+    ``y = floor((2 * sum + d) / (2 d))``: the window's integer sum (zero padding) over
+    its divisor ``d`` (:func:`avgpool_divisors`), rounded half up. Adaptive average
+    pooling to an output that divides the map is this with ``kernel = stride = H / H_out``.
+    """
+    kernel = _pairs(kernel, "kernel")
+    stride = _pairs(kernel if stride is None else stride, "stride")
+    padding = _pairs(padding, "padding")
+    batched = np.ndim(x) == 4
+    x = _check_int("activations", x if batched else np.asarray(x)[None], INT8_MIN, INT8_MAX)
+    windows = _pool_windows(x.transpose(0, 2, 3, 1), kernel, stride, padding, ceil_mode,
+                            0, np.int64)
+    total = windows.sum(axis=(-2, -1)).transpose(0, 3, 1, 2)
+    d = avgpool_divisors(x.shape[2], x.shape[3], kernel, stride, padding, ceil_mode,
+                         count_include_pad)
+    y = ((2 * total + d) // (2 * d)).astype(np.int8)
+    return y if batched else y[0]
 
 
 def apply_skip(y: np.ndarray, mask: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -326,10 +557,11 @@ def dense_codebook_acc(x: np.ndarray, codebooks: np.ndarray, indices: np.ndarray
 class LayerMacs:
     """Multiply-accumulates of one layer: performed, and skipped by VELCRO.
 
-    A conv3x3 output element costs ``9 * C_in`` MACs (padding included, as the
-    hardware's 3x3 windows do); a dense layer ``n_in * n_out``; a codebook dense layer
-    ``n_seg * k * s`` MACs for its lookup tables plus ``n_out * n_seg`` table
-    ``lookups`` (an add each); pooling and flatten none.
+    A convolution's output element costs ``kh * kw * C_in / groups`` MACs (padding
+    included, as the hardware's 3x3 windows do); a dense layer ``n_in * n_out``; a
+    codebook dense layer ``n_seg * k * s`` MACs for its lookup tables plus ``n_out *
+    n_seg`` table ``lookups`` (an add each); adds, concatenation, pooling and flatten
+    none.
     """
 
     name: str
@@ -347,27 +579,93 @@ class LayerMacs:
 class _Conv:
     def __init__(self, layer: Layer):
         a = layer.arrays
-        self.stride = layer.attrs["stride"]
-        self.w = _conv_matrix(a["weight"])
+        general = layer.op == "conv"
+        self.kernel = tuple(layer.attrs["kernel"]) if general else (3, 3)
+        self.stride = (tuple(layer.attrs["stride"]) if general
+                       else (layer.attrs["stride"],) * 2)
+        self.padding = tuple(layer.attrs["padding"]) if general else (1, 1)
+        groups = layer.attrs["groups"] if general else 1
+        self.lo, self.hi = clamp_of(layer.op, layer.attrs)
+        self.w = _GroupedMatrix.of(a["weight"], groups)
         self.bias = a["bias"].astype(np.int64)
         self.mult = a["mult"].astype(np.int64)
         self.shift = a["shift"].astype(np.int64)
-        mask = unpack_mask(a["mask"], layer.out_shape)
-        self.mask = mask.transpose(1, 2, 0)                  # NHWC inside the model
-        self.means = a["mean"].transpose(1, 2, 0)[self.mask]
-        per_element = 9 * layer.in_shape[0]
-        skipped = int(mask.sum())
-        self.cost = LayerMacs(layer.name, layer.op, per_element * (mask.size - skipped),
+        self.mask, self.means = _skip(layer)
+        per_element = self.kernel[0] * self.kernel[1] * (layer.in_shape[0] // groups)
+        skipped = int(self.mask.sum()) if self.mask is not None else 0
+        self.cost = LayerMacs(layer.name, layer.op,
+                              per_element * (math.prod(layer.out_shape) - skipped),
                               per_element * skipped)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         # Every element is accumulated and the skipped ones are overwritten: the
         # result is the same as not accumulating them, and one dense product is
         # faster than gathering the unskipped windows.
-        y = _requant(_conv_nhwc(x, self.w, self.stride), self.mult, self.shift, 0, self.bias)
-        if len(self.means):
+        windows = _windows(x, self.kernel, self.stride, self.padding, 0,
+                           self.w.matrices[0].values.dtype)
+        y = _requant(self.w.apply(windows), self.mult, self.shift, self.lo, self.bias)
+        if self.hi < INT8_MAX:
+            np.minimum(y, np.int8(self.hi), out=y)
+        if self.mask is not None and len(self.means):
             y[:, self.mask] = self.means
         return y
+
+
+def _skip(layer: Layer) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A tapped layer's mask (NHWC) and its masked means; ``(None, None)`` otherwise."""
+    if "mask" not in layer.arrays:
+        return None, None
+    mask = unpack_mask(layer.arrays["mask"], layer.out_shape).transpose(1, 2, 0)
+    return mask, layer.arrays["mean"].transpose(1, 2, 0)[mask]
+
+
+class _Add:
+    def __init__(self, layer: Layer):
+        self.mult = [int(m) for m in layer.arrays["mult"]]
+        self.shift = int(layer.arrays["shift"][0])
+        self.lo, self.hi = clamp_of(layer.op, layer.attrs)
+        self.mask, self.means = _skip(layer)
+        self.cost = LayerMacs(layer.name, layer.op, 0, 0)
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        acc = a.astype(np.int64) * self.mult[0]
+        acc += b.astype(np.int64) * self.mult[1]
+        acc += (1 << self.shift) >> 1
+        acc >>= self.shift
+        y = np.clip(acc, self.lo, self.hi).astype(np.int8)
+        if self.mask is not None and len(self.means):
+            y[:, self.mask] = self.means
+        return y
+
+
+class _Concat:
+    def __init__(self, layer: Layer):
+        self.mult = layer.arrays["mult"].astype(np.int64)
+        self.shift = layer.arrays["shift"].astype(np.int64)
+        self.cost = LayerMacs(layer.name, layer.op, 0, 0)
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        return np.concatenate([_requant(x.astype(np.int64), m, s, INT8_MIN)
+                               for x, m, s in zip(xs, self.mult, self.shift, strict=True)],
+                              axis=-1)
+
+
+class _Pool:
+    def __init__(self, layer: Layer):
+        self.average = layer.op == "avgpool"
+        a = layer.attrs
+        self.args = (tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]),
+                     a["ceil_mode"])
+        if self.average:
+            self.divisors = avgpool_divisors(layer.in_shape[1], layer.in_shape[2], *self.args,
+                                             a["count_include_pad"])[..., None]
+        self.cost = LayerMacs(layer.name, layer.op, 0, 0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.average:
+            total = _pool_windows(x, *self.args, 0, np.int64).sum(axis=(-2, -1))
+            return ((2 * total + self.divisors) // (2 * self.divisors)).astype(np.int8)
+        return _pool_windows(x, *self.args, INT8_MIN, x.dtype).max(axis=(-2, -1))
 
 
 class _Dense:
@@ -442,7 +740,8 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-_STEPS = {"conv3x3": _Conv, "dense": _Dense, "dense_codebook": _CodebookDense,
+_STEPS = {"conv3x3": _Conv, "conv": _Conv, "add": _Add, "concat": _Concat,
+          "maxpool": _Pool, "avgpool": _Pool, "dense": _Dense, "dense_codebook": _CodebookDense,
           "maxpool2x2": _MaxPool, "flatten": _Flatten}
 
 
@@ -450,9 +749,10 @@ class GoldenModel:
     """A package prepared for repeated runs; counts the MACs of the images it runs.
 
     Weights are converted once into exact float matrices and masks are unpacked.
+    Layers run in the package's order, each on the outputs of the layers it names.
     Between layers activations stay in NHWC layout, so that each convolution is one
-    matrix product over ``(dy, dx, c)`` windows; flatten restores the C order of
-    ``[C, H, W]`` that the package (and torch) use.
+    matrix product over ``(dy, dx, c)`` windows (one per group); flatten restores the
+    C order of ``[C, H, W]`` that the package (and torch) use.
 
     Batches run on ``workers`` threads with single-threaded BLAS: NumPy releases the
     GIL in the products, copies and element-wise steps, so this spreads all of them
@@ -481,6 +781,14 @@ class GoldenModel:
         self.batch_size = batch_size
         self.workers = workers
         self._steps = [_STEPS[layer.op](layer) for layer in package.layers]
+        self._inputs = layer_inputs(package.layers)
+        # After its last reader a value is dropped, so memory follows the graph's width.
+        last_use = {}
+        for i, inputs in enumerate(self._inputs):
+            for source in inputs:
+                last_use[source] = i
+        self._drop = [[s for s in inputs if last_use[s] == i]
+                      for i, inputs in enumerate(self._inputs)]
         self.images = 0
 
     def per_image(self) -> list[LayerMacs]:
@@ -492,9 +800,14 @@ class GoldenModel:
         return [step.cost.times(self.images) for step in self._steps]
 
     def _forward(self, images: np.ndarray) -> np.ndarray:
-        x = quantize_input(images).transpose(0, 2, 3, 1)
-        for step in self._steps:
-            x = step(x)
+        values = {INPUT: quantize_input(images).transpose(0, 2, 3, 1)}
+        x = values[INPUT]
+        for layer, step, inputs, drop in zip(self.package.layers, self._steps, self._inputs,
+                                             self._drop, strict=True):
+            x = step(*(values[source] for source in inputs))
+            for source in drop:
+                del values[source]
+            values[layer.name] = x
         return x
 
     def run(self, images: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The schema of a ``.velcro`` package (version 1): the integer network and its checks.
+"""The schema of a ``.velcro`` package (version 2): the integer network and its checks.
 
 :class:`Package` and :class:`Layer` hold the network in memory and
 :meth:`Package.manifest` gives its ``manifest.json``. :func:`parse_manifest` checks every
@@ -28,10 +28,12 @@ Schema version 1
                     Fashion-MNIST); nothing here is ever imported, called or opened;
                     parameters_sha256: quantize.parameters_sha256 of the float model,
                     against which ``velcro run --weights`` checks a float model
-    layers          [layer, ...] in execution order
+    layers          [layer, ...] in execution order (a topological order of the graph)
 
-Every layer has ``name`` (``[A-Za-z0-9_.#-]+``, unique), ``op``, ``in_shape``,
-``out_shape``, ``out_scale`` (real value of one output unit) and ``arrays``: a map
+Every layer has ``name`` (``[A-Za-z0-9_.#-]+``, unique, not ``input``), ``op``,
+``inputs`` (the names of the earlier layers it reads, or ``"input"``, the network
+input), ``in_shape`` (of its first input), ``out_shape``, ``out_scale`` (real value of
+one output unit) and ``arrays``: a map
 ``role -> {"file": "arrays/<name>.<role>.npy", "dtype": str, "shape": [int],
 "sha256": hex of the array's C-order data bytes}``. The ops:
 
@@ -43,6 +45,24 @@ Every layer has ``name`` (``[A-Za-z0-9_.#-]+``, unique), ``op``, ``in_shape``,
     bit-packed, element ``(c, y, x)`` is bit ``f % 8`` (LSB first) of byte ``f // 8``
     with ``f = (c*H_out + y)*W_out + x``, padding bits zero, ``skipped`` bits set;
     ``mean`` int8 ``[C_out, H_out, W_out]`` in ``[0, 127]``, zero where not skipped.
+``conv`` (+ ``kernel`` [kh, kw], ``stride`` [sh, sw], ``padding`` [ph, pw], ``groups``,
+    ``clamp`` [lo, hi], ``tap`` str | null, ``skipped``) -- any 2-D convolution with zero
+    padding (:func:`velcro.sw.golden.conv`): ``out_shape [C_out, (H + 2 ph - kh) // sh +
+    1, ...]``; ``clamp`` is the activation: [-128, 127] none, [0, 127] ReLU, [0, hi]
+    ReLU6. Arrays ``weight`` int8 ``[C_out, C_in / groups, kh, kw]``, ``bias``, ``mult``,
+    ``shift`` as for conv3x3, and, when ``tap`` names the VELCRO activation the output is,
+    ``mask`` and ``mean`` as for conv3x3 (means in ``[lo, hi]``); ``skipped`` is 0 untapped.
+``add`` (+ ``clamp``, ``tap``, ``skipped``) -- two inputs of one shape,
+    ``clamp((a * mult[0] + b * mult[1] + round) >> shift, lo, hi)``
+    (:func:`velcro.sw.golden.add`). Arrays ``mult`` uint16 ``[2]``, ``shift`` uint8 ``[1]``,
+    ``mask`` and ``mean`` when tapped.
+``concat`` -- two or more maps of one size, along channels, each operand requantized
+    to the output scale (:func:`velcro.sw.golden.concat`). Arrays ``mult`` uint16 ``[n]``,
+    ``shift`` uint8 ``[n]``.
+``maxpool`` / ``avgpool`` (+ ``kernel``, ``stride``, ``padding``, ``ceil_mode``;
+    avgpool also ``count_include_pad``) -- PyTorch's pooling windows
+    (:func:`velcro.sw.export.ops.pool_size`), no arrays, ``out_scale`` unchanged; the
+    average rounds half up (:func:`velcro.sw.golden.avgpool`).
 ``maxpool2x2`` -- ``[C, H, W] -> [C, H//2, W//2]``, no arrays, ``out_scale`` unchanged.
 ``flatten`` -- ``[C, H, W] -> [C*H*W]`` in C order, no arrays, ``out_scale`` unchanged.
 ``dense`` (+ ``relu`` bool, ``output`` "int8" | "int32") -- ``[n_in] -> [n_out]``.
@@ -59,11 +79,17 @@ Every layer has ``name`` (``[A-Za-z0-9_.#-]+``, unique), ``op``, ``in_shape``,
     ``weight_scale`` is the real value of one codebook unit (float weights are
     ``weight_scale * W``).
 
-Shapes chain from ``input.shape`` through every layer; ``velcro.C`` must equal the
-set mask bits over all conv3x3 output elements. For every layer with weights, the
+Shapes follow the inputs from ``input.shape``; every layer's output is read by a later
+layer except the last one's, the network's output. The *tapped* layers (every
+conv3x3, and conv and add layers with a ``tap``) are the VELCRO activations:
+``velcro.thresholds`` has one entry per tapped layer, in order, and ``velcro.C`` must
+equal the set mask bits over all their output elements. For every layer with weights, the
 accumulator bound ``128 * sum_k |weight[o, k]| + |bias[o]|`` must fit int32, so no
 int8 input can overflow an accumulator. Limits checked before anything is allocated:
 at most 2**30 bytes per array, 2**16 per dimension, 4096 layers.
+
+Version 1 files (a chain, no ``inputs`` fields, the ops conv3x3, maxpool2x2, flatten,
+dense and dense_codebook) are read as the chain they describe.
 """
 
 from __future__ import annotations
@@ -71,19 +97,22 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
 from ..errors import PackageError
+from . import ops
 from .bits import index_run_bytes, unpack_indices
+from .ops import DENSE, MAX_ARRAY_BYTES, MAX_DIM, OpError, expected_arrays, tapped
 
 FORMAT = "velcro-package"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS = (1, 2)
+INPUT = "input"
+V1_OPS = ("conv3x3", "maxpool2x2", "flatten", "dense", "dense_codebook")
 
-MAX_ARRAY_BYTES = 1 << 30
-MAX_DIM = 1 << 16
 MAX_LAYERS = 4096
 
 ACC_MAX = (1 << 31) - 1
@@ -98,7 +127,8 @@ class Layer:
     """One layer of the integer network.
 
     ``attrs`` holds the op's own fields (``stride``, ``skipped``, ``relu``,
-    ``output``); ``arrays`` maps each role of the op to its array.
+    ``output``, ...); ``arrays`` maps each role of the op to its array; ``inputs`` names
+    the layers it reads (empty: the previous layer, or the network input for the first).
     """
 
     name: str
@@ -108,6 +138,16 @@ class Layer:
     out_scale: float
     attrs: dict = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
+
+
+def layer_inputs(layers: list[Layer]) -> list[tuple[str, ...]]:
+    """The inputs of every layer, the previous layer where a layer names none."""
+    result, previous = [], INPUT
+    for layer in layers:
+        result.append(tuple(layer.inputs) or (previous,))
+        previous = layer.name
+    return result
 
 
 @dataclass
@@ -125,6 +165,11 @@ class Package:
     def C(self) -> float:
         return self.velcro["C"]
 
+    @property
+    def tapped(self) -> list[Layer]:
+        """The layers whose outputs are VELCRO activations (they carry masks), in order."""
+        return [layer for layer in self.layers if tapped(layer.op, layer.attrs)]
+
     def manifest(self) -> dict:
         """The JSON manifest (array hashes computed from the arrays)."""
         return {
@@ -136,14 +181,15 @@ class Package:
             "velcro": self.velcro,
             "source": self.source,
             "layers": [{
-                "name": layer.name, "op": layer.op, "in_shape": list(layer.in_shape),
+                "name": layer.name, "op": layer.op, "inputs": list(inputs),
+                "in_shape": list(layer.in_shape),
                 "out_shape": list(layer.out_shape), "out_scale": layer.out_scale,
-                **layer.attrs,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in layer.attrs.items()},
                 "arrays": {role: {"file": array_member(layer.name, role),
                                   "dtype": array.dtype.name, "shape": list(array.shape),
                                   "sha256": _sha256(array)}
                            for role, array in layer.arrays.items()},
-            } for layer in self.layers],
+            } for layer, inputs in zip(self.layers, layer_inputs(self.layers), strict=True)],
         }
 
 
@@ -244,61 +290,9 @@ def _expect(value, path: str, expected):
     return value
 
 
-# Per op: the fields beyond the common ones, each with its checker.
-_ATTRS: dict[str, dict[str, Callable]] = {
-    "conv3x3": {"stride": lambda v, p: _choice(v, p, (1, 2)),
-                "skipped": lambda v, p: _int(v, p, 0, MAX_ARRAY_BYTES * 8)},
-    "maxpool2x2": {},
-    "flatten": {},
-    "dense": {"relu": _bool,
-              "output": lambda v, p: _choice(v, p, ("int8", "int32"))},
-    "dense_codebook": {"relu": _bool,
-                       "output": lambda v, p: _choice(v, p, ("int8", "int32")),
-                       "bits": lambda v, p: _int(v, p, 1, 16),
-                       "segment": lambda v, p: _int(v, p, 1, MAX_DIM),
-                       "shared": _bool,
-                       "weight_scale": lambda v, p: _float(v, p, lo_open=True)},
-}
-_DENSE = ("dense", "dense_codebook")
-_IN_NDIM = {"conv3x3": 3, "maxpool2x2": 3, "flatten": 3, "dense": 1, "dense_codebook": 1}
-_OUT_NDIM = {"conv3x3": 3, "maxpool2x2": 3, "flatten": 1, "dense": 1, "dense_codebook": 1}
-
-
-def _out_shape(op: str, in_shape: tuple[int, ...], attrs: dict, declared: tuple[int, ...]):
-    """The output shape an op produces from ``in_shape`` (dense: the declared one)."""
-    if op == "conv3x3":
-        stride = attrs["stride"]
-        return (declared[0], (in_shape[1] - 1) // stride + 1, (in_shape[2] - 1) // stride + 1)
-    if op == "maxpool2x2":
-        return (in_shape[0], in_shape[1] // 2, in_shape[2] // 2)
-    if op == "flatten":
-        return (math.prod(in_shape),)
-    return declared
-
-
-def expected_arrays(op: str, in_shape, out_shape, attrs: dict) -> dict[str, tuple]:
-    """``role -> (dtype name, shape)`` of the arrays an op carries."""
-    if op == "conv3x3":
-        c_out = out_shape[0]
-        return {"weight": ("int8", (c_out, in_shape[0], 3, 3)), "bias": ("int32", (c_out,)),
-                "mult": ("uint16", (c_out,)), "shift": ("uint8", (c_out,)),
-                "mask": ("uint8", (-(-math.prod(out_shape) // 8),)),
-                "mean": ("int8", tuple(out_shape))}
-    if op in _DENSE:
-        n_out = out_shape[0]
-        if op == "dense":
-            arrays = {"weight": ("int8", (n_out, in_shape[0]))}
-        else:
-            bits, segment = attrs["bits"], attrs["segment"]
-            n_seg = in_shape[0] // segment
-            arrays = {"codebooks": ("int8", (1 if attrs["shared"] else n_seg, 1 << bits,
-                                             segment)),
-                      "indices": ("uint8", (n_seg * index_run_bytes(n_out, bits),))}
-        arrays["bias"] = ("int32", (n_out,))
-        if attrs["output"] == "int8":
-            arrays.update(mult=("uint16", (n_out,)), shift=("uint8", (n_out,)))
-        return arrays
-    return {}
+# The field checkers the op table (:mod:`velcro.sw.export.ops`) calls.
+_CHECKS = SimpleNamespace(int=_int, bool=_bool, float=_float, str=_str, choice=_choice,
+                          fail=fail, show=show, NAME=_NAME)
 
 
 def codebook_weight(layer: Layer) -> np.ndarray:
@@ -333,9 +327,11 @@ def parse_manifest(manifest) -> tuple[Package, dict[tuple[int, str], ArraySpec]]
     m = _keys(manifest, "manifest", {"format", "schema_version", "input", "task", "velcro",
                                      "source", "layers"})
     _expect(m["format"], "manifest.format", FORMAT)
-    if type(m["schema_version"]) is not int or m["schema_version"] != SCHEMA_VERSION:
-        fail("manifest.schema_version", f"version {show(m['schema_version'])} is not supported "
-              f"(this velcro reads {SCHEMA_VERSION})")
+    version = m["schema_version"]
+    if type(version) is not int or version not in READS:
+        fail("manifest.schema_version", f"version {show(version)} is not supported "
+              f"(this velcro reads {' and '.join(map(str, READS))}; re-export the model with "
+              "this velcro's 'velcro export')")
     inp = _keys(m["input"], "manifest.input", {"shape", "dtype", "scale"})
     input_shape = _shape(inp["shape"], "manifest.input.shape", 3)
     _expect(inp["dtype"], "manifest.input.dtype", "uint8")
@@ -368,50 +364,73 @@ def parse_manifest(manifest) -> tuple[Package, dict[tuple[int, str], ArraySpec]]
     entries = _list(m["layers"], "manifest.layers", MAX_LAYERS)
     if not entries:
         fail("manifest.layers", "expected at least one layer")
-    layers, specs, seen = [], {}, set()
-    shape, scale = input_shape, input_scale
+    layers, specs = [], {}
+    shapes: dict[str, tuple[int, ...]] = {INPUT: input_shape}
+    scales: dict[str, float] = {INPUT: input_scale}
+    unread: set[str] = set()
+    allowed = tuple(ops.ATTRS) if version >= 2 else V1_OPS
+    previous = INPUT
     for i, entry in enumerate(entries):
         path = f"manifest.layers[{i}]"
         if not isinstance(entry, dict):
             fail(path, f"expected an object, got {type(entry).__name__}")
-        op = _choice(entry.get("op"), f"{path}.op", tuple(_ATTRS))
-        _keys(entry, path, {"name", "op", "in_shape", "out_shape", "out_scale", "arrays"}
-              | _ATTRS[op].keys())
+        op = _choice(entry.get("op"), f"{path}.op", allowed)
+        common = {"name", "op", "in_shape", "out_shape", "out_scale", "arrays"}
+        _keys(entry, path, common | ({"inputs"} if version >= 2 else set())
+              | ops.ATTRS[op].keys())
         name = _str(entry["name"], f"{path}.name", _NAME)
-        if name in seen:
-            fail(f"{path}.name", f"duplicate layer name {name!r}")
-        seen.add(name)
-        in_shape = _shape(entry["in_shape"], f"{path}.in_shape", _IN_NDIM[op])
-        if in_shape != shape:
-            fail(f"{path}.in_shape", f"expected {list(shape)} (the previous output), "
-                  f"got {list(in_shape)}")
-        attrs = {key: check(entry[key], f"{path}.{key}") for key, check in _ATTRS[op].items()}
-        declared = _shape(entry["out_shape"], f"{path}.out_shape", _OUT_NDIM[op])
-        if op == "flatten" and math.prod(in_shape) > MAX_DIM:
-            fail(f"{path}.in_shape", f"flattens to {math.prod(in_shape)} elements, "
-                  f"more than {MAX_DIM}")
-        out_shape = _out_shape(op, in_shape, attrs, declared)
+        if name in shapes:
+            fail(f"{path}.name", f"duplicate layer name {name!r}" if name != INPUT
+                 else f"{INPUT!r} names the network input")
+        if version >= 2:
+            lo, hi = ops.ARITY[op]
+            inputs = _list(entry["inputs"], f"{path}.inputs", hi)
+            if len(inputs) < lo:
+                fail(f"{path}.inputs", f"{op} takes {lo} inputs or more, got {len(inputs)}")
+            for k, reads in enumerate(inputs):
+                _str(reads, f"{path}.inputs[{k}]", _NAME)
+                if reads not in shapes:
+                    fail(f"{path}.inputs[{k}]", f"{reads!r} is not an earlier layer")
+            inputs = tuple(inputs)
+        else:
+            inputs = (previous,)
+        in_shapes = [shapes[reads] for reads in inputs]
+        for k, reads in enumerate(inputs):
+            if len(in_shapes[k]) != ops.IN_NDIM[op]:
+                fail(f"{path}.inputs[{k}]", f"{op} needs a {ops.IN_NDIM[op]}-d input, "
+                      f"{reads!r} is {list(in_shapes[k])}")
+        in_shape = _shape(entry["in_shape"], f"{path}.in_shape", ops.IN_NDIM[op])
+        if in_shape != in_shapes[0]:
+            fail(f"{path}.in_shape", f"expected {list(in_shapes[0])} (the output of "
+                  f"{inputs[0]!r}), got {list(in_shape)}")
+        attrs = {key: check(entry[key], f"{path}.{key}", _CHECKS)
+                 for key, check in ops.ATTRS[op].items()}
+        declared = _shape(entry["out_shape"], f"{path}.out_shape", ops.OUT_NDIM[op])
+        try:
+            out_shape = ops.out_shape(op, in_shapes, attrs, declared)
+        except OpError as e:
+            fail(f"{path}.{e.field}", str(e))
         if declared != out_shape:
             fail(f"{path}.out_shape", f"expected {list(out_shape)}, got {list(declared)}")
-        if op == "maxpool2x2" and min(in_shape[1:]) < 2:
-            fail(f"{path}.in_shape", f"2x2 pooling needs H, W >= 2, got {list(in_shape)}")
         out_scale = _float(entry["out_scale"], f"{path}.out_scale", lo_open=True)
-        if op in ("maxpool2x2", "flatten") and out_scale != scale:
-            fail(f"{path}.out_scale", f"expected {scale!r} (unchanged by {op}), "
+        if op in ops.SAME_SCALE and out_scale != scales[inputs[0]]:
+            fail(f"{path}.out_scale", f"expected {scales[inputs[0]]!r} (unchanged by {op}), "
                   f"got {out_scale!r}")
+        if op in ("conv", "add") and attrs["tap"] is None and attrs["skipped"]:
+            fail(f"{path}.skipped", "an untapped layer skips nothing")
         if op == "dense_codebook" and in_shape[0] % attrs["segment"]:
             fail(f"{path}.segment", f"segment length {attrs['segment']} does not divide the "
                   f"{in_shape[0]} inputs")
-        if op in _DENSE and attrs["output"] == "int32":
+        if op in DENSE and attrs["output"] == "int32":
             if attrs["relu"]:
                 fail(f"{path}.relu", "an int32 (logits) output has no ReLU")
             if i != len(entries) - 1:
                 fail(f"{path}.output", "only the last layer may output int32 logits")
         elif i == len(entries) - 1:
-            if op not in _DENSE:
+            if op not in DENSE:
                 fail(f"{path}.op", f"the last layer must be dense (the logits), got {op}")
             fail(f"{path}.output", "the last layer must output int32 logits")
-        expected = expected_arrays(op, in_shape, out_shape, attrs)
+        expected = expected_arrays(op, in_shape, out_shape, attrs, len(inputs))
         arrays = _keys(entry["arrays"], f"{path}.arrays", set(expected))
         for role, (dtype, ashape) in expected.items():
             apath = f"{path}.arrays.{role}"
@@ -425,12 +444,19 @@ def parse_manifest(manifest) -> tuple[Package, dict[tuple[int, str], ArraySpec]]
                 fail(f"{apath}.shape", f"{spec.nbytes} bytes exceeds the limit of "
                       f"{MAX_ARRAY_BYTES}")
             specs[(i, role)] = spec
-        layers.append(Layer(name, op, in_shape, out_shape, out_scale, attrs))
-        shape, scale = out_shape, out_scale
-    n_conv = sum(layer.op == "conv3x3" for layer in layers)
-    if len(thresholds) != n_conv:
-        fail("manifest.velcro.thresholds", f"expected one threshold per conv3x3 layer "
-              f"({n_conv}), got {len(thresholds)}")
+        unread.difference_update(inputs)
+        unread.add(name)
+        layers.append(Layer(name, op, in_shape, out_shape, out_scale, attrs,
+                            inputs=inputs if version >= 2 else ()))
+        shapes[name], scales[name], previous = out_shape, out_scale, name
+    unread.discard(layers[-1].name)
+    if unread:
+        first = next(i for i, layer in enumerate(layers) if layer.name in unread)
+        fail(f"manifest.layers[{first}]", f"the output of {layers[first].name!r} is never read")
+    n_tapped = sum(tapped(layer.op, layer.attrs) for layer in layers)
+    if len(thresholds) != n_tapped:
+        fail("manifest.velcro.thresholds", f"expected one threshold per tapped layer "
+              f"({n_tapped}), got {len(thresholds)}")
     n_out = layers[-1].out_shape[0]
     if len(names) != n_out:
         fail("manifest.task.class_names", f"expected one name per output ({n_out}), "
@@ -463,7 +489,7 @@ def check_values(package: Package) -> None:
             if worst > ACC_MAX:
                 fail(f"{path}.arrays.{'weight' if 'weight' in a else 'codebooks'}",
                       f"accumulators may reach {worst}, beyond int32")
-        if layer.op != "conv3x3":
+        if not tapped(layer.op, layer.attrs):
             continue
         count = math.prod(layer.out_shape)
         bits = np.unpackbits(a["mask"], bitorder="little")
@@ -474,12 +500,14 @@ def check_values(package: Package) -> None:
             fail(f"{path}.skipped", f"expected {int(mask.sum())} (set bits of the mask), "
                   f"got {layer.attrs['skipped']}")
         mean = a["mean"]
-        if mean.size and (mean.min() < 0 or (mean[~mask] != 0).any()):
-            fail(f"{path}.arrays.mean", "means must lie in [0, 127] where skipped and be 0 "
-                  "elsewhere")
+        lo, hi = ops.clamp_of(layer.op, layer.attrs)
+        inside = mean[mask]
+        if (inside < lo).any() or (inside > hi).any() or (mean[~mask] != 0).any():
+            fail(f"{path}.arrays.mean", f"means must lie in [{lo}, {hi}] where skipped and be "
+                  "0 elsewhere")
         total += count
         skipped += int(mask.sum())
     C = skipped / total if total else 0.0
     if not math.isclose(C, package.velcro["C"], rel_tol=1e-9, abs_tol=1e-12):
-        fail("manifest.velcro.C", f"expected {C!r} (skipped / total conv outputs), "
+        fail("manifest.velcro.C", f"expected {C!r} (skipped / total tapped outputs), "
               f"got {package.velcro['C']!r}")

@@ -14,7 +14,8 @@ from velcro.sw.export.package import check, loads
 
 
 @pytest.mark.parametrize("edit, field", [
-    (lambda m: m.update(schema_version=2), "manifest.schema_version"),
+    (lambda m: m.update(schema_version=3), "manifest.schema_version"),
+    (lambda m: m.update(schema_version=True), "manifest.schema_version"),
     (lambda m: m.update(format="velcro-plan"), "manifest.format"),
     (lambda m: m["layers"][0].update(stride=3), r"manifest.layers\[0\].stride"),
     (lambda m: m["layers"][0].update(skipped=0), r"manifest.layers\[0\].skipped"),
