@@ -1,8 +1,9 @@
-"""Post-training int8 quantization of a sequential CNN into a deployment package.
+"""Post-training int8 quantization of a traced CNN into a deployment package.
 
 The integers of a package and the arithmetic the accelerator does with them are
 defined once, in :mod:`velcro.sw.golden`; this module chooses the real scales that
-those integers stand for:
+those integers stand for, node by node of the graph :func:`velcro.sw.export.graph.trace`
+gives (BatchNorm folded, activations fused):
 
 - input: a pixel ``p`` is ``p / 255`` to the float model; its int8 value
   (:func:`velcro.sw.golden.quantize_input`) has the scale ``2 / 255``;
@@ -10,47 +11,49 @@ those integers stand for:
   (``max |W[o]| / 127``), except in the last layer, whose accumulators are the
   logits: there one scale for the whole layer keeps every logit on the same scale, so
   the integer argmax is the float argmax;
-- activations: one scale per tensor, ``max / 127`` over the calibration images (the
-  task's preprocessing split) with the VELCRO plan applied, as in the float model
-  that is deployed;
+- activations: one scale per tensor, ``max |x| / 127`` over the calibration images
+  (the task's preprocessing split) with the VELCRO plan applied, as in the float model
+  that is deployed; pooling and flatten keep their input's scale;
 - bias: at the accumulator scale ``s_in * s_w[o]``;
 - requantization: the factors of ``M[o] = s_in * s_w[o] / s_out``
-  (:func:`requant_params`);
-- VELCRO: the plan's float means become int8 ``round(mean / s_out)`` at the masked
-  elements of each conv layer's output, and the masks are bit-packed;
+  (:func:`requant_params`); a residual add's two operands share one shift, the
+  largest that keeps both multipliers within 16 bits; each operand of a concat has
+  its own factors;
+- VELCRO: the plan's float means become int8 ``round(mean / s_out)`` (clamped to the
+  activation's range) at the masked elements of each tapped layer's output, and the
+  masks are bit-packed;
 - dense layers are int8 as above, or codebook layers from :mod:`velcro.sw.vq.methods`
   (scalar k-means or x-axis PQ): int8 codebooks with one scale per layer
   (:func:`velcro.sw.export.codebooks.deploy`) and packed indices
   (:func:`velcro.sw.export.bits.pack_indices`);
   activation scales are then calibrated with the codebook weights.
 
-Supported layers, in an ``nn.Sequential`` (nested ones are flattened): ``Conv2d`` 3x3
-with padding 1, stride 1 or 2, followed by ``ReLU``; ``MaxPool2d(2)``; ``Flatten``;
-``Linear`` with or without ``ReLU``, the last one without; ``Dropout`` and
-``Identity`` are no-ops at inference.
+Convolutions of the form the kernel runs (3x3, padding 1, stride 1 or 2, one group,
+ReLU) become ``conv3x3`` layers and 2x2 max-pooling ``maxpool2x2``; the rest keep the
+general ops (:mod:`velcro.sw.export.ops`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from .. import golden
 from ..data import Task, to_float
 from ..errors import ModelError, PlanError
-from ..locality.plan import Plan
+from ..locality.plan import Plan, applied
 from .bits import pack_indices, pack_mask
+from .graph import SUPPORTED, Graph, Node, trace
 from .package import Layer, Package, check
 
+__all__ = ["INPUT_SCALE", "SUPPORTED", "parameters_sha256", "quantize", "requant_params"]
+
 INPUT_SCALE = (1 << golden.INPUT_SHIFT) / 255
-SUPPORTED = ("Conv2d 3x3 (padding 1, stride 1 or 2) + ReLU, MaxPool2d(2), Flatten, "
-             "Linear (+ ReLU), Dropout, Identity")
 _BATCH = 256
 
 
@@ -66,92 +69,6 @@ def requant_params(scale) -> tuple[np.ndarray, np.ndarray]:
         return golden.requant_params(scale)
     except golden.GoldenError as e:
         raise PlanError(str(e)) from None
-
-
-@dataclass
-class _Group:
-    """One package layer and the torch modules it stands for."""
-
-    op: str
-    name: str
-    module: nn.Module | None = None
-    relu: bool = False
-
-
-def _leaves(module: nn.Module, prefix: str = ""):
-    for name, child in module.named_children():
-        qualified = f"{prefix}{name}"
-        if isinstance(child, nn.Sequential):
-            yield from _leaves(child, qualified + ".")
-        else:
-            yield qualified, child
-
-
-def _unsupported(name: str, module: nn.Module, why: str) -> ModelError:
-    return ModelError(f"layer {name!r} ({module!r}) is not supported: {why}; "
-                      f"supported layers: {SUPPORTED}")
-
-
-def _pair(value) -> tuple:
-    return tuple(value) if isinstance(value, tuple | list) else (value, value)
-
-
-def layer_groups(model: nn.Module) -> list[_Group]:
-    """The package layers of a sequential model, checking that every layer is supported."""
-    if not isinstance(model, nn.Sequential):
-        raise ModelError(f"the model must be an nn.Sequential of supported layers, not "
-                         f"{type(model).__name__} ({SUPPORTED})")
-    leaves = [(n, m) for n, m in _leaves(model) if not isinstance(m, nn.Dropout | nn.Identity)]
-    # Unknown layer types first: they are the cause of any structural error that follows.
-    for name, m in leaves:
-        if type(m) not in (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten, nn.ReLU):
-            raise _unsupported(name, m, "unknown layer type")
-    groups: list[_Group] = []
-    flat = False
-    i = 0
-    while i < len(leaves):
-        name, m = leaves[i]
-        followed_by_relu = i + 1 < len(leaves) and type(leaves[i + 1][1]) is nn.ReLU
-        if type(m) is nn.Conv2d:
-            if flat:
-                raise _unsupported(name, m, "a convolution after Flatten")
-            if _pair(m.kernel_size) != (3, 3) or _pair(m.padding) != (1, 1):
-                raise _unsupported(name, m, "convolutions must be 3x3 with padding 1")
-            if _pair(m.stride) not in ((1, 1), (2, 2)):
-                raise _unsupported(name, m, "stride must be 1 or 2")
-            if _pair(m.dilation) != (1, 1) or m.groups != 1 or m.padding_mode != "zeros":
-                raise _unsupported(name, m, "dilation, groups and non-zero padding modes "
-                                   "are not")
-            if not followed_by_relu:
-                raise _unsupported(name, m, "a convolution must be followed by ReLU")
-            groups.append(_Group("conv3x3", name, m, True))
-            i += 2
-            continue
-        if type(m) is nn.Linear:
-            if not flat:
-                raise _unsupported(name, m, "Linear needs a flattened input (add nn.Flatten)")
-            groups.append(_Group("dense", name, m, followed_by_relu))
-            i += 2 if followed_by_relu else 1
-            continue
-        if type(m) is nn.MaxPool2d:
-            if (_pair(m.kernel_size) != (2, 2) or _pair(m.stride) != (2, 2)
-                    or _pair(m.padding) != (0, 0) or _pair(m.dilation) != (1, 1)
-                    or m.ceil_mode or m.return_indices):
-                raise _unsupported(name, m, "only MaxPool2d(2) (stride 2, no padding)")
-            if flat:
-                raise _unsupported(name, m, "pooling after Flatten")
-            groups.append(_Group("maxpool2x2", name, m))
-        elif type(m) is nn.Flatten:
-            if m.start_dim != 1 or m.end_dim != -1 or flat:
-                raise _unsupported(name, m, "only one Flatten(start_dim=1, end_dim=-1)")
-            flat = True
-            groups.append(_Group("flatten", name, m))
-        else:
-            raise _unsupported(name, m, "ReLU must follow a Conv2d or Linear")
-        i += 1
-    if not groups or groups[-1].op != "dense" or groups[-1].relu:
-        raise ModelError("the model must end with a Linear layer without ReLU (the logits)")
-    return groups
 
 
 def parameters_sha256(model: nn.Module) -> str:
@@ -185,48 +102,55 @@ def _quantize_bias(name: str, b: np.ndarray, acc_scale: np.ndarray) -> np.ndarra
     return q.astype(np.int32)
 
 
-def _calibrate(groups: list[_Group], plan: Plan | None, images: np.ndarray,
+class _Ranges(fx.Interpreter):
+    """Runs the tapped model, recording the largest ``|x|`` of the watched fx nodes;
+    Linear layers named in ``weights`` use those weights."""
+
+    def __init__(self, gm: fx.GraphModule, watch: dict, weights: dict):
+        super().__init__(gm)
+        self.watch, self.weights = watch, weights
+        self.amax = [0.0] * (max(watch.values(), default=-1) + 1)
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        k = self.watch.get(n)
+        if k is not None and out.numel():
+            self.amax[k] = max(self.amax[k], float(out.abs().max()))
+        return out
+
+    def call_module(self, target, args, kwargs):
+        if target in self.weights:
+            module = self.fetch_attr(target)
+            return F.linear(args[0], self.weights[target], module.bias)
+        return super().call_module(target, args, kwargs)
+
+
+def _calibrate(graph: Graph, plan: Plan | None, images: np.ndarray,
                weights: dict[str, np.ndarray]) -> list[float]:
-    """Largest |output| of every group over ``images``, with the plan applied and the
-    dense layers named in ``weights`` using those weights."""
-    plan_layers = iter(plan.layers) if plan is not None else None
-    replacements = {}
-    for g in groups:
-        if g.op == "conv3x3" and plan_layers is not None:
-            layer = next(plan_layers)
-            replacements[g.name] = (torch.from_numpy(layer.mask), torch.from_numpy(layer.mean))
-    amax = [0.0] * len(groups)
-    with torch.inference_mode():
+    """Largest |output| of every node over ``images``, with the plan applied and the
+    Linear layers named in ``weights`` using those weights."""
+    ranges = _Ranges(graph.tapped.module, {n.output: k for k, n in enumerate(graph.nodes)},
+                     {name: torch.from_numpy(w).float() for name, w in weights.items()})
+    with applied(graph.tapped, plan), torch.inference_mode():
         for start in range(0, len(images), _BATCH):
-            x = to_float(images[start:start + _BATCH])
-            for k, g in enumerate(groups):
-                if g.name in weights:
-                    x = F.linear(x, torch.from_numpy(weights[g.name]).float(), g.module.bias)
-                else:
-                    x = g.module(x)
-                if g.relu:
-                    x = torch.relu(x)
-                if g.name in replacements:
-                    mask, mean = replacements[g.name]
-                    x = torch.where(mask, mean, x)
-                amax[k] = max(amax[k], float(x.abs().max()) if x.numel() else 0.0)
-    return amax
+            ranges.run(to_float(images[start:start + _BATCH]))
+    return ranges.amax
 
 
-def _check_plan(groups: list[_Group], plan: Plan | None) -> None:
+def _check_plan(graph: Graph, plan: Plan | None) -> None:
     if plan is None:
         return
-    convs = [g.name for g in groups if g.op == "conv3x3"]
+    taps = [n.tap for n in graph.nodes if n.tap is not None]
     names = [layer.name for layer in plan.layers]
-    if names != convs:
-        raise PlanError(f"plan layers {names} do not match the model's convolutions {convs}")
+    if names != taps:
+        raise PlanError(f"plan layers {names} do not match the model's conv-activations {taps}")
 
 
-def _deploy(groups: list[_Group], dense: dict) -> dict:
+def _deploy(graph: Graph, dense: dict) -> dict:
     """:func:`deploy` every quantized dense layer, checking it belongs to the model."""
     from .codebooks import deploy
 
-    layers = {g.name: g.module for g in groups if g.op == "dense"}
+    layers = {n.module: n for n in graph.nodes if n.op == "linear"}
     deployed = {}
     for name, q in dense.items():
         if name not in layers:
@@ -240,6 +164,119 @@ def _deploy(groups: list[_Group], dense: dict) -> dict:
     return deployed
 
 
+def _shared_shift(ratios: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Multipliers of ``ratios`` with one shift, the largest that fits them all."""
+    _, shifts = requant_params(np.asarray(ratios))
+    shift = int(shifts.min())
+    mult = np.round(np.asarray(ratios) * 2.0 ** shift)
+    return mult.astype(np.uint16), np.array([shift], np.uint8)
+
+
+def _is_conv3x3(node: Node) -> bool:
+    a = node.attrs
+    return (a["kernel"] == (3, 3) and a["padding"] == (1, 1) and a["groups"] == 1
+            and a["stride"] in ((1, 1), (2, 2)) and node.activation == "relu"
+            and node.tap is not None)
+
+
+class _Layers:
+    """Package layers built node by node, with each node's output scale."""
+
+    def __init__(self, graph: Graph, plan: Plan | None, amax: list[float], deployed: dict):
+        self.graph, self.amax, self.deployed = graph, amax, deployed
+        self.plan = iter(plan.layers) if plan is not None else None
+        self.scale = {"input": INPUT_SCALE}
+        self.shape = {"input": graph.input_shape}
+        self.layers: list[Layer] = []
+        self.thresholds: list[float] = []
+
+    def out_scale(self, k: int) -> float:
+        return (self.amax[k] if self.amax[k] > 0 else 1.0) / 127
+
+    def skip(self, node: Node, out_shape, out_scale, lo, hi, arrays, attrs) -> None:
+        """Mask and means of a tapped node (plan layers are taken in order)."""
+        mask = np.zeros(out_shape, dtype=bool)
+        mean = np.zeros(out_shape, dtype=np.int8)
+        threshold = 0.0
+        if self.plan is not None:
+            p = next(self.plan)
+            if p.mask.shape != tuple(out_shape):
+                raise PlanError(f"plan for {node.tap} is {list(p.mask.shape)}, the layer "
+                                f"outputs {list(out_shape)}")
+            mask, threshold = p.mask, p.threshold
+            mean[mask] = np.clip(np.round(p.mean[mask] / out_scale), lo, hi)
+        arrays["mask"], arrays["mean"] = pack_mask(mask), mean
+        self.thresholds.append(float(threshold))
+        attrs["skipped"] = int(mask.sum())
+
+    def weighted(self, k: int, node: Node, last: bool) -> tuple[str, dict, dict, float]:
+        s_in = self.scale[node.inputs[0]]
+        w, b = node.weight, node.bias
+        d = self.deployed.get(node.module) if node.op == "linear" else None
+        if d is None:
+            s_w = _weight_scales(w, per_channel=not last)
+            arrays = {"weight": _quantize_weights(w, s_w)}
+        else:
+            s_w = np.full(len(w), d.scale)
+            arrays = {"codebooks": d.codebooks, "indices": pack_indices(d.indices, d.bits)}
+        acc_scale = s_in * s_w
+        arrays["bias"] = _quantize_bias(node.name, b, acc_scale)
+        if last:
+            out_scale = float(acc_scale[0])
+        else:
+            out_scale = self.out_scale(k)
+            arrays["mult"], arrays["shift"] = requant_params(acc_scale / out_scale)
+        if node.op == "linear":
+            attrs = {"relu": node.activation == "relu", "output": "int32" if last else "int8"}
+            if d is not None:
+                attrs.update(bits=d.bits, segment=d.segment,
+                             shared=d.codebooks.shape[0] == 1, weight_scale=float(d.scale))
+            return ("dense_codebook" if d is not None else "dense"), attrs, arrays, out_scale
+        lo, hi = golden.clamp_bounds(node.activation, out_scale)
+        if _is_conv3x3(node):
+            op, attrs = "conv3x3", {"stride": node.attrs["stride"][0]}
+        else:
+            op = "conv"
+            attrs = {key: node.attrs[key] for key in ("kernel", "stride", "padding", "groups")}
+            attrs.update(clamp=(lo, hi), tap=node.tap, skipped=0)
+        if node.tap is not None:
+            self.skip(node, node.shape, out_scale, lo, hi, arrays, attrs)
+        return op, attrs, arrays, out_scale
+
+    def build(self, k: int, node: Node) -> None:
+        last = k == len(self.graph.nodes) - 1
+        arrays, attrs = {}, {}
+        s_in = self.scale[node.inputs[0]]
+        out_scale = s_in
+        op = node.op
+        if node.op in ("conv", "linear"):
+            op, attrs, arrays, out_scale = self.weighted(k, node, last)
+        elif node.op == "add":
+            out_scale = self.out_scale(k)
+            arrays["mult"], arrays["shift"] = _shared_shift(
+                [self.scale[i] / out_scale for i in node.inputs])
+            lo, hi = golden.clamp_bounds(node.activation, out_scale)
+            attrs = {"clamp": (lo, hi), "tap": node.tap, "skipped": 0}
+            if node.tap is not None:
+                self.skip(node, node.shape, out_scale, lo, hi, arrays, attrs)
+        elif node.op == "concat":
+            out_scale = self.out_scale(k)
+            arrays["mult"], arrays["shift"] = requant_params(
+                np.array([self.scale[i] / out_scale for i in node.inputs]))
+        elif node.op in ("maxpool", "avgpool"):
+            attrs = dict(node.attrs)
+            if (op == "maxpool" and attrs["kernel"] == (2, 2) and attrs["stride"] == (2, 2)
+                    and attrs["padding"] == (0, 0) and not attrs["ceil_mode"]):
+                op, attrs = "maxpool2x2", {}
+        in_shape = self.shape[node.inputs[0]]
+        out_shape = node.shape
+        if op in ("dense", "dense_codebook"):
+            out_shape = (len(node.weight),)
+        self.layers.append(Layer(node.name, op, in_shape, tuple(out_shape), out_scale, attrs,
+                                 arrays, inputs=tuple(node.inputs)))
+        self.scale[node.name], self.shape[node.name] = out_scale, tuple(out_shape)
+
+
 def quantize(model: nn.Module, task: Task, plan: Plan | None = None,
              source: dict | None = None, dense: dict | None = None) -> Package:
     """Quantize ``model`` (float, eval mode) with the VELCRO ``plan`` into a package.
@@ -247,12 +284,13 @@ def quantize(model: nn.Module, task: Task, plan: Plan | None = None,
     Parameters
     ----------
     model
-        An ``nn.Sequential`` of supported layers (see the module docstring).
+        A traceable model of the ops :func:`velcro.sw.export.graph.trace` supports
+        (:data:`SUPPORTED`), ending in the Linear layer of the logits.
     task
         Its preprocessing split calibrates the activation scales; its name, classes
         and class names go into the manifest.
     plan
-        VELCRO masks and float means per conv layer, in order; None skips nothing.
+        VELCRO masks and float means per conv-activation, in order; None skips nothing.
     source
         What the package records of the float model it came from (``model``,
         ``weights``, ``data``, ``image_size``: names for people, never followed); the
@@ -263,70 +301,20 @@ def quantize(model: nn.Module, task: Task, plan: Plan | None = None,
         (:func:`velcro.sw.export.codebooks.deploy`: int8 codebooks, one scale per layer); the
         other dense layers are int8.
     """
-    groups = layer_groups(model)
-    _check_plan(groups, plan)
-    deployed = _deploy(groups, dense or {})
     model.eval()
     images = task.split("preprocessing").images
-    amax = _calibrate(groups, plan, images, {
+    graph = trace(model, tuple(int(v) for v in images.shape[1:]))
+    _check_plan(graph, plan)
+    deployed = _deploy(graph, dense or {})
+    amax = _calibrate(graph, plan, images, {
         name: d.weight().astype(np.float64) * d.scale for name, d in deployed.items()})
-    plan_layers = iter(plan.layers) if plan is not None else None
-    shape = tuple(images.shape[1:])
-    scale = INPUT_SCALE
-    layers, thresholds = [], []
-    for k, g in enumerate(groups):
-        name, m = g.name, g.module
-        if g.op in ("maxpool2x2", "flatten"):
-            out_shape = ((shape[0], shape[1] // 2, shape[2] // 2) if g.op == "maxpool2x2"
-                         else (math.prod(shape),))
-            layers.append(Layer(name, g.op, shape, out_shape, scale))
-            shape = out_shape
-            continue
-        w = m.weight.detach().double().numpy()
-        b = (m.bias.detach().double().numpy() if m.bias is not None
-             else np.zeros(len(w)))
-        logits = k == len(groups) - 1
-        d = deployed.get(name)
-        if d is None:
-            s_w = _weight_scales(w, per_channel=not logits)
-            arrays = {"weight": _quantize_weights(w, s_w)}
-        else:
-            s_w = np.full(len(w), d.scale)
-            arrays = {"codebooks": d.codebooks, "indices": pack_indices(d.indices, d.bits)}
-        acc_scale = scale * s_w
-        arrays["bias"] = _quantize_bias(name, b, acc_scale)
-        if logits:
-            out_scale = float(acc_scale[0])
-        else:
-            out_scale = (amax[k] if amax[k] > 0 else 1.0) / 127
-            arrays["mult"], arrays["shift"] = requant_params(acc_scale / out_scale)
-        if g.op == "conv3x3":
-            stride = _pair(m.stride)[0]
-            out_shape = (len(w), (shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1)
-            mask = np.zeros(out_shape, dtype=bool)
-            mean = np.zeros(out_shape, dtype=np.int8)
-            threshold = 0.0
-            if plan_layers is not None:
-                p = next(plan_layers)
-                if p.mask.shape != out_shape:
-                    raise PlanError(f"plan for {name} is {list(p.mask.shape)}, the layer "
-                                    f"outputs {list(out_shape)}")
-                mask, threshold = p.mask, p.threshold
-                mean[mask] = np.clip(np.round(p.mean[mask] / out_scale), 0, 127)
-            arrays["mask"], arrays["mean"] = pack_mask(mask), mean
-            thresholds.append(float(threshold))
-            attrs = {"stride": stride, "skipped": int(mask.sum())}
-        else:
-            out_shape = (len(w),)
-            attrs = {"relu": g.relu, "output": "int32" if logits else "int8"}
-            if d is not None:
-                attrs.update(bits=d.bits, segment=d.segment,
-                             shared=d.codebooks.shape[0] == 1, weight_scale=float(d.scale))
-        op = "dense_codebook" if d is not None else g.op
-        layers.append(Layer(name, op, shape, out_shape, out_scale, attrs, arrays))
-        shape, scale = out_shape, out_scale
-    n_conv = sum(math.prod(layer.out_shape) for layer in layers if layer.op == "conv3x3")
-    skipped = sum(layer.attrs["skipped"] for layer in layers if layer.op == "conv3x3")
+    built = _Layers(graph, plan, amax, deployed)
+    for k, node in enumerate(graph.nodes):
+        built.build(k, node)
+    layers = built.layers
+    tapped = [layer for layer in layers if "mask" in layer.arrays]
+    total = sum(math.prod(layer.out_shape) for layer in tapped)
+    skipped = sum(layer.attrs["skipped"] for layer in tapped)
     source = {"model": None, "weights": None, "data": None, "image_size": None,
               **(source or {}), "parameters_sha256": parameters_sha256(model)}
     package = Package(
@@ -335,7 +323,7 @@ def quantize(model: nn.Module, task: Task, plan: Plan | None = None,
         task={"name": task.name, "classes": [int(c) for c in task.classes],
               "class_names": list(task.data.classes)},
         velcro={"criterion": plan.criterion if plan is not None else None,
-                "thresholds": thresholds, "C": float(skipped / n_conv) if n_conv else 0.0},
+                "thresholds": built.thresholds, "C": float(skipped / total) if total else 0.0},
         source=source)
     if layers[-1].out_shape[0] != len(task.data.classes):
         raise ModelError(f"the model has {layers[-1].out_shape[0]} outputs but the task's "

@@ -116,11 +116,12 @@ def _conv_source(gm: fx.GraphModule, node) -> str | None:
     return None
 
 
-def tap(model: nn.Module) -> Tapped:
+def tap(model: nn.Module, require: bool = True) -> Tapped:
     """Trace ``model`` and insert a :class:`Tap` after every activation that follows a conv.
 
     The original model is not modified; the returned graph module shares its parameters.
     Taps are named after the convolution that feeds them (``"conv1"``, ``"layer1.0.conv2"``).
+    A model without any is an error unless ``require`` is false.
     """
     if isinstance(model, Tapped):
         return model
@@ -150,7 +151,7 @@ def tap(model: nn.Module) -> Tapped:
             tap_node = gm.graph.call_module(attr, (node,))
         node.replace_all_uses_with(tap_node, delete_user_cb=lambda user, t=tap_node: user is not t)
         taps.append(module)
-    if not taps:
+    if not taps and require:
         raise ModelError("the model has no convolution followed by a ReLU/ReLU6 activation; "
                          "VELCRO has nothing to compress")
     gm.recompile()

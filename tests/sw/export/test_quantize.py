@@ -3,6 +3,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from velcro.sw import golden
@@ -12,7 +13,8 @@ from velcro.sw.evaluate import predict
 from velcro.sw.export.bits import unpack_mask
 from velcro.sw.export.codebooks import deploy
 from velcro.sw.export.package import codebook_weight
-from velcro.sw.export.quantize import layer_groups, quantize, requant_params
+from velcro.sw.export.graph import trace
+from velcro.sw.export.quantize import quantize, requant_params
 from velcro.sw.locality.experiment import prepare
 from velcro.sw.locality.plan import applied, compress
 from velcro.sw.locality.profile import profile
@@ -64,31 +66,45 @@ def synthetic_task(rng, n=300, size=12):
                 preprocessing_fraction=0.3)
 
 
-def test_unknown_and_misconfigured_layers_are_named():
+def test_what_the_traced_front_end_refuses_is_named():
     cases = [
-        (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU()),
-         r"'1' \(BatchNorm2d"),
-        (nn.Sequential(nn.Conv2d(1, 2, 5, padding=2), nn.ReLU()), r"'0' \(Conv2d.*3x3"),
-        (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten()), "followed by ReLU"),
-        (nn.Sequential(OrderedDict(avg=nn.AvgPool2d(2))), r"'avg' \(AvgPool2d"),
-        (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, stride=3), nn.ReLU()), "stride"),
-        (nn.Sequential(nn.Linear(4, 2)), "flattened input"),
-        (nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.ReLU()), "without ReLU"),
-        (nn.Sequential(nn.MaxPool2d(3)), "MaxPool2d\\(2\\)"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, dilation=2), nn.ReLU(), nn.Flatten(),
+                       nn.Linear(2 * 6 * 6, 2)), r"'0' \(Conv2d\).*dilated"),
+        (nn.Sequential(nn.ConvTranspose2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(200, 2)),
+         r"'0' \(ConvTranspose2d\).*unknown module type"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Linear(8, 2)),
+         "flattened input"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(64, 2), nn.ReLU()), "without activation"),
+        (nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64), nn.Linear(64, 2)),
+         r"'1' \(BatchNorm1d\)"),
+        (nn.Sequential(nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2)),
+         r"'1' \(ReLU\).*must follow"),
     ]
     for model, match in cases:
         with pytest.raises(ModelError, match=match):
-            layer_groups(model)
-    with pytest.raises(ModelError, match="nn.Sequential"):
-        layer_groups(nn.Linear(3, 3))
+            trace(model, (1, 8, 8))
 
 
-def test_nested_sequentials_are_flattened_with_their_qualified_names():
-    groups = layer_groups(small_cnn())
-    assert [(g.op, g.name) for g in groups] == [
-        ("conv3x3", "c1"), ("maxpool2x2", "p1"), ("conv3x3", "block.0"), ("flatten", "flat"),
-        ("dense", "fc1"), ("dense", "fc2"), ("dense", "fc3")]
-    assert [g.relu for g in groups if g.op == "dense"] == [True, False, False]
+def test_batchnorm_folds_and_activations_fuse_with_qualified_names():
+    model = nn.Sequential(OrderedDict(
+        c1=nn.Conv2d(1, 4, 5, padding=2), bn=nn.BatchNorm2d(4), act=nn.ReLU6(),
+        block=nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU()),
+        pool=nn.AvgPool2d(2), flat=nn.Flatten(), fc1=nn.Linear(64, 8), r=nn.ReLU(),
+        drop=nn.Dropout(), fc2=nn.Linear(8, 3)))
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+        model.bn.weight.uniform_(0.5, 2)
+    graph = trace(model.eval(), (1, 8, 8))
+    assert [(n.op, n.name, n.activation) for n in graph.nodes] == [
+        ("conv", "c1", "relu6"), ("conv", "block.0", "relu"), ("avgpool", "pool", "none"),
+        ("flatten", "flat", "none"), ("linear", "fc1", "relu"), ("linear", "fc2", "none")]
+    assert [n.tap for n in graph.nodes] == ["c1", "block.0", None, None, None, None]
+    c1 = graph.nodes[0]
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    folded = F.conv2d(x, torch.from_numpy(c1.weight), torch.from_numpy(c1.bias), padding=2)
+    reference = model.bn.double()(model.c1.double()(x))
+    assert torch.allclose(folded, reference, atol=1e-12)
 
 
 def test_integer_logits_follow_the_float_model(rng):
@@ -105,6 +121,8 @@ def test_integer_logits_follow_the_float_model(rng):
     assert np.mean(logits.argmax(1) == expected.argmax(1)) > 0.9
     assert [layer.op for layer in package.layers] == [
         "conv3x3", "maxpool2x2", "conv3x3", "flatten", "dense", "dense", "dense"]
+    assert [layer.name for layer in package.layers] == [
+        "c1", "p1", "block.0", "flat", "fc1", "fc2", "fc3"]
     assert package.layers[5].attrs == {"relu": False, "output": "int8"}
 
 
