@@ -60,6 +60,123 @@ def lenet_300_100(num_classes: int = 10) -> nn.Sequential:
     ]))
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 conv+BN, the input added back (through a 1x1
+    conv+BN projection when the shape changes), ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU()
+        self.project = None
+        if stride != 1 or c_in != c_out:
+            self.project = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                         nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        identity = x if self.project is None else self.project(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+def small_resnet(num_classes: int = 10) -> nn.Module:
+    """A small ResNet for 28x28 inputs: a 3x3 stem (16), basic blocks 16 -> 32 (stride 2,
+    1x1 projection) -> 32, global average pooling, a linear classifier."""
+    return nn.Sequential(OrderedDict([
+        ("stem", nn.Conv2d(1, 16, 3, padding=1, bias=False)),
+        ("stem_bn", nn.BatchNorm2d(16)),
+        ("stem_relu", nn.ReLU()),
+        ("block1", BasicBlock(16, 16)),
+        ("block2", BasicBlock(16, 32, stride=2)),
+        ("block3", BasicBlock(32, 32)),
+        ("pool", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(32, num_classes)),
+    ]))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNet V2's block: 1x1 expansion + ReLU6, 3x3 depthwise + ReLU6, 1x1 linear
+    projection, the input added back when the shape allows."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int):
+        super().__init__()
+        hidden = c_in * expand
+        self.residual = stride == 1 and c_in == c_out
+        self.block = nn.Sequential(
+            nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+def small_inverted_residual(num_classes: int = 10) -> nn.Module:
+    """A small MobileNet-V2-style network for 28x28 inputs: a 3x3 stem (16, ReLU6),
+    inverted residual blocks 16 -> 16 -> 24 (stride 2) -> 24, a 1x1 conv to 64,
+    global average pooling, a linear classifier."""
+    return nn.Sequential(OrderedDict([
+        ("stem", nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                               nn.ReLU6())),
+        ("block1", InvertedResidual(16, 16, 1, 2)),
+        ("block2", InvertedResidual(16, 24, 2, 4)),
+        ("block3", InvertedResidual(24, 24, 1, 4)),
+        ("head", nn.Sequential(nn.Conv2d(24, 64, 1, bias=False), nn.BatchNorm2d(64),
+                               nn.ReLU6())),
+        ("pool", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("drop", nn.Dropout(0.1)),
+        ("fc", nn.Linear(64, num_classes)),
+    ]))
+
+
+#: Networks ``velcro train --model NAME`` trains, by name.
+ARCHITECTURES = {"reference": reference_cnn, "small_resnet": small_resnet,
+                 "small_inverted_residual": small_inverted_residual}
+
+#: torchvision networks with one input channel, by name (:func:`torchvision_model`).
+TORCHVISION = ("resnet18", "mobilenet_v2", "googlenet")
+
+
+def torchvision_model(name: str, num_classes: int = 10) -> nn.Module:
+    """torchvision's ``resnet18``, ``mobilenet_v2`` or ``googlenet`` for single-channel
+    images, with random weights.
+
+    The adaptation: the first convolution is rebuilt with one input channel and
+    otherwise the same shape (kernel, stride, padding, output channels), so grayscale
+    images enter where RGB ones would; everything else is torchvision's definition
+    with ``num_classes`` outputs. GoogLeNet is built without its auxiliary
+    classifiers (they only run in training) and without input transform. At 64x64
+    inputs every network keeps its strides; their last feature maps are 2x2.
+    """
+    if name not in TORCHVISION:
+        raise ModelError(f"unknown torchvision network {name!r}; choose one of "
+                         f"{', '.join(TORCHVISION)}")
+    declare_torchvision_ops()
+    import torchvision.models as tvm
+
+    if name == "resnet18":
+        model = tvm.resnet18(weights=None, num_classes=num_classes)
+        parent, attr = model, "conv1"
+    elif name == "mobilenet_v2":
+        model = tvm.mobilenet_v2(weights=None, num_classes=num_classes)
+        parent, attr = model.features[0], "0"
+    else:
+        model = tvm.googlenet(weights=None, num_classes=num_classes, aux_logits=False,
+                              transform_input=False, init_weights=True)
+        parent, attr = model.conv1, "conv"
+    old = getattr(parent, attr)
+    setattr(parent, attr, nn.Conv2d(1, old.out_channels, old.kernel_size, old.stride,
+                                    old.padding, bias=old.bias is not None))
+    return model.eval()
+
+
 def user_folder() -> Path:
     """Where velcro keeps what it trains: ``$VELCRO_HOME``, else ``$XDG_DATA_HOME/velcro``,
     else ``~/.local/share/velcro``."""

@@ -33,6 +33,7 @@ from velcro.hw.kernel.config import SHIPPED, KernelConfig
 from .. import golden
 from ..errors import DeviceError
 from ..export.package import Package
+from ..export.schema import INPUT
 from . import host
 from .counters import Counters
 from .driver import KernelDriver, Platform, StepCounters
@@ -126,18 +127,25 @@ class Accelerator:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
             raise DeviceError(f"images must be uint8 [N, {', '.join(map(str, expected))}], "
                               f"got {images.dtype} {list(images.shape)}")
-        x = golden.quantize_input(images)
+        values = {INPUT: golden.quantize_input(images)}
+        last_read = {name: i for i, stage in enumerate(self.stages) for name in stage.inputs}
         self._counters.start()
         for index, (stage, loaded) in enumerate(zip(self.stages, self._loaded, strict=True)):
+            xs = [values[name] for name in stage.inputs]
             if stage.device:
+                (x,) = xs
                 if self.programs[index].input_kind == "vector":
                     x = x.reshape(len(x), -1)
                 result = self.driver.run(loaded, x, timeout=timeout)
                 self._counters.add(result.steps, result.totals, stage=index)
                 x = result.outputs
             else:
-                for layer in stage.layers:
-                    x = host.run_layer(layer, x)
+                (layer,) = stage.layers
+                x = host.run_layer(layer, *xs)
+            for name in stage.inputs:
+                if last_read[name] == index:
+                    del values[name]
+            values[stage.output] = x
         self.images += len(images)
         return np.asarray(x, np.int32)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import golden
 from ..export.bits import unpack_indices, unpack_mask
+from ..export.ops import clamp_of
 from ..export.package import Layer
 
 __all__ = ["run_layer"]
@@ -43,8 +44,44 @@ def _dense(layer: Layer, x: np.ndarray) -> np.ndarray:
     return golden.requantize(acc, a["mult"], a["shift"], layer.attrs["relu"], channel_axis=1)
 
 
-def run_layer(layer: Layer, x: np.ndarray) -> np.ndarray:
-    """The output batch of ``layer`` on the input batch ``x``."""
+def _general_conv(layer: Layer, x: np.ndarray) -> np.ndarray:
+    a, attrs = layer.arrays, layer.attrs
+    mask = unpack_mask(a["mask"], layer.out_shape) if "mask" in a else None
+    lo, hi = clamp_of(layer.op, attrs)
+    outs = [golden.conv(x[i:i + CHUNK], a["weight"], a["bias"], a["mult"], a["shift"],
+                        attrs["stride"], attrs["padding"], attrs["groups"], lo, hi, mask,
+                        a.get("mean"))
+            for i in range(0, len(x), CHUNK)]
+    return np.concatenate(outs) if outs else np.zeros((0, *layer.out_shape), np.int8)
+
+
+def _add(layer: Layer, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    arrays = layer.arrays
+    mask = unpack_mask(arrays["mask"], layer.out_shape) if "mask" in arrays else None
+    lo, hi = clamp_of(layer.op, layer.attrs)
+    return golden.add(a, b, arrays["mult"], int(arrays["shift"][0]), lo, hi, mask,
+                      arrays.get("mean"))
+
+
+def _pool(layer: Layer, x: np.ndarray) -> np.ndarray:
+    a = layer.attrs
+    if layer.op == "maxpool":
+        return golden.maxpool(x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"])
+    return golden.avgpool(x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"],
+                          a["count_include_pad"])
+
+
+def run_layer(layer: Layer, *xs: np.ndarray) -> np.ndarray:
+    """The output batch of ``layer`` on its input batches ``xs`` (one per input)."""
+    if layer.op == "add":
+        return _add(layer, *xs)
+    if layer.op == "concat":
+        return golden.concat(list(xs), layer.arrays["mult"], layer.arrays["shift"])
+    (x,) = xs
+    if layer.op == "conv":
+        return _general_conv(layer, x)
+    if layer.op in ("maxpool", "avgpool"):
+        return _pool(layer, x)
     if layer.op == "conv3x3":
         return _conv(layer, x)
     if layer.op == "maxpool2x2":

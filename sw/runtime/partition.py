@@ -1,7 +1,7 @@
 """Graph partitioning: which layers of a package the kernel runs, and which the host runs.
 
-The network is a chain of layers. A layer goes to the kernel when the kernel has its
-op and it fits the hardware configuration:
+The network is a graph of layers in execution order. A layer goes to the kernel when
+the kernel has its op and it fits the hardware configuration:
 
 * ``conv3x3``: channels, map size within the conv array's limits;
 * ``maxpool2x2``: a map the conv array holds;
@@ -10,10 +10,12 @@ op and it fits the hardware configuration:
 * ``dense``, ``dense_codebook``: within the dense engine's limits (at most 8-bit
   indices, segments of at most ``max_s``).
 
-Consecutive kernel layers form a *device* stage (one kernel call per batch, split
+A *device* stage is a chain of kernel layers, each reading only the one before,
+whose intermediate outputs nothing else reads (one kernel call per batch, split
 when a stage would exceed ``max_program`` descriptors); every other layer is a
 *host* stage run with the golden model's integer rules
-(:mod:`velcro.sw.runtime.host`).
+(:mod:`velcro.sw.runtime.host`). A stage reads the value its first layer reads and
+gives its last layer's output.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from velcro.hw.conv.config import ConvConfigError
 from velcro.hw.kernel.config import KernelConfig
 
 from ..export.package import Layer, Package
+from ..export.schema import layer_inputs
 from .program import conv_layer, dense_layer
 
-__all__ = ["Stage", "partition", "supported"]
+__all__ = ["Stage", "devices", "kernel_mac_fraction", "partition", "supported"]
 
 _DENSE = ("dense", "dense_codebook")
 # Descriptors a stage needs besides one per layer: input, output and END.
@@ -40,10 +43,15 @@ class Stage:
 
     device: bool
     layers: tuple[Layer, ...]
+    inputs: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
+
+    @property
+    def output(self) -> str:
+        return self.layers[-1].name
 
 
 def supported(layer: Layer, config: KernelConfig) -> str | None:
@@ -80,32 +88,63 @@ def supported(layer: Layer, config: KernelConfig) -> str | None:
 def partition(package: Package, config: KernelConfig) -> list[Stage]:
     """Split the package's layers into device and host stages, in order."""
     layers = package.layers
+    inputs = layer_inputs(layers)
+    readers: dict[str, int] = {}
+    for reads in inputs:
+        for name in reads:
+            readers[name] = readers.get(name, 0) + 1
     on_device = [supported(layer, config) is None for layer in layers]
+
+    def chained(i: int) -> bool:
+        """Layer ``i`` reads only layer ``i - 1``, which nothing else reads."""
+        return i > 0 and inputs[i] == (layers[i - 1].name,) and readers[layers[i - 1].name] == 1
+
     # Flatten runs on chip only from a map on chip into a dense layer on chip.
     for i, layer in enumerate(layers):
         if layer.op == "flatten":
             fits = math.prod(layer.in_shape) <= config.vector_bytes
             on_device[i] = (fits and 0 < i < len(layers) - 1 and on_device[i - 1]
-                            and on_device[i + 1] and layers[i + 1].op in _DENSE)
+                            and on_device[i + 1] and layers[i + 1].op in _DENSE
+                            and chained(i) and chained(i + 1))
     limit = config.max_program - _OVERHEAD
     stages: list[Stage] = []
     current: list[Layer] = []
+    current_inputs: tuple[str, ...] = ()
 
     def close():
         if current:
-            stages.append(Stage(True, tuple(current)))
+            stages.append(Stage(True, tuple(current), current_inputs))
             current.clear()
 
-    for layer, device in zip(layers, on_device, strict=True):
+    for i, (layer, device) in enumerate(zip(layers, on_device, strict=True)):
+        if current and not chained(i):
+            close()
         if device and layer.op == "flatten":
             # Its dense layer must join the same stage, behind a map already on chip.
             device = bool(current) and len(current) + 2 <= limit
         elif device and len(current) + 1 > limit:
             close()
         if device:
+            if not current:
+                current_inputs = inputs[i]
             current.append(layer)
         else:
             close()
-            stages.append(Stage(False, (layer,)))
+            stages.append(Stage(False, (layer,), inputs[i]))
     close()
     return stages
+
+
+def devices(stages: list[Stage]) -> dict[str, str]:
+    """``layer name -> "kernel" | "host"``: where each layer runs."""
+    return {layer.name: "kernel" if stage.device else "host"
+            for stage in stages for layer in stage.layers}
+
+
+def kernel_mac_fraction(stages: list[Stage], macs: dict[str, int]) -> float:
+    """The share of a package's MACs (``layer name -> MACs``, skipped ones included) in
+    layers the kernel runs."""
+    where = devices(stages)
+    total = sum(macs.values())
+    on_kernel = sum(m for name, m in macs.items() if where[name] == "kernel")
+    return on_kernel / total if total else 0.0
