@@ -1,9 +1,12 @@
-"""The reference CNN and loading of user models.
+"""The shipped networks, torchvision's, and loading of user models.
 
-The reference model is made only of what the hardware runs: 3x3 convolutions with
+The reference model is made only of what the kernel runs: 3x3 convolutions with
 padding 1 (stride 1 or 2) followed by ReLU, 2x2 max-pooling, flatten and dense
-layers. Its trained weights ship with the package (float16 safetensors) together
-with the test accuracy measured after loading them back.
+layers. The small ResNet and the small inverted-residual network have the shapes of
+ResNet's and MobileNet V2's blocks (BatchNorm, 1x1 projections, depthwise
+convolutions, ReLU6, residual adds, global average pooling). Their trained weights
+ship with the package (float16 safetensors) together with the test accuracy measured
+after loading them back.
 """
 
 from __future__ import annotations
@@ -225,14 +228,20 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
 
 def load_reference() -> nn.Sequential:
     """The trained reference model shipped with the package, in eval mode."""
-    if not REFERENCE_WEIGHTS.is_file():
-        raise ModelError(f"reference weights {REFERENCE_WEIGHTS} are missing; run 'velcro train'")
-    return load_weights(reference_cnn(), REFERENCE_WEIGHTS)
+    return load_network("reference")
 
 
-def reference_record() -> dict:
+def load_network(name: str) -> nn.Module:
+    """A network of :data:`ARCHITECTURES` with its shipped trained weights, in eval mode."""
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        raise ModelError(f"weights {path} are missing; run 'velcro train --model {name}'")
+    return load_weights(ARCHITECTURES[name](), path)
+
+
+def reference_record(name: str = "reference") -> dict:
     """What ``velcro train`` measured for the shipped weights (accuracy, seed, epochs)."""
-    return json.loads(REFERENCE_RECORD.read_text())
+    return json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
 
 
 def declare_torchvision_ops() -> None:

@@ -1,4 +1,4 @@
-"""Training of the reference model on all ten Fashion-MNIST classes with a fixed seed."""
+"""Training of the shipped networks on all ten Fashion-MNIST classes with a fixed seed."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from .data import load_fashion_mnist, to_float
 from .evaluate import accuracy
 from .files import write_json
-from .models import load_weights, reference_cnn, save_weights, user_folder
+from .models import ARCHITECTURES, load_weights, save_weights, user_folder
 from .progress import progress as progress_bar
 
 
@@ -44,23 +44,25 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int,
     return model.eval()
 
 
-def train_reference(epochs: int = 12, seed: int = 0, out: Path | None = None,
-                    progress: bool = True) -> dict:
-    """Train the reference CNN, write its float16 weights to ``out`` (default:
-    ``reference.safetensors`` in :func:`~velcro.sw.models.user_folder`) and the measured
-    accuracy record beside them (``.json``)."""
+def train_network(name: str = "reference", epochs: int = 12, seed: int = 0,
+                  out: Path | None = None, progress: bool = True) -> dict:
+    """Train the network ``name`` of :data:`~velcro.sw.models.ARCHITECTURES`, write its
+    float16 weights to ``out`` (default: ``<name>.safetensors`` in
+    :func:`~velcro.sw.models.user_folder`) and the measured accuracy record beside them
+    (``.json``)."""
+    build = ARCHITECTURES[name]
     train_set = load_fashion_mnist("train")
     test_set = load_fashion_mnist("test")
     start = time.perf_counter()
-    model = train(reference_cnn(), train_set.images, train_set.labels, epochs, seed,
+    model = train(build(), train_set.images, train_set.labels, epochs, seed,
                   progress=progress)
     seconds = time.perf_counter() - start
-    out = Path(out) if out is not None else user_folder() / "reference.safetensors"
+    out = Path(out) if out is not None else user_folder() / f"{name}.safetensors"
     save_weights(model, out)
     # The shipped weights are float16; measure the model exactly as it will be loaded.
-    shipped = load_weights(reference_cnn(), out)
+    shipped = load_weights(build(), out)
     record = {
-        "model": "reference_cnn",
+        "model": "reference_cnn" if name == "reference" else name,
         "dataset": "fashion-mnist",
         "test_accuracy": accuracy(shipped, test_set.images, test_set.labels),
         "epochs": epochs,
@@ -70,3 +72,9 @@ def train_reference(epochs: int = 12, seed: int = 0, out: Path | None = None,
     }
     write_json(out.with_suffix(".json"), record)
     return record
+
+
+def train_reference(epochs: int = 12, seed: int = 0, out: Path | None = None,
+                    progress: bool = True) -> dict:
+    """:func:`train_network` of the reference CNN."""
+    return train_network("reference", epochs, seed, out, progress)

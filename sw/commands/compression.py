@@ -14,14 +14,16 @@ DEMO_TASKS = ("footwear", "tops", "bags")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train the reference CNN on all ten Fashion-MNIST classes")
+    p = sub.add_parser("train", help="train a shipped network on all ten Fashion-MNIST classes")
+    p.add_argument("--model", default="reference",
+                   help="reference (default), small_resnet or small_inverted_residual")
     p.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the initial weights and the batch order (default 0)")
     p.add_argument("--out", type=Path, help="weights file (.safetensors; default: "
-                   "reference.safetensors in the user folder, $VELCRO_HOME or "
+                   "<model>.safetensors in the user folder, $VELCRO_HOME or "
                    "~/.local/share/velcro; the shipped weights are never overwritten); use "
-                   "it with --weights")
+                   "it with --model <model> --weights")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("profile", help="profile conv-activations on a task's preprocessing split")
@@ -56,15 +58,20 @@ def register(sub) -> None:
 
 
 def cmd_train(args) -> None:
-    from ..models import user_folder
-    from ..train import train_reference
+    from ..errors import ModelError
+    from ..models import ARCHITECTURES, user_folder
+    from ..train import train_network
 
+    if args.model not in ARCHITECTURES:
+        raise ModelError(f"unknown network {args.model!r}; choose one of "
+                         f"{', '.join(ARCHITECTURES)}")
     if args.epochs < 1:
         raise PlanError(f"--epochs must be at least 1, not {args.epochs}")
-    out = args.out or user_folder() / "reference.safetensors"
-    record = train_reference(args.epochs, args.seed, out)
-    print(f"test accuracy {100 * record['test_accuracy']:.2f}% after {args.epochs} epochs "
-          f"({record['train_seconds']} s) -> {out} (use it with --weights {out})")
+    out = args.out or user_folder() / f"{args.model}.safetensors"
+    record = train_network(args.model, args.epochs, args.seed, out)
+    print(f"{args.model}: test accuracy {100 * record['test_accuracy']:.2f}% after "
+          f"{args.epochs} epochs ({record['train_seconds']} s) -> {out} (use it with "
+          f"--model {args.model} --weights {out})")
 
 
 def cmd_profile(args) -> None:

@@ -130,8 +130,8 @@ def cmd_export(args) -> None:
                      source=source, progress=True)
     save(package, args.out)
     convs = ", ".join(f"{layer.name} {layer.attrs['skipped']}/{math.prod(layer.out_shape)}"
-                      for layer in package.layers if layer.op == "conv3x3")
-    print(f"{task.name}: C = {100 * package.C:.2f}% ({convs or 'no conv layers'}), "
+                      for layer in package.tapped)
+    print(f"{task.name}: C = {100 * package.C:.2f}% ({convs or 'no conv-activations'}), "
           f"{len(package.layers)} layers -> {args.out} ({args.out.stat().st_size} bytes)")
 
 
@@ -239,17 +239,18 @@ def float_reference(package, task, args):
                 raise ModelError(f"the float model has no dense layer {layer.name!r}")
             weight = codebook_weight(layer) * layer.attrs["weight_scale"]
             modules[layer.name].weight.data = torch.from_numpy(weight.astype(np.float32))
-    convs = [layer for layer in package.layers if layer.op == "conv3x3"]
+    convs = package.tapped
     if not convs:
         return model, None, None
     setup = prepare(model, task, sensitivity=False)
-    if setup.profile.names != [layer.name for layer in convs]:
+    names = [layer.attrs.get("tap") or layer.name for layer in convs]
+    if setup.profile.names != names:
         raise ModelError(f"the model's conv-activations {setup.profile.names} do not match "
-                         f"the package's conv layers {[layer.name for layer in convs]}")
-    plan = Plan([PlanLayer(layer.name, t, unpack_mask(layer.arrays["mask"], layer.out_shape),
+                         f"the package's tapped layers {names}")
+    plan = Plan([PlanLayer(name, t, unpack_mask(layer.arrays["mask"], layer.out_shape),
                            prof.mean.astype(np.float32))
-                 for layer, t, prof in zip(convs, package.velcro["thresholds"],
-                                           setup.profile.layers, strict=True)],
+                 for name, layer, t, prof in zip(names, convs, package.velcro["thresholds"],
+                                                 setup.profile.layers, strict=True)],
                 package.velcro["criterion"] or "variance")
     return model, plan, setup.tapped
 
@@ -329,6 +330,32 @@ def counter_check(device, images: np.ndarray, spec: str) -> tuple[dict, str | No
     return record, problem
 
 
+def placement(device, package) -> tuple[dict[str, str], float]:
+    """Where each layer of ``package`` runs on ``device`` (``kernel`` or ``host``) and the
+    kernel's share of the package's MACs (skipped ones included)."""
+    from ..golden import GoldenModel
+    from ..runtime.partition import devices, kernel_mac_fraction, partition
+
+    stages = getattr(device, "stages", None) or partition(package, device.config)
+    macs = {c.name: c.macs + c.skipped for c in GoldenModel(package, workers=1).per_image()}
+    return devices(stages), kernel_mac_fraction(stages, macs)
+
+
+def partition_report(package, where: dict[str, str], fraction: float) -> str:
+    """The partition as people read it: runs of layers on the kernel or the host."""
+    runs: list[tuple[str, list[str]]] = []
+    for layer in package.layers:
+        if runs and runs[-1][0] == where[layer.name]:
+            runs[-1][1].append(layer.name)
+        else:
+            runs.append((where[layer.name], [layer.name]))
+    parts = [f"{kind} [{names[0]}{' .. ' + names[-1] if len(names) > 1 else ''}"
+             f"{f' ({len(names)} layers)' if len(names) > 2 else ''}]" for kind, names in runs]
+    on_kernel = sum(where[layer.name] == "kernel" for layer in package.layers)
+    return (f"partition: {on_kernel} of {len(package.layers)} layers on the kernel, "
+            f"{fraction:.1%} of MACs: " + ", ".join(parts))
+
+
 def predictions_sha256(predictions: np.ndarray) -> str:
     """sha256 of the predicted classes as little-endian int64: compares devices' outputs."""
     return hashlib.sha256(np.asarray(predictions, dtype="<i8").tobytes()).hexdigest()
@@ -362,6 +389,7 @@ def cmd_run(args) -> None:
     seconds = time.perf_counter() - start - getattr(device, "sim", {}).get("build_seconds", 0)
     predictions = logits.argmax(1)
     counts = device.counts()
+    where, fraction = placement(device, package)
     record = {
         "package": str(args.package),
         "device": args.device,
@@ -372,8 +400,9 @@ def cmd_run(args) -> None:
         "accuracy": float(np.mean(predictions == labels)),
         "macs": sum(c.macs for c in counts),
         "macs_skipped": sum(c.skipped for c in counts),
-        "layers": [{"name": c.name, "op": c.op, "macs": c.macs, "macs_skipped": c.skipped,
-                    "lookups": c.lookups} for c in counts],
+        "kernel_mac_fraction": fraction,
+        "layers": [{"name": c.name, "op": c.op, "device": where[c.name], "macs": c.macs,
+                    "macs_skipped": c.skipped, "lookups": c.lookups} for c in counts],
         "seconds": round(seconds, 4),
         "images_per_second": round(n / seconds, 1),
         "predictions_sha256": predictions_sha256(predictions),
@@ -390,6 +419,7 @@ def cmd_run(args) -> None:
     problem = None
     if args.device != "golden":
         record["kernel_counters"], problem = counter_check(device, images, args.device)
+    print(partition_report(package, where, fraction), flush=True)
     skipped = record["macs_skipped"] / max(record["macs"] + record["macs_skipped"], 1)
     versus = (f" (float with the same plan {100 * record['float_accuracy']:.2f}%)"
               if compare else "")

@@ -16,8 +16,10 @@ def add_task_args(parser: argparse.ArgumentParser, task_required: bool = True) -
     group.add_argument("--data", type=Path, help="image folder (one sub-folder per class) "
                        "instead of Fashion-MNIST")
     group.add_argument("--image-size", help="resize folder images to H,W")
-    group.add_argument("--model", help="your own model as 'package.module:callable' "
-                       "(default: the shipped reference CNN)")
+    group.add_argument("--model", help="a shipped network (reference, small_resnet, "
+                       "small_inverted_residual), your own model as 'package.module:callable' "
+                       "or 'path/to/file.py:callable' with --weights, or an ONNX file "
+                       "(model.onnx, the onnx extra) (default: the shipped reference CNN)")
     group.add_argument("--weights", type=Path, help="weights for --model (safetensors, or a "
                        "state_dict loaded with weights_only=True)")
     parser.set_defaults(task_required=task_required)
@@ -26,8 +28,22 @@ def add_task_args(parser: argparse.ArgumentParser, task_required: bool = True) -
 def resolve_model(args):
     """The model named by ``--model/--weights``, or the shipped reference CNN."""
     from ..errors import ModelError
-    from ..models import load_reference, load_user_model
+    from ..models import ARCHITECTURES, load_network, load_reference, load_user_model
 
+    if args.model in ARCHITECTURES:
+        if args.weights is not None:
+            from ..models import load_weights
+
+            return load_weights(ARCHITECTURES[args.model](), args.weights)
+        return load_network(args.model)
+    if args.model is not None and args.model.endswith(".onnx"):
+        from ..export.graph import onnx_model
+
+        if args.weights is not None:
+            raise ModelError("an ONNX file holds its weights; drop --weights")
+        if not Path(args.model).is_file():
+            raise ModelError(f"ONNX file {args.model} does not exist")
+        return onnx_model(Path(args.model))
     if args.model is None:
         if args.weights is not None:
             from ..models import load_weights, reference_cnn

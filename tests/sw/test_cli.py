@@ -331,13 +331,18 @@ def test_train_without_out_writes_to_the_user_folder(tmp_path, monkeypatch, caps
 
     seen = {}
     monkeypatch.setenv("VELCRO_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(train, "train_reference", lambda epochs, seed, out: seen.update(
-        out=out) or {"test_accuracy": 0.5, "train_seconds": 1.0})
+    monkeypatch.setattr(train, "train_network", lambda name, epochs, seed, out: seen.update(
+        name=name, out=out) or {"test_accuracy": 0.5, "train_seconds": 1.0})
     assert main(["train", "--epochs", "1"]) == 0
     assert seen["out"] == tmp_path / "home" / "reference.safetensors"
     assert "--weights" in capsys.readouterr().out
     assert main(["train", "--epochs", "1", "--out", str(tmp_path / "w.safetensors")]) == 0
     assert seen["out"] == tmp_path / "w.safetensors"
+    assert main(["train", "--model", "small_resnet", "--epochs", "1"]) == 0
+    assert seen == {"name": "small_resnet", "out": tmp_path / "home" / "small_resnet.safetensors"}
+    assert "--model small_resnet --weights" in capsys.readouterr().out
+    assert main(["train", "--model", "resnet999"]) == 2
+    assert "unknown network 'resnet999'" in capsys.readouterr().err
 
 
 # --- interrupts -----------------------------------------------------------------------

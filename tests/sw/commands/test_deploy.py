@@ -107,7 +107,7 @@ def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "bn_models.py").write_text(
         "from torch import nn\n"
         "def bn_cnn():\n"
-        "    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(4),\n"
         "                         nn.Flatten(), nn.Linear(4 * 28 * 28, 10))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from bn_models import bn_cnn
@@ -116,7 +116,8 @@ def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     torch.save(bn_cnn().state_dict(), weights)
     one_line_error(capsys, ["export", "--task", "footwear", "--model", "bn_models:bn_cnn",
                             "--weights", str(weights), "--out", str(out)],
-                   "layer '1' (BatchNorm2d")
+                   "graph node '2' (BatchNorm2d) is not supported: BatchNorm2d must directly "
+                   "follow a Conv2d")
     assert not out.exists()
 
 
