@@ -243,8 +243,10 @@ def float_reference(package, task, args):
     if not convs:
         return model, None, None
     setup = prepare(model, task, sensitivity=False)
+    from ..export.schema import layer_name
+
     names = [layer.attrs.get("tap") or layer.name for layer in convs]
-    if setup.profile.names != names:
+    if [layer_name(n) for n in setup.profile.names] != names:
         raise ModelError(f"the model's conv-activations {setup.profile.names} do not match "
                          f"the package's tapped layers {names}")
     plan = Plan([PlanLayer(name, t, unpack_mask(layer.arrays["mask"], layer.out_shape),

@@ -10,6 +10,8 @@ package layer, in execution order. On the way:
 - ``flatten``, ``view(N, -1)`` and ``reshape(N, -1)`` of a map become flatten;
 - adaptive average pooling to an output size that divides the map becomes an
   average pooling with ``kernel = stride = H / H_out``;
+- the mean over both spatial axes (``x.mean((2, 3))``, how ONNX's GlobalAveragePool
+  arrives) is a global average pooling, followed by flatten unless ``keepdim``;
 - every VELCRO tap marks the node whose output it is (:attr:`Node.tap`).
 
 Anything else (a dilated or transposed convolution, ``torch.sort``, an activation that
@@ -34,6 +36,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import ModelError
 from ..locality.taps import Tap, Tapped, tap
+from .schema import layer_name
 
 SUPPORTED = ("Conv2d (any kernel, stride, zero padding, groups; no dilation), BatchNorm2d "
              "after a Conv2d, ReLU/ReLU6 after a Conv2d, add or Linear, residual add, "
@@ -148,14 +151,19 @@ class _Builder:
     def name_of(self, value: Node | str) -> str:
         return value if isinstance(value, str) else value.name
 
-    def add(self, node: fx.Node, op: str, inputs: list, **kwargs) -> Node:
-        # Modules are named by their qualified name, functions by their graph node.
-        name = base = node.target if node.op == "call_module" else node.name
-        suffix = 1
+    def unique(self, base: str) -> str:
+        base = layer_name(base)
+        name, suffix = base, 1
         while name in self.names:
             suffix += 1
             name = f"{base}#{suffix}"
         self.names.add(name)
+        return name
+
+    def add(self, node: fx.Node, op: str, inputs: list, **kwargs) -> Node:
+        # Modules are named by their qualified name, functions by their graph node.
+        name = kwargs.pop("name", None) or self.unique(
+            node.target if node.op == "call_module" else node.name)
         new = Node(name, op, [self.name_of(v) for v in inputs], _shape(node), node, **kwargs)
         self.nodes.append(new)
         self.alias[node] = new
@@ -175,7 +183,7 @@ class _Builder:
                 if not isinstance(value, Node) or value.op not in ("conv", "add", "linear"):
                     raise _unsupported(node, what, "a tapped activation must follow a "
                                        "convolution or a residual add")
-                value.tap, value.output = m.name, node
+                value.tap, value.output = layer_name(m.name), node
             self.alias[node] = value
         elif type(m) is nn.Conv2d:
             self.conv(node, m, what)
@@ -201,6 +209,7 @@ class _Builder:
                        "return_indices": getattr(m, "return_indices", False)}, what)
         elif isinstance(m, nn.AdaptiveAvgPool2d):
             self.adaptive(node, m.output_size, what)
+
         elif type(m) is nn.Flatten:
             if m.start_dim != 1 or m.end_dim != -1:
                 raise _unsupported(node, what, "only Flatten(start_dim=1, end_dim=-1)")
@@ -284,6 +293,24 @@ class _Builder:
                                                    "padding": (0, 0), "ceil_mode": False,
                                                    "count_include_pad": True})
 
+    def mean(self, node: fx.Node, args: dict, what: str) -> None:
+        """The mean over both spatial axes of a map: global average pooling."""
+        value = self.source(args["input"], node)
+        shape = _shape(args["input"])
+        dims = args.get("dim")
+        dims = sorted(d % 4 for d in (dims if isinstance(dims, list | tuple) else [dims])) \
+            if dims is not None else None
+        if len(shape) != 3 or dims != [2, 3] or args.get("dtype") is not None:
+            raise _unsupported(node, what, "only the mean of a map over both spatial axes")
+        pooled = Node(self.unique(node.name), "avgpool", [self.name_of(value)],
+                      (shape[0], 1, 1), node,
+                      attrs={"kernel": shape[1:], "stride": shape[1:], "padding": (0, 0),
+                             "ceil_mode": False, "count_include_pad": True})
+        self.nodes.append(pooled)
+        self.alias[node] = pooled
+        if not args.get("keepdim", False):
+            self.add(node, "flatten", [pooled], name=self.unique(node.name + "_flat"))
+
     def flatten(self, node: fx.Node, what: str) -> None:
         value = self.source(node.args[0], node)
         if len(_shape(node.args[0])) == 1:
@@ -319,6 +346,8 @@ class _Builder:
             self.pool(node, "maxpool" if target is F.max_pool2d else "avgpool", args, what)
         elif target is F.adaptive_avg_pool2d:
             self.adaptive(node, _arguments(self.gm, node)["output_size"], what)
+        elif target is torch.mean:
+            self.mean(node, _arguments(self.gm, node), what)
         elif target is getattr and isinstance(node.args[0], fx.Node):
             self.alias[node] = "size"
         else:
@@ -342,6 +371,9 @@ class _Builder:
             self.alias[node] = "size"
         elif target in ("view", "reshape", "flatten"):
             self.flatten(node, what)
+        elif target == "mean":
+            args = dict(zip(("dim", "keepdim"), node.args[1:], strict=False)) | node.kwargs
+            self.mean(node, {"input": node.args[0], **args}, what)
         elif target in ("contiguous",):
             self.alias[node] = self.source(node.args[0], node)
         else:
@@ -404,6 +436,9 @@ def onnx_model(path: Path) -> nn.Module:
     The file is parsed as a protobuf graph, never executed as code; operators
     onnx2torch cannot convert raise a :class:`~velcro.sw.errors.ModelError`.
     """
+    from ..models import declare_torchvision_ops
+
+    declare_torchvision_ops()          # onnx2torch imports torchvision
     try:
         import onnx
         from onnx2torch import convert
@@ -411,7 +446,32 @@ def onnx_model(path: Path) -> nn.Module:
         raise ModelError("ONNX models need the onnx extra: pip install 'velcro[onnx]'") from None
     try:
         proto = onnx.load(str(path))
+        _inline_identities(proto.graph)
         return convert(proto).eval()
     except Exception as e:  # parser and converter raise many types
         raise ModelError(f"{path}: cannot convert the ONNX model ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _inline_identities(graph) -> None:
+    """Drop ``Identity`` nodes of the ONNX graph, reading their input wherever their
+    output was read (PyTorch's exporter writes them for shared constants, which
+    onnx2torch cannot convert)."""
+    rename = {}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Identity" and len(node.input) == 1 and len(node.output) == 1:
+            rename[node.output[0]] = rename.get(node.input[0], node.input[0])
+        else:
+            kept.append(node)
+    if not rename:
+        return
+    outputs = {o.name for o in graph.output}
+    if outputs & rename.keys():
+        return
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del graph.node[:]
+    graph.node.extend(kept)

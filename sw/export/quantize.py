@@ -50,6 +50,7 @@ from ..locality.plan import Plan, applied
 from .bits import pack_indices, pack_mask
 from .graph import SUPPORTED, Graph, Node, trace
 from .package import Layer, Package, check
+from .schema import layer_name
 
 __all__ = ["INPUT_SCALE", "SUPPORTED", "parameters_sha256", "quantize", "requant_params"]
 
@@ -141,7 +142,7 @@ def _check_plan(graph: Graph, plan: Plan | None) -> None:
     if plan is None:
         return
     taps = [n.tap for n in graph.nodes if n.tap is not None]
-    names = [layer.name for layer in plan.layers]
+    names = [layer_name(layer.name) for layer in plan.layers]
     if names != taps:
         raise PlanError(f"plan layers {names} do not match the model's conv-activations {taps}")
 

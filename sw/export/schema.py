@@ -141,6 +141,11 @@ class Layer:
     inputs: tuple[str, ...] = ()
 
 
+def layer_name(text: str) -> str:
+    """``text`` as a valid layer name: characters outside ``[A-Za-z0-9_.#-]`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.#-]", "_", text)[:128] or "_"
+
+
 def layer_inputs(layers: list[Layer]) -> list[tuple[str, ...]]:
     """The inputs of every layer, the previous layer where a layer names none."""
     result, previous = [], INPUT
