@@ -23,6 +23,26 @@ def add_task_args(parser: argparse.ArgumentParser, task_required: bool = True) -
     parser.set_defaults(task_required=task_required)
 
 
+def add_ray_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--ray auto|local:N|ADDRESS``: where :mod:`velcro.sw.cluster` runs ``what``."""
+    parser.add_argument("--ray", metavar="ADDRESS", help=f"run {what} on Ray: local:N "
+                        "(start Ray here with N CPUs), auto (the cluster this machine is "
+                        "a node of) or a cluster address (host:6379, ray://host:10001); "
+                        "needs velcro[ray]")
+
+
+def ray_cluster(args):
+    """The Ray of ``--ray`` for a ``with`` block (:func:`velcro.sw.cluster.engine.connect`),
+    or ``None`` without ``--ray``; Ray is imported only when it is asked for."""
+    import contextlib
+
+    if getattr(args, "ray", None) is None:
+        return contextlib.nullcontext(None)
+    from ..cluster.engine import connect
+
+    return connect(args.ray)
+
+
 def resolve_model(args):
     """The model named by ``--model/--weights``, or the shipped reference CNN."""
     from ..errors import ModelError
