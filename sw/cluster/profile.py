@@ -30,7 +30,7 @@ def shard_ranges(n: int, shards: int, batch_size: int) -> list[tuple[int, int]]:
     batches of ``batch_size`` (but the last), as even in batches as can be."""
     batches = -(-n // batch_size)
     shards = max(1, min(shards, batches))
-    bounds = [round(i * batches / shards) * batch_size for i in range(shards + 1)]
+    bounds = [i * batches // shards * batch_size for i in range(shards + 1)]
     bounds[-1] = n
     return [(a, min(b, n)) for a, b in zip(bounds, bounds[1:], strict=False) if a < min(b, n)]
 
