@@ -169,7 +169,9 @@ class FolderIndex:
                  if path.suffix.lower() in _IMAGE_EXTENSIONS and path.is_file()]
         if not files:
             raise DataError(f"{root} holds no images")
-        return cls(root, tuple(path for _, path in files),
+        # Absolute: workers elsewhere (another folder, a node sharing the file system)
+        # read the same files.
+        return cls(root, tuple(path.absolute() for _, path in files),
                    np.asarray([label for label, _ in files], dtype=np.int64), tuple(classes),
                    channels, size)
 
@@ -247,7 +249,7 @@ class IdxImages:
         if len(header) < 16 or header[:4] != bytes([0, 0, 0x08, 3]):
             raise DataError(f"{path}: not a 3-dimensional uint8 IDX file")
         n, h, w = (int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(3))
-        return cls(path, n, (1, h, w))
+        return cls(path.absolute(), n, (1, h, w))
 
     @classmethod
     def fashion_mnist(cls, split: str = "train", root: Path | None = None) -> IdxImages:
