@@ -178,6 +178,12 @@ class FolderIndex:
     def __len__(self) -> int:
         return len(self.files)
 
+    def subset(self, index: np.ndarray) -> FolderIndex:
+        """The images at ``index`` (like :meth:`Dataset.subset`), still undecoded."""
+        index = np.asarray(index, dtype=np.int64)
+        return FolderIndex(self.root, tuple(self.files[i] for i in index), self.labels[index],
+                           self.classes, self.channels, self.size)
+
     def read(self, start: int, stop: int, limit: int | None = None) -> np.ndarray:
         """Images ``start:stop`` as ``uint8 [n, C, H, W]``, decoded one at a time into
         one preallocated array (at most ``limit`` bytes, checked before allocating)."""
@@ -325,7 +331,7 @@ class Task:
 
     name: str
     classes: tuple[int, ...]
-    data: Dataset
+    data: Dataset | FolderIndex
     preprocessing_fraction: float = 0.02
     seed: int = 0
 
@@ -352,7 +358,8 @@ class Task:
         return Splits(np.sort(order[:n_pre]), np.sort(order[n_pre:n_pre + n_search]),
                       np.sort(order[n_pre + n_search:]))
 
-    def split(self, name: str) -> Dataset:
+    def split(self, name: str) -> Dataset | FolderIndex:
+        """One split's images (a :class:`FolderIndex`, undecoded, for a lazy task)."""
         return self.data.subset(getattr(self.splits(), name))
 
 
@@ -379,14 +386,18 @@ def parse_classes(text: str, classes: tuple[str, ...]) -> tuple[int, ...]:
 
 
 def make_task(name: str | None = None, classes: str | None = None, data: Path | None = None,
-              channels: int = 1, size: tuple[int, int] | None = None) -> Task:
+              channels: int = 1, size: tuple[int, int] | None = None,
+              lazy: bool = False) -> Task:
     """Build a task from a task name, a class list, or an image folder.
 
     With ``data`` (an image folder) the task is its ``classes`` (default: all of them);
     otherwise a named Fashion-MNIST task or the ``classes`` list on the Fashion-MNIST test set.
+    ``lazy`` leaves a folder's images undecoded: the task's data is a
+    :class:`FolderIndex`, for workers that read their own share.
     """
     if data is not None:
-        dataset = load_folder(data, channels=channels, size=size)
+        dataset = (FolderIndex.scan(data, channels, size) if lazy
+                   else load_folder(data, channels=channels, size=size))
     else:
         dataset = load_fashion_mnist("test")
     if classes is not None:

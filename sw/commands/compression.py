@@ -82,7 +82,8 @@ def cmd_profile(args) -> None:
 
     with ray_cluster(args) as cluster:
         model = resolve_model(args)
-        task = resolve_task(args, model)
+        # On Ray the workers decode their share of a folder's images, not the driver.
+        task = resolve_task(args, model, lazy=cluster is not None)
         setup = prepare(model, task, sensitivity=args.sensitivity, progress=True,
                         **profile_options(cluster))
     setup.profile.save(args.out)

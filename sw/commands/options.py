@@ -59,8 +59,10 @@ def resolve_model(args):
     return load_user_model(args.model, args.weights)
 
 
-def resolve_task(args, model):
-    """The task named by ``--task/--classes/--data``, with images shaped for ``model``."""
+def resolve_task(args, model, lazy: bool = False):
+    """The task named by ``--task/--classes/--data``, with images shaped for ``model``
+    (``lazy``: a folder's images are listed, not decoded; see :func:`make_task
+    <velcro.sw.data.make_task>`)."""
     from ..data import check_image_size, make_task
     from ..errors import DataError
     from ..evaluate import check_input
@@ -81,8 +83,9 @@ def resolve_task(args, model):
             raise DataError(f"--image-size must be H,W, not {args.image_size!r}") from None
         size = check_image_size((h, w))
     task = make_task(args.task, args.classes, args.data, channels=input_channels(model),
-                     size=size)
-    check_input(model, task.data.images)
+                     size=size, lazy=lazy)
+    check_input(model, task.data.images if hasattr(task.data, "images")
+                else task.data.read(0, 1))
     return task
 
 

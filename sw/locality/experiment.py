@@ -44,7 +44,8 @@ def prepare(model: nn.Module, task: Task, sensitivity: bool, progress: bool = Fa
     """Tap the model and profile it on the task's preprocessing split.
 
     ``profiler`` is called like :func:`~velcro.sw.locality.profile.profile` (e.g.
-    :func:`velcro.sw.cluster.profile.profile`, which shards the images over Ray).
+    :func:`velcro.sw.cluster.profile.profile`, which shards the images over Ray, and
+    takes the undecoded split of a lazy task, a :class:`~velcro.sw.data.FolderIndex`).
 
     A preprocessing split of fewer than :data:`MIN_PREPROCESSING` images is refused
     (:class:`~velcro.sw.errors.DataError`): with one image every variance is 0 and
@@ -62,7 +63,8 @@ def prepare(model: nn.Module, task: Task, sensitivity: bool, progress: bool = Fa
             f"{need} images)")
     tapped = tap(model)
     start = time.perf_counter()
-    prof = profiler(tapped, task.split("preprocessing").images, sensitivity=sensitivity,
+    images = task.split("preprocessing")
+    prof = profiler(tapped, getattr(images, "images", images), sensitivity=sensitivity,
                     progress=progress)
     prof.meta.update(task=task.name, classes=list(task.classes))
     return TaskSetup(task, tapped, prof, len(splits.preprocessing), len(splits.search),

@@ -93,3 +93,32 @@ class _Prefix:
 
     def read(self, start, stop):
         return self.source.read(start, min(stop, self.n))
+
+
+def test_velcro_profile_of_a_folder_on_ray_leaves_decoding_to_the_workers(
+        ray_local, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from velcro.sw import data
+    from velcro.sw.cli import main
+    from velcro.sw.locality.profile import Profile
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "imgs"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(200):
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(
+                root / name / f"{i}.png")
+    argv = ["profile", "--data", str(root), "--classes", "a,b", "--sensitivity"]
+    assert main([*argv, "--out", str(tmp_path / "one.npz")]) == 0
+    read = []
+    original = data.FolderIndex.read
+    monkeypatch.setattr(data, "load_folder", None)  # the driver must not load the folder
+    monkeypatch.setattr(data.FolderIndex, "read",
+                        lambda self, a, b, limit=None: read.append(b - a) or original(self, a, b))
+    assert main([*argv, "--ray", "local:2", "--out", str(tmp_path / "ray.npz")]) == 0
+    assert read == [1]  # only the image that checks the model's input
+    one, ray = Profile.load(tmp_path / "one.npz"), Profile.load(tmp_path / "ray.npz")
+    assert one.count == 8 and one.meta == ray.meta
+    assert_same_profile(ray, one)
