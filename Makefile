@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	# PYNQ 3.0.1 without its dependencies: the tests run its kernel.xml parser, which
 	# needs none of them, and pynqutils would pin numpy below 2.
 	$(BIN)/pip install --quiet --no-deps pynq==3.0.1

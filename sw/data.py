@@ -129,57 +129,183 @@ def load_folder(root: Path, channels: int = 3, size: tuple[int, int] | None = No
     within PIL's decompression-bomb limit, the whole set within ``MAX_DATASET_BYTES``;
     the images are decoded one at a time into one preallocated array.
     """
-    import warnings
+    index = FolderIndex.scan(root, channels, size)
+    return Dataset(index.read(0, len(index), limit=MAX_DATASET_BYTES), index.labels,
+                   index.classes)
 
-    from PIL import Image, UnidentifiedImageError
 
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    if channels not in (1, 3):
-        raise DataError(f"image folders load 1 or 3 channels, not {channels}")
-    if size is not None:
-        check_image_size(size)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
-    files = [(label, path) for label, name in enumerate(classes)
-             for path in sorted((root / name).rglob("*"))
-             if path.suffix.lower() in _IMAGE_EXTENSIONS and path.is_file()]
-    if not files:
-        raise DataError(f"{root} holds no images")
-    images = None
-    labels = np.asarray([label for label, _ in files], dtype=np.int64)
-    for i, (_, path) in enumerate(files):
+@dataclass(frozen=True)
+class FolderIndex:
+    """The files and labels of an image folder, without their pixels.
+
+    Cheap to build and to send to other processes: :meth:`read` decodes any range of
+    the images where it is called, so a large folder is processed in batches by
+    workers and never held whole in one place (:func:`iter_batches`).
+    """
+
+    root: Path
+    files: tuple[Path, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    channels: int = 3
+    size: tuple[int, int] | None = None
+
+    @classmethod
+    def scan(cls, root: Path, channels: int = 3,
+             size: tuple[int, int] | None = None) -> FolderIndex:
+        """List ``root``: one sub-folder per class, sorted by name (see :func:`load_folder`)."""
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"image folder {root} does not exist")
+        if channels not in (1, 3):
+            raise DataError(f"image folders load 1 or 3 channels, not {channels}")
+        if size is not None:
+            check_image_size(size)
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not classes:
+            raise DataError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
+        files = [(label, path) for label, name in enumerate(classes)
+                 for path in sorted((root / name).rglob("*"))
+                 if path.suffix.lower() in _IMAGE_EXTENSIONS and path.is_file()]
+        if not files:
+            raise DataError(f"{root} holds no images")
+        # Absolute: workers elsewhere (another folder, a node sharing the file system)
+        # read the same files.
+        return cls(root, tuple(path.absolute() for _, path in files),
+                   np.asarray([label for label, _ in files], dtype=np.int64), tuple(classes),
+                   channels, size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, index: np.ndarray) -> FolderIndex:
+        """The images at ``index`` (like :meth:`Dataset.subset`), still undecoded."""
+        index = np.asarray(index, dtype=np.int64)
+        return FolderIndex(self.root, tuple(self.files[i] for i in index), self.labels[index],
+                           self.classes, self.channels, self.size)
+
+    def read(self, start: int, stop: int, limit: int | None = None) -> np.ndarray:
+        """Images ``start:stop`` as ``uint8 [n, C, H, W]``, decoded one at a time into
+        one preallocated array (at most ``limit`` bytes, checked before allocating)."""
+        import warnings
+
+        from PIL import Image, UnidentifiedImageError
+
+        files = self.files[start:stop]
+        images = None
+        for i, path in enumerate(files):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(path) as img:
+                        if images is None:
+                            h, w = self.size if self.size is not None else (img.height,
+                                                                            img.width)
+                            check_image_size((h, w), what=f"{path}: image size")
+                            total = len(files) * self.channels * h * w
+                            if limit is not None and total > limit:
+                                raise DataError(
+                                    f"{self.root}: {len(files)} images of {self.channels}x"
+                                    f"{h}x{w} need {total / 2**30:.1f} GiB, more than the "
+                                    f"{limit / 2**30:.0f} GiB limit; pass a smaller "
+                                    "--image-size or fewer images")
+                            images = np.empty((len(files), self.channels, h, w), np.uint8)
+                        img = img.convert("L" if self.channels == 1 else "RGB")
+                        if self.size is not None:
+                            img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                        array = np.asarray(img, dtype=np.uint8)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise DataError(f"{path}: too large to decode safely ({e})") from None
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise DataError(f"{path}: not a readable image ({e})") from None
+            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+            if array.shape != images.shape[1:]:
+                raise DataError(f"{path}: size {list(array.shape[1:])} differs from "
+                                f"{list(images.shape[2:])}; pass --image-size H,W to resize")
+            images[i] = array
+        if images is None:
+            h, w = self.size or (0, 0)
+            images = np.empty((0, self.channels, h, w), np.uint8)
+        return images
+
+
+@dataclass(frozen=True)
+class IdxImages:
+    """The images of an IDX file (Fashion-MNIST's), read a range at a time.
+
+    Like :class:`FolderIndex` it names the data instead of holding it: :meth:`read`
+    decompresses the file up to the range asked for and keeps only that range.
+    """
+
+    path: Path
+    count: int
+    shape: tuple[int, ...]
+
+    @classmethod
+    def open(cls, path: Path) -> IdxImages:
+        """Check the header of a 3-dimensional uint8 IDX file (images ``[N, H, W]``)."""
+        path = Path(path)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as img:
-                    if images is None:
-                        h, w = size if size is not None else (img.height, img.width)
-                        check_image_size((h, w), what=f"{path}: image size")
-                        total = len(files) * channels * h * w
-                        if total > MAX_DATASET_BYTES:
-                            raise DataError(
-                                f"{root}: {len(files)} images of {channels}x{h}x{w} need "
-                                f"{total / 2**30:.1f} GiB, more than the "
-                                f"{MAX_DATASET_BYTES / 2**30:.0f} GiB limit; pass a smaller "
-                                "--image-size or fewer images")
-                        images = np.empty((len(files), channels, h, w), dtype=np.uint8)
-                    img = img.convert("L" if channels == 1 else "RGB")
-                    if size is not None:
-                        img = img.resize((size[1], size[0]), Image.BILINEAR)
-                    array = np.asarray(img, dtype=np.uint8)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DataError(f"{path}: too large to decode safely ({e})") from None
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"{path}: not a readable image ({e})") from None
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        if array.shape != images.shape[1:]:
-            raise DataError(f"{path}: size {list(array.shape[1:])} differs from "
-                            f"{list(images.shape[2:])}; pass --image-size H,W to resize")
-        images[i] = array
-    return Dataset(images, labels, tuple(classes))
+            with _open_idx(path) as f:
+                header = f.read(16)
+        except FileNotFoundError:
+            raise DataError(f"{path} does not exist") from None
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: cannot read IDX file ({e})") from None
+        if len(header) < 16 or header[:4] != bytes([0, 0, 0x08, 3]):
+            raise DataError(f"{path}: not a 3-dimensional uint8 IDX file")
+        n, h, w = (int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(3))
+        return cls(path.absolute(), n, (1, h, w))
+
+    @classmethod
+    def fashion_mnist(cls, split: str = "train", root: Path | None = None) -> IdxImages:
+        """The images of a Fashion-MNIST split (see :func:`load_fashion_mnist`)."""
+        if split not in _IDX_FILES:
+            raise DataError(f"Fashion-MNIST split must be 'train' or 'test', not {split!r}")
+        return cls.open((Path(root) if root is not None else FASHION_MNIST_DIR)
+                        / _IDX_FILES[split][0])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start:stop`` as ``uint8 [n, 1, H, W]``."""
+        return next(self.batches(start, stop, max(stop - start, 1)), self._empty())
+
+    def batches(self, start: int, stop: int, size: int):
+        """Images ``start:stop`` in batches of ``size``, reading the file once."""
+        start, stop = max(0, start), min(stop, self.count)
+        item = int(np.prod(self.shape))
+        try:
+            with _open_idx(self.path) as f:
+                f.seek(16 + start * item)
+                for first in range(start, stop, size):
+                    n = min(size, stop - first)
+                    raw = f.read(n * item)
+                    if len(raw) != n * item:
+                        raise DataError(f"{self.path}: truncated at image {first}")
+                    yield np.frombuffer(raw, np.uint8).reshape(n, *self.shape).copy()
+        except (OSError, EOFError) as e:
+            raise DataError(f"{self.path}: cannot read IDX file ({e})") from None
+
+    def _empty(self) -> np.ndarray:
+        return np.empty((0, *self.shape), np.uint8)
+
+
+def _open_idx(path: Path):
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def iter_batches(source, start: int, stop: int, size: int):
+    """Images ``start:stop`` of ``source`` in batches of ``size``: an array
+    ``uint8 [N, C, H, W]``, or a lazy source (:class:`FolderIndex`, :class:`IdxImages`)
+    that reads each batch only when it is needed."""
+    if hasattr(source, "batches"):
+        yield from source.batches(start, stop, size)
+        return
+    for first in range(start, stop, size):
+        last = min(first + size, stop)
+        yield source[first:last] if isinstance(source, np.ndarray) else source.read(first, last)
 
 
 def check_image_size(size, what: str = "--image-size") -> tuple[int, int]:
@@ -205,7 +331,7 @@ class Task:
 
     name: str
     classes: tuple[int, ...]
-    data: Dataset
+    data: Dataset | FolderIndex
     preprocessing_fraction: float = 0.02
     seed: int = 0
 
@@ -232,7 +358,8 @@ class Task:
         return Splits(np.sort(order[:n_pre]), np.sort(order[n_pre:n_pre + n_search]),
                       np.sort(order[n_pre + n_search:]))
 
-    def split(self, name: str) -> Dataset:
+    def split(self, name: str) -> Dataset | FolderIndex:
+        """One split's images (a :class:`FolderIndex`, undecoded, for a lazy task)."""
         return self.data.subset(getattr(self.splits(), name))
 
 
@@ -259,14 +386,18 @@ def parse_classes(text: str, classes: tuple[str, ...]) -> tuple[int, ...]:
 
 
 def make_task(name: str | None = None, classes: str | None = None, data: Path | None = None,
-              channels: int = 1, size: tuple[int, int] | None = None) -> Task:
+              channels: int = 1, size: tuple[int, int] | None = None,
+              lazy: bool = False) -> Task:
     """Build a task from a task name, a class list, or an image folder.
 
     With ``data`` (an image folder) the task is its ``classes`` (default: all of them);
     otherwise a named Fashion-MNIST task or the ``classes`` list on the Fashion-MNIST test set.
+    ``lazy`` leaves a folder's images undecoded: the task's data is a
+    :class:`FolderIndex`, for workers that read their own share.
     """
     if data is not None:
-        dataset = load_folder(data, channels=channels, size=size)
+        dataset = (FolderIndex.scan(data, channels, size) if lazy
+                   else load_folder(data, channels=channels, size=size))
     else:
         dataset = load_fashion_mnist("test")
     if classes is not None:

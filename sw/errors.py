@@ -59,3 +59,8 @@ class ToolError(VelcroError):
 class OutputError(VelcroError, OSError):
     """An output cannot be written (an unwritable folder, a full disk, a target that is not
     a regular file); the message names the path and the cause."""
+
+
+class ClusterError(VelcroError):
+    """Ray is not installed or not reachable, or a worker died and its work could not be
+    done by another one."""

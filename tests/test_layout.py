@@ -105,6 +105,8 @@ def loaded_by(names: list[str]) -> set[str]:
       "velcro.sw.files"), {"torch", "amaranth", "cocotb", "faiss"}),
     # The report reads JSON and draws; it needs neither torch nor faiss.
     (("velcro.sw.report", "velcro.sw.commands.report"), {"torch", "faiss"}),
+    # Ray loads when --ray or --workers is used, not with the cluster package.
+    (("velcro.sw.cluster", "velcro.sw.commands"), {"ray"}),
 ])
 def test_import_boundaries(modules, prefix, forbidden):
     names = sorted(n for n in modules if n.startswith(prefix))
@@ -119,7 +121,7 @@ def test_the_command_line_starts_without_torch_or_faiss():
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert not set(out.stdout.split()) & {"torch", "faiss", "amaranth", "cocotb"}
+    assert not set(out.stdout.split()) & {"torch", "faiss", "amaranth", "cocotb", "ray"}
 
 
 def test_no_file_cites_documents_outside_the_repository(repo_files):

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from ..errors import PlanError, printable
 from ..files import write_json, write_text
-from .options import add_task_args, check_criterion, parse_thresholds, resolve_model, resolve_task
+from .options import (
+    add_ray_arg,
+    add_task_args,
+    check_criterion,
+    parse_thresholds,
+    ray_cluster,
+    resolve_model,
+    resolve_task,
+)
 
 DEMO_TASKS = ("footwear", "tops", "bags")
 
@@ -31,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--sensitivity", action="store_true",
                    help="also record squared gradients (needed by --criterion fisher)")
     p.add_argument("--out", type=Path, required=True, help="profile file (.npz)")
+    add_ray_arg(p, "the profile, the images sharded over its CPUs")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("compress",
@@ -45,6 +54,7 @@ def register(sub) -> None:
                    help="accuracy points the search may lose on the search split (default 0)")
     p.add_argument("--json", type=Path, help="also write the result record as JSON")
     p.add_argument("--plan", type=Path, help="also write the plan (.npz)")
+    add_ray_arg(p, "the profile and the search's candidate plans")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("demo", help="search thresholds on footwear, tops and bags with every "
@@ -77,13 +87,36 @@ def cmd_train(args) -> None:
 def cmd_profile(args) -> None:
     from ..locality.experiment import prepare
 
-    model = resolve_model(args)
-    task = resolve_task(args, model)
-    setup = prepare(model, task, sensitivity=args.sensitivity, progress=True)
+    with ray_cluster(args) as cluster:
+        model = resolve_model(args)
+        # On Ray the workers decode their share of a folder's images, not the driver.
+        task = resolve_task(args, model, lazy=cluster is not None)
+        setup = prepare(model, task, sensitivity=args.sensitivity, progress=True,
+                        **profile_options(cluster))
     setup.profile.save(args.out)
     shapes = ", ".join(f"{layer.name} {list(layer.shape)}" for layer in setup.profile.layers)
     print(f"profiled {setup.n_preprocessing} images of {task.name} in "
           f"{setup.profile_seconds:.2f} s: {shapes} -> {args.out}")
+
+
+def profile_options(cluster) -> dict:
+    """:func:`~velcro.sw.locality.experiment.prepare`'s profiler on ``cluster`` (none: {})."""
+    if cluster is None:
+        return {}
+    from ..cluster.profile import profile
+
+    return {"profiler": profile}
+
+
+def search_options(cluster) -> dict:
+    """The search's evaluator on ``cluster``: one actor per CPU, one torch thread per
+    evaluation (none: the serial search, {})."""
+    if cluster is None:
+        return {}
+    from ..cluster.engine import THREADS
+    from ..cluster.search import evaluator_factory
+
+    return {"evaluator": evaluator_factory(cluster.workers), "threads": THREADS}
 
 
 def cmd_compress(args) -> None:
@@ -99,16 +132,21 @@ def cmd_compress(args) -> None:
     if thresholds is not None:
         check_thresholds(thresholds, tap(model).names)
     task = resolve_task(args, model)
-    start = time.perf_counter()
-    setup = prepare(model, task, sensitivity=criterion == "fisher", progress=True)
-    result = None
-    if thresholds is None:
-        result = run_search(setup, criterion, args.tolerance / 100, progress=True)
-        thresholds = result.thresholds
+    with ray_cluster(args) as cluster:
+        start = time.perf_counter()
+        setup = prepare(model, task, sensitivity=criterion == "fisher", progress=True,
+                        **profile_options(cluster))
+        result = None
+        if thresholds is None:
+            result = run_search(setup, criterion, args.tolerance / 100, progress=True,
+                                **search_options(cluster))
+            thresholds = result.thresholds
     plan = compress(setup.profile, thresholds, criterion)
     plan.meta.update(task=task.name, classes=list(task.classes))
     rec = record(setup, plan, validation_accuracy(setup, None),
                  time.perf_counter() - start, result)
+    if cluster is not None:
+        rec["ray_cpus"] = cluster.cpus
     print(f"{printable(task.name)}: C = {100 * rec['C']:.2f}% with thresholds "
           f"{rec['thresholds']} ({criterion}); validation accuracy "
           f"{100 * rec['accuracy']:.2f}% (uncompressed {100 * rec['baseline_accuracy']:.2f}%)",

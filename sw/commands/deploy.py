@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import DataError, DeviceError, ModelError, PlanError, printable
 from ..files import write_json
 from .options import (
+    add_ray_arg,
     add_task_args,
     check_criterion,
     parse_thresholds,
@@ -76,7 +77,12 @@ def register(sub) -> None:
     p.add_argument("--weights", type=Path, help="weights of the float model to compare with; "
                    "checked against the parameters sha256 the package records")
     p.add_argument("--device", default="golden", help="golden (the NumPy model of the kernel; "
-                   "default), sim (RTL simulation of the kernel) or alveo[:N] (card N)")
+                   "default), sim (RTL simulation of the kernel), alveo[:N] (card N) or "
+                   "alveo:N,M,... (several cards, one Ray worker each)")
+    p.add_argument("--workers", type=int, help="golden, sim: shard the images over N Ray "
+                   "workers, one device each (default 1; needs velcro[ray])")
+    add_ray_arg(p, "the workers of --workers or of several cards (default: local:N for N "
+                "workers)")
     p.add_argument("--images", type=int, help="first N validation images (default: all)")
     p.add_argument("--json", type=Path, help="write the measured figures as JSON")
     p.add_argument("--simulator", choices=("verilator", "icarus"),
@@ -162,9 +168,54 @@ def codebook_layers(model, args) -> dict:
 def open_device(spec: str, package, args=None):
     """The accelerator named by ``spec`` (:func:`velcro.sw.runtime.parse_device`), loaded
     with ``package``; ``args`` carries the backend options of ``velcro run``."""
+    from ..runtime import Accelerator
+
+    device = Accelerator.open(spec, **device_options(spec, args))
+    device.load(package)
+    return device
+
+
+def device_specs(args) -> list[str]:
+    """One device spec per worker of ``velcro run``: ``--device`` repeated ``--workers``
+    times, or one ``alveo:N`` per card of ``--device alveo:N,M,...``."""
+    import re
+
+    from ..runtime import parse_device
+
+    workers = args.workers
+    if workers is not None and workers < 1:
+        raise DeviceError(f"--workers must be at least 1, not {workers}")
+    cards = re.fullmatch(r"alveo:(\d+(?:,\d+)+)", args.device or "")
+    if cards:
+        indices = [int(i) for i in cards.group(1).split(",")]
+        if len(set(indices)) != len(indices):
+            raise DeviceError(f"--device {args.device} names a card twice")
+        if workers is not None and workers != len(indices):
+            raise DeviceError(f"--device {args.device} runs one worker per card; --workers "
+                              f"{workers} disagrees")
+        return [f"alveo:{i}" for i in indices]
+    kind, _ = parse_device(args.device)
+    if kind == "alveo" and (workers or 1) > 1:
+        raise DeviceError("one card runs one worker; name several cards "
+                          "(--device alveo:0,1) instead of --workers")
+    return [args.device] * (workers or 1)
+
+
+def open_devices(specs: list[str], package, args):
+    """The devices of ``specs`` behind one
+    :class:`~velcro.sw.cluster.inference.ShardedDevice` (Ray must be running)."""
+    from ..cluster.inference import ShardedDevice
+
+    chunk = SIM_CHUNK if specs[0] == "sim" else None
+    return ShardedDevice(specs, package, device_options(specs[0], args), chunk=chunk)
+
+
+def device_options(spec: str, args=None) -> dict:
+    """:meth:`Accelerator.open <velcro.sw.runtime.Accelerator.open>` options of ``spec``
+    from the backend options of ``velcro run`` in ``args``."""
     from velcro.hw.kernel.config import CONFIGS
 
-    from ..runtime import Accelerator, parse_device
+    from ..runtime import parse_device
 
     kind, _ = parse_device(spec)
     options = {}
@@ -181,9 +232,7 @@ def open_device(spec: str, package, args=None):
         options.update(xclbin=args.xclbin, backend=getattr(args, "backend", None))
     if kind != "alveo" and getattr(args, "backend", None):
         raise DeviceError(f"--backend is for alveo, not {kind}")
-    device = Accelerator.open(spec, **options)
-    device.load(package)
-    return device
+    return options
 
 
 def run_task(package, args):
@@ -364,6 +413,16 @@ def predictions_sha256(predictions: np.ndarray) -> str:
 
 
 def cmd_run(args) -> None:
+    specs = device_specs(args)
+    if len(specs) == 1 and args.ray is None:
+        return _run(args, specs)
+    from ..cluster.engine import connect
+
+    with connect(args.ray or f"local:{len(specs)}"):
+        return _run(args, specs)
+
+
+def _run(args, specs: list[str]) -> None:
     from ..evaluate import predict
     from ..export.package import load
     from ..locality.plan import applied
@@ -384,9 +443,11 @@ def cmd_run(args) -> None:
     compare = args.weights is not None
     if compare:
         model, plan, tapped = float_reference(package, task, args)
-    device = open_device(args.device, package, args)
+    sharded = len(specs) > 1 or args.ray is not None
+    device = (open_devices(specs, package, args) if sharded
+              else open_device(args.device, package, args))
     start = time.perf_counter()
-    logits = run_images(device, images, args.device)
+    logits = device.run(images) if sharded else run_images(device, images, args.device)
     # The RTL simulation's first run builds the simulator; that is not run time.
     seconds = time.perf_counter() - start - getattr(device, "sim", {}).get("build_seconds", 0)
     predictions = logits.argmax(1)
@@ -395,6 +456,7 @@ def cmd_run(args) -> None:
     record = {
         "package": str(args.package),
         "device": args.device,
+        "workers": len(specs),
         "kernel": args.kernel,
         "task": task.name,
         "C": package.C,

@@ -25,6 +25,26 @@ def add_task_args(parser: argparse.ArgumentParser, task_required: bool = True) -
     parser.set_defaults(task_required=task_required)
 
 
+def add_ray_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--ray auto|local:N|ADDRESS``: where :mod:`velcro.sw.cluster` runs ``what``."""
+    parser.add_argument("--ray", metavar="ADDRESS", help=f"run {what} on Ray: local:N "
+                        "(start Ray here with N CPUs), auto (the cluster this machine is "
+                        "a node of) or a cluster address (host:6379, ray://host:10001); "
+                        "needs velcro[ray]")
+
+
+def ray_cluster(args):
+    """The Ray of ``--ray`` for a ``with`` block (:func:`velcro.sw.cluster.engine.connect`),
+    or ``None`` without ``--ray``; Ray is imported only when it is asked for."""
+    import contextlib
+
+    if getattr(args, "ray", None) is None:
+        return contextlib.nullcontext(None)
+    from ..cluster.engine import connect
+
+    return connect(args.ray)
+
+
 def resolve_model(args):
     """The model named by ``--model/--weights``, or the shipped reference CNN."""
     from ..errors import ModelError
@@ -55,8 +75,10 @@ def resolve_model(args):
     return load_user_model(args.model, args.weights)
 
 
-def resolve_task(args, model):
-    """The task named by ``--task/--classes/--data``, with images shaped for ``model``."""
+def resolve_task(args, model, lazy: bool = False):
+    """The task named by ``--task/--classes/--data``, with images shaped for ``model``
+    (``lazy``: a folder's images are listed, not decoded; see :func:`make_task
+    <velcro.sw.data.make_task>`)."""
     from ..data import check_image_size, make_task
     from ..errors import DataError
     from ..evaluate import check_input
@@ -77,8 +99,9 @@ def resolve_task(args, model):
             raise DataError(f"--image-size must be H,W, not {args.image_size!r}") from None
         size = check_image_size((h, w))
     task = make_task(args.task, args.classes, args.data, channels=input_channels(model),
-                     size=size)
-    check_input(model, task.data.images)
+                     size=size, lazy=lazy)
+    check_input(model, task.data.images if hasattr(task.data, "images")
+                else task.data.read(0, 1))
     return task
 
 

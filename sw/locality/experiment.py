@@ -39,8 +39,13 @@ class TaskSetup:
 MIN_PREPROCESSING = 8
 
 
-def prepare(model: nn.Module, task: Task, sensitivity: bool, progress: bool = False) -> TaskSetup:
+def prepare(model: nn.Module, task: Task, sensitivity: bool, progress: bool = False,
+            profiler=profile) -> TaskSetup:
     """Tap the model and profile it on the task's preprocessing split.
+
+    ``profiler`` is called like :func:`~velcro.sw.locality.profile.profile` (e.g.
+    :func:`velcro.sw.cluster.profile.profile`, which shards the images over Ray, and
+    takes the undecoded split of a lazy task, a :class:`~velcro.sw.data.FolderIndex`).
 
     A preprocessing split of fewer than :data:`MIN_PREPROCESSING` images is refused
     (:class:`~velcro.sw.errors.DataError`): with one image every variance is 0 and
@@ -58,8 +63,9 @@ def prepare(model: nn.Module, task: Task, sensitivity: bool, progress: bool = Fa
             f"{need} images)")
     tapped = tap(model)
     start = time.perf_counter()
-    prof = profile(tapped, task.split("preprocessing").images, sensitivity=sensitivity,
-                   progress=progress)
+    images = task.split("preprocessing")
+    prof = profiler(tapped, getattr(images, "images", images), sensitivity=sensitivity,
+                    progress=progress)
     prof.meta.update(task=task.name, classes=list(task.classes))
     return TaskSetup(task, tapped, prof, len(splits.preprocessing), len(splits.search),
                      len(splits.validation), time.perf_counter() - start)
@@ -73,15 +79,17 @@ def validation_accuracy(setup: TaskSetup, plan: Plan | None) -> float:
 
 
 def run_search(setup: TaskSetup, criterion: str, tolerance: float = 0.0,
-               coarse: bool = False, progress: bool = False) -> SearchResult:
+               coarse: bool = False, progress: bool = False, **options) -> SearchResult:
     """Threshold search on the search split of ``setup.task``.
 
-    ``coarse`` stops at 10-point steps without exploration (a quick estimate).
+    ``coarse`` stops at 10-point steps without exploration (a quick estimate);
+    ``options`` go to :func:`~velcro.sw.locality.search.search` (``threads``,
+    ``evaluator``).
     """
     data = setup.task.split("search")
     steps = {"min_step": 10.0, "explore_moves": 0} if coarse else {}
     return search(setup.tapped, setup.profile, data.images, data.labels, criterion,
-                  tolerance=tolerance, progress=progress, **steps)
+                  tolerance=tolerance, progress=progress, **steps, **options)
 
 
 def record(setup: TaskSetup, plan: Plan, baseline: float, seconds: float,

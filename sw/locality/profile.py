@@ -50,6 +50,15 @@ class RunningMoments:
         self._total = torch.empty(size, dtype=torch.float64)
         self._squares = torch.empty(size, dtype=torch.float64)
 
+    def __getstate__(self) -> dict:
+        # Ray ships moments between processes: the count and the two tensors, not the
+        # work buffers.
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(tuple(state["mean"].shape))
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
+
     def update(self, batch: torch.Tensor) -> None:
         """Merge a batch ``[B, *shape]`` into the running moments (Chan's parallel update)."""
         n_b = batch.shape[0]
@@ -72,10 +81,23 @@ class RunningMoments:
             squares.addmv_(work.T, ones)            # sum of (x - shift)^2
         mean_b = shift + total / n_b
         m2_b = (squares - total * total / n_b).clamp_(min=0.0)
+        self._combine(n_b, mean_b.reshape(self.mean.shape), m2_b.reshape(self.m2.shape))
+
+    def merge(self, other: RunningMoments) -> None:
+        """Merge the moments of another stream of the same shape (Chan's pairwise update):
+        the result is that of one stream holding both, up to rounding."""
+        if other.mean.shape != self.mean.shape:
+            raise ValueError(f"cannot merge moments of shape {list(other.mean.shape)} into "
+                             f"{list(self.mean.shape)}")
+        if other.count:
+            self._combine(other.count, other.mean, other.m2)
+
+    def _combine(self, n_b: int, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
+        """Chan et al.'s combination of ``(count, mean, m2)`` with ``(n_b, mean_b, m2_b)``."""
         n = self.count + n_b
-        delta = (mean_b - self.mean.reshape(-1)).reshape(self.mean.shape)
+        delta = mean_b - self.mean
         self.mean += delta * (n_b / n)
-        self.m2 += m2_b.reshape(self.m2.shape) + delta ** 2 * (self.count * n_b / n)
+        self.m2 += m2_b + delta ** 2 * (self.count * n_b / n)
         self.count = n
 
     @property
@@ -166,17 +188,55 @@ def profile(model: nn.Module | Tapped, images: np.ndarray, batch_size: int = 250
     tapped = tap(model)
     if len(images) == 0:
         raise ModelError("no images to profile")
-    moments: dict[int, RunningMoments] = {}
-    grads: dict[int, RunningMoments] = {}
+    bar = progress_bar(total=len(images), desc="profiling", unit="img", enabled=progress)
+    try:
+        moments = accumulate(tapped, (images[start:start + batch_size]
+                                      for start in range(0, len(images), batch_size)),
+                             sensitivity, bar.update)
+    finally:
+        bar.close()
+    return finish(tapped, moments)
+
+
+@dataclass
+class TapMoments:
+    """Running moments of every tap's output (and of its squared gradient), mergeable:
+    the part of a profile that workers computing shards of the images hand back."""
+
+    outputs: dict[int, RunningMoments] = field(default_factory=dict)
+    grads: dict[int, RunningMoments] | None = None
+    count: int = 0
+
+    def merge(self, other: TapMoments) -> None:
+        """Add the moments of other images (:meth:`RunningMoments.merge` per tap)."""
+        if (self.grads is None) != (other.grads is None):
+            raise ValueError("cannot merge moments with and without sensitivity")
+        pairs = [(self.outputs, other.outputs)]
+        if self.grads is not None:
+            pairs.append((self.grads, other.grads))
+        for mine, theirs in pairs:
+            for index, m in theirs.items():
+                if index in mine:
+                    mine[index].merge(m)
+                else:
+                    mine[index] = m
+        self.count += other.count
+
+
+def accumulate(tapped: Tapped, batches, sensitivity: bool = False,
+               update=None) -> TapMoments:
+    """The running moments of every tap over ``batches`` (uint8 ``[B, C, H, W]`` arrays);
+    ``update(n)`` is called after each batch of ``n`` images."""
+    moments = TapMoments(grads={} if sensitivity else None)
     outputs: dict[int, torch.Tensor] = {}
 
     def hook(index):
         def record(module, inputs, output):
             if output.dim() < 2:
                 return
-            if index not in moments:
-                moments[index] = RunningMoments(tuple(output.shape[1:]))
-            moments[index].update(output)
+            if index not in moments.outputs:
+                moments.outputs[index] = RunningMoments(tuple(output.shape[1:]))
+            moments.outputs[index].update(output)
             if sensitivity:
                 output.retain_grad()
                 outputs[index] = output
@@ -184,10 +244,9 @@ def profile(model: nn.Module | Tapped, images: np.ndarray, batch_size: int = 250
 
     handles = [t.register_forward_hook(hook(i)) for i, t in enumerate(tapped.taps)]
     tapped.module.eval()
-    bar = progress_bar(total=len(images), desc="profiling", unit="img", enabled=progress)
     try:
-        for start in range(0, len(images), batch_size):
-            x = to_float(images[start:start + batch_size])
+        for batch in batches:
+            x = to_float(batch)
             try:
                 if sensitivity:
                     outputs.clear()
@@ -196,31 +255,39 @@ def profile(model: nn.Module | Tapped, images: np.ndarray, batch_size: int = 250
                                                        reduction="sum")
                     loss.backward()
                     for index, out in outputs.items():
-                        grads.setdefault(index, RunningMoments(tuple(out.shape[1:])))
-                        grads[index].update(out.grad ** 2)
+                        moments.grads.setdefault(index, RunningMoments(tuple(out.shape[1:])))
+                        moments.grads[index].update(out.grad ** 2)
                 else:
                     with torch.inference_mode():
                         tapped.module(x)
             except RuntimeError as e:
-                raise ModelError(f"images of shape {list(images.shape[1:])} do not fit the "
+                raise ModelError(f"images of shape {list(batch.shape[1:])} do not fit the "
                                  f"model: {str(e).splitlines()[0]}") from None
-            bar.update(len(x))
+            moments.count += len(x)
+            if update is not None:
+                update(len(x))
     finally:
-        bar.close()
         for h in handles:
             h.remove()
         tapped.module.zero_grad(set_to_none=True)
-    missing = [tapped.taps[i].name for i in range(len(tapped.taps)) if i not in moments]
+    return moments
+
+
+def finish(tapped: Tapped, moments: TapMoments) -> Profile:
+    """The :class:`Profile` of the moments :func:`accumulate` (and merges) gathered."""
+    if moments.count == 0:
+        raise ModelError("no images to profile")
+    missing = [tapped.taps[i].name for i in range(len(tapped.taps))
+               if i not in moments.outputs]
     if missing:
         raise ModelError(f"conv-activations {missing} produced no feature maps")
     layers = []
     for i, t in enumerate(tapped.taps):
-        m = moments[i]
+        m = moments.outputs[i]
         if not bool(torch.isfinite(m.mean).all() & torch.isfinite(m.m2).all()):
             raise ModelError(f"conv-activation {t.name} is NaN or infinite on the "
                              "preprocessing images; check the model's weights and inputs")
         layers.append(LayerProfile(
             t.name, m.mean.numpy(), m.variance.numpy(),
-            grads[i].mean.numpy() if sensitivity else None))
-    return Profile(layers, len(images))
-
+            moments.grads[i].mean.numpy() if moments.grads is not None else None))
+    return Profile(layers, moments.count)

@@ -18,6 +18,7 @@ in memory and no residual connection crosses the tap.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,7 +59,8 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
            criterion: str = "variance", tolerance: float = 0.0, start_step: float = 20.0,
            min_step: float = 1.25, explore_moves: int = 6, explore_step: float = 5.0,
            explore_slack: float = 0.01, start: list[float] | None = None,
-           max_C: float = 1.0, progress: bool = False) -> SearchResult:
+           max_C: float = 1.0, threads: int | None = None, evaluator=None,
+           progress: bool = False) -> SearchResult:
     """Maximize C subject to ``accuracy(search images) >= baseline - tolerance``.
 
     When the constrained descent is stuck, up to ``explore_moves`` unconstrained moves
@@ -78,6 +80,15 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
         Thresholds to start from (default: all zero); it must satisfy the constraint.
     max_C
         Stop once C reaches this value.
+    threads
+        Torch intra-op threads of every evaluation (default: leave torch's setting).
+        Floating-point results can depend on it; evaluations with the same count give
+        the same figures wherever they run.
+    evaluator
+        Builds the object that measures candidate plans, called like
+        :class:`Evaluator` (which it defaults to); the candidates of one step are
+        handed to its ``measure_all`` together, so it may measure them in parallel
+        (:class:`velcro.sw.cluster.search.ActorEvaluator`).
     """
     if not 0.0 <= tolerance < 1.0:
         raise PlanError(f"tolerance {tolerance} out of range [0, 1)")
@@ -85,20 +96,27 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
         raise PlanError(f"steps must satisfy 0 < min_step <= start_step <= 100, "
                         f"not {min_step}, {start_step}")
     layer_scores = scores(profile, criterion)
-    evaluator = _Evaluator(tapped, profile, criterion, layer_scores, images, labels)
+    evaluator = (evaluator or Evaluator)(tapped, profile, criterion, layer_scores, images,
+                                         labels, threads)
     cache: dict[tuple[float, ...], tuple[float, float]] = {}
     bar = progress_bar(desc=f"search ({criterion})", unit="eval", enabled=progress)
 
+    def measure_all(candidates):
+        """Measure every candidate not measured yet (together), then look all up."""
+        new = list(dict.fromkeys(tuple(t) for t in candidates if tuple(t) not in cache))
+        if new:
+            for key, figures in zip(new, evaluator.measure_all([list(k) for k in new]),
+                                    strict=True):
+                cache[key] = figures
+            bar.update(len(new))
+        return [cache[tuple(t)] for t in candidates]
+
     def measure(thresholds):
-        key = tuple(thresholds)
-        if key not in cache:
-            cache[key] = evaluator.measure(thresholds)
-            bar.update()
-        return cache[key]
+        return measure_all([thresholds])[0]
 
     def best_move(state: _State, step: float, constrained: bool) -> _State | None:
         """The cheapest move of one layer by ``step`` points (free tie moves are taken)."""
-        best = None
+        moves = []
         for k in range(len(state.thresholds)):
             if state.thresholds[k] >= 100.0:
                 continue
@@ -109,7 +127,11 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
                 # Percentile ties: the mask did not grow, so the move is free.
                 state = _State(candidate, state.C, state.accuracy, state.loss)
                 continue
-            acc, loss = measure(candidate)
+            moves.append((candidate, c))
+        # The moves are independent of one another's figures: measure them together.
+        best = None
+        for (candidate, c), (acc, loss) in zip(moves, measure_all([m for m, _ in moves]),
+                                               strict=True):
             if constrained and acc < target:
                 continue
             move = _State(candidate, c, acc, loss, (loss - state.loss) / (c - state.C))
@@ -150,6 +172,7 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
         current = found
         path.append(SearchPoint(list(current.thresholds), current.C, current.accuracy))
     bar.close()
+    evaluator.close()
     return SearchResult(criterion, current.thresholds, current.C, current.accuracy, baseline,
                         len(cache), path)
 
@@ -163,19 +186,22 @@ class _State:
     cost: float = 0.0
 
 
-class _Evaluator:
+class Evaluator:
     """Accuracy and mean cross-entropy of plans on fixed images, reusing unchanged prefixes.
 
     After :meth:`rebase` it holds the raw activation reaching every tap under that
     plan; a plan whose thresholds differ only from layer ``k`` on is then measured by
     running the model's tail from tap ``k``. Results are identical to a full forward
-    pass; only the work differs.
+    pass; only the work differs. ``threads`` fixes torch's intra-op threads while it
+    works (None: torch's setting).
     """
 
     def __init__(self, tapped: Tapped, profile: Profile, criterion: str,
-                 layer_scores: list[np.ndarray], images: np.ndarray, labels: np.ndarray):
+                 layer_scores: list[np.ndarray], images: np.ndarray, labels: np.ndarray,
+                 threads: int | None = None):
         if len(images) == 0:
             raise PlanError("the search split has no images")
+        self.threads = threads
         self.tapped, self.profile = tapped, profile
         self.criterion, self.layer_scores = criterion, layer_scores
         self.batches = [to_float(images[i:i + BATCH]) for i in range(0, len(images), BATCH)]
@@ -193,6 +219,10 @@ class _Evaluator:
         """Record the raw tap inputs under ``thresholds`` for later partial runs."""
         if all(t is None for t in self.tails):
             return
+        with _threads(self.threads):
+            self._rebase(thresholds)
+
+    def _rebase(self, thresholds: list[float]) -> None:
         raw: list[list[torch.Tensor]] = [[] for _ in self.tapped.taps]
         hooks = [t.register_forward_hook(lambda m, i, o, k=k: raw[k].append(i[0]))
                  for k, t in enumerate(self.tapped.taps)]
@@ -204,6 +234,14 @@ class _Evaluator:
             for h in hooks:
                 h.remove()
         self.base, self.raw = list(thresholds), raw
+
+    def measure_all(self, candidates: list[list[float]]) -> list[tuple[float, float]]:
+        """``(accuracy, mean cross-entropy)`` of every candidate, in order."""
+        with _threads(self.threads):
+            return [self.measure(t) for t in candidates]
+
+    def close(self) -> None:
+        """Release what the evaluator holds (nothing here; workers elsewhere)."""
 
     def measure(self, thresholds: list[float]) -> tuple[float, float]:
         first = None
@@ -219,3 +257,17 @@ class _Evaluator:
                 logits = torch.cat([self.tapped.module(x) for x in self.batches])
         loss = torch.nn.functional.cross_entropy(logits, self.labels).item()
         return int((logits.argmax(1) == self.labels).sum()) / len(self.labels), loss
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None):
+    """Torch intra-op threads set to ``threads`` inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -72,12 +72,23 @@ class Counters:
             self.last_totals[name] = self.last_totals.get(name, 0) + totals.get(name, 0)
             self.totals[name] += totals.get(name, 0)
         for position, step in enumerate(steps):
-            old = self._steps.get((stage, position))
-            if old is None:
-                self._steps[(stage, position)] = _copy(step)
-            else:
-                for name in _SUMMED:
-                    setattr(old, name, getattr(old, name) + getattr(step, name))
+            self._sum((stage, position), step)
+
+    def merge(self, other: Counters) -> None:
+        """Add the counters of another device that ran the same program (its share of
+        the images): per descriptor and in total, as if one device had run them all."""
+        for name in TOTALS:
+            self.totals[name] += other.totals.get(name, 0)
+        for key, step in other._steps.items():
+            self._sum(key, step)
+
+    def _sum(self, key: tuple[int, int], step: StepCounters) -> None:
+        old = self._steps.get(key)
+        if old is None:
+            self._steps[key] = _copy(step)
+        else:
+            for name in _SUMMED:
+                setattr(old, name, getattr(old, name) + getattr(step, name))
 
     def steps(self) -> list[StepCounters]:
         """Counters of every descriptor, stage by stage, summed over every run so far."""

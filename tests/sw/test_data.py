@@ -47,6 +47,41 @@ def test_read_idx_rejects_wrong_rank(tmp_path):
         read_idx(tmp_path / "x.gz", 3)
 
 
+def test_idx_images_read_ranges_in_batches(tmp_path, rng):
+    array = rng.integers(0, 256, (23, 4, 3), dtype=np.uint8)
+    write_idx(tmp_path / "x.gz", array)
+    source = data.IdxImages.open(tmp_path / "x.gz")
+    assert len(source) == 23 and source.shape == (1, 4, 3)
+    np.testing.assert_array_equal(source.read(5, 9), array[5:9, None])
+    batches = list(data.iter_batches(source, 3, 23, 8))
+    assert [len(b) for b in batches] == [8, 8, 4]
+    np.testing.assert_array_equal(np.concatenate(batches), array[3:, None])
+    with gzip.open(tmp_path / "short.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (9, 4, 3))
+                + array[:2].tobytes())
+    with pytest.raises(DataError, match="truncated at image 0"):
+        data.IdxImages.open(tmp_path / "short.gz").read(0, 5)
+    write_idx(tmp_path / "labels.gz", np.zeros(4, np.uint8))
+    with pytest.raises(DataError, match="not a 3-dimensional uint8 IDX file"):
+        data.IdxImages.open(tmp_path / "labels.gz")
+
+
+def test_a_folder_index_reads_what_load_folder_loads(tmp_path, rng):
+    for name in ("b", "a"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)).save(
+                tmp_path / name / f"{i}.png")
+    index = data.FolderIndex.scan(tmp_path, channels=3, size=(4, 6))
+    loaded = data.load_folder(tmp_path, channels=3, size=(4, 6))
+    assert index.classes == loaded.classes == ("a", "b") and len(index) == 6
+    assert all(path.is_absolute() for path in index.files)
+    np.testing.assert_array_equal(np.concatenate(list(data.iter_batches(index, 0, 6, 4))),
+                                  loaded.images)
+    np.testing.assert_array_equal(index.labels, loaded.labels)
+    assert index.read(2, 2).shape == (0, 3, 4, 6)
+
+
 def test_missing_fashion_mnist_says_how_to_install(tmp_path):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist("test", root=tmp_path)

@@ -26,6 +26,29 @@ def test_running_moments_equal_two_pass_numpy(rng, monkeypatch, chunks, block_ro
     np.testing.assert_allclose(m.variance.numpy(), data.var(0), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("splits", [[1, 499], [250, 250], [7, 100, 3, 390]])
+def test_merged_moments_equal_one_stream(rng, splits):
+    import pickle
+
+    data = 50.0 + rng.normal(0, 0.5, (sum(splits), 3, 2)) * rng.uniform(0, 4, (3, 2))
+    whole, merged, start = RunningMoments((3, 2)), RunningMoments((3, 2)), 0
+    whole.update(torch.from_numpy(data))
+    for n in splits:
+        part = RunningMoments((3, 2))
+        for chunk in np.array_split(data[start:start + n], 3):
+            part.update(torch.from_numpy(chunk))
+        # The state workers send back: count and moments, without the work buffers.
+        merged.merge(pickle.loads(pickle.dumps(part)))
+        start += n
+    merged.merge(RunningMoments((3, 2)))  # nothing to add
+    assert merged.count == whole.count == len(data)
+    np.testing.assert_allclose(merged.mean.numpy(), data.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(merged.variance.numpy(), data.var(0), rtol=1e-11)
+    np.testing.assert_allclose(merged.variance.numpy(), whole.variance.numpy(), rtol=1e-11)
+    with pytest.raises(ValueError, match="cannot merge moments of shape"):
+        merged.merge(RunningMoments((2, 3)))
+
+
 def test_running_moments_stay_exact_for_large_offsets(rng):
     data = 1e6 + rng.normal(0, 1e-2, (1000, 3))
     m = RunningMoments((3,))

@@ -63,15 +63,15 @@ def test_search_rejects_bad_tolerance(small_task):
 
 def test_partial_evaluation_equals_full_forward(small_task):
     from velcro.sw.locality.plan import scores
-    from velcro.sw.locality.search import _Evaluator
+    from velcro.sw.locality.search import Evaluator
 
     setup = prepare(load_reference(), small_task, sensitivity=False)
     data = small_task.split("search")
     layer_scores = scores(setup.profile, "variance")
 
     def evaluator():
-        return _Evaluator(setup.tapped, setup.profile, "variance", layer_scores,
-                          data.images, data.labels)
+        return Evaluator(setup.tapped, setup.profile, "variance", layer_scores,
+                         data.images, data.labels)
 
     cached = evaluator()
     assert all(t is not None for t in cached.tails)
