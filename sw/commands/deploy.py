@@ -381,32 +381,6 @@ def counter_check(device, images: np.ndarray, spec: str) -> tuple[dict, str | No
     return record, problem
 
 
-def placement(device, package) -> tuple[dict[str, str], float]:
-    """Where each layer of ``package`` runs on ``device`` (``kernel`` or ``host``) and the
-    kernel's share of the package's MACs (skipped ones included)."""
-    from ..golden import GoldenModel
-    from ..runtime.partition import devices, kernel_mac_fraction, partition
-
-    stages = getattr(device, "stages", None) or partition(package, device.config)
-    macs = {c.name: c.macs + c.skipped for c in GoldenModel(package, workers=1).per_image()}
-    return devices(stages), kernel_mac_fraction(stages, macs)
-
-
-def partition_report(package, where: dict[str, str], fraction: float) -> str:
-    """The partition as people read it: runs of layers on the kernel or the host."""
-    runs: list[tuple[str, list[str]]] = []
-    for layer in package.layers:
-        if runs and runs[-1][0] == where[layer.name]:
-            runs[-1][1].append(layer.name)
-        else:
-            runs.append((where[layer.name], [layer.name]))
-    parts = [f"{kind} [{names[0]}{' .. ' + names[-1] if len(names) > 1 else ''}"
-             f"{f' ({len(names)} layers)' if len(names) > 2 else ''}]" for kind, names in runs]
-    on_kernel = sum(where[layer.name] == "kernel" for layer in package.layers)
-    return (f"partition: {on_kernel} of {len(package.layers)} layers on the kernel, "
-            f"{fraction:.1%} of MACs: " + ", ".join(parts))
-
-
 def predictions_sha256(predictions: np.ndarray) -> str:
     """sha256 of the predicted classes as little-endian int64: compares devices' outputs."""
     return hashlib.sha256(np.asarray(predictions, dtype="<i8").tobytes()).hexdigest()
@@ -426,6 +400,7 @@ def _run(args, specs: list[str]) -> None:
     from ..evaluate import predict
     from ..export.package import load
     from ..locality.plan import applied
+    from ..runtime.partition import partition_report, placement
 
     if args.weights is None and args.model is not None:
         raise ModelError("--model needs --weights (the trained parameters)")

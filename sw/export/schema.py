@@ -102,9 +102,18 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..errors import PackageError
 from . import ops
 from .bits import index_run_bytes, unpack_indices
+from .fields import boolean as _bool
+from .fields import choice as _choice
+from .fields import expect as _expect
+from .fields import fail, show
+from .fields import integer as _int
+from .fields import items as _list
+from .fields import keys as _keys
+from .fields import number as _float
+from .fields import shape as _shape
+from .fields import string as _str
 from .ops import DENSE, MAX_ARRAY_BYTES, MAX_DIM, OpError, expected_arrays, tapped
 
 FORMAT = "velcro-package"
@@ -207,95 +216,6 @@ def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def show(value) -> str:
-    """``repr(value)``, cut to 60 characters, for error messages."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def fail(path: str, message: str):
-    """Raise a :class:`~velcro.sw.errors.PackageError` about the field (or member) ``path``."""
-    raise PackageError(f"{path}: {message}")
-
-
-def _keys(value, path: str, required: set[str]) -> dict:
-    if not isinstance(value, dict):
-        fail(path, f"expected an object, got {type(value).__name__}")
-    missing = sorted(required - value.keys())
-    extra = sorted(value.keys() - required)
-    if missing:
-        fail(path, f"missing field {show(missing[0])}")
-    if extra:
-        fail(f"{path}.{extra[0][:40]}", "unknown field")
-    return value
-
-
-def _int(value, path: str, lo: int, hi: int) -> int:
-    if type(value) is not int:
-        fail(path, f"expected an integer, got {show(value)}")
-    if not lo <= value <= hi:
-        fail(path, f"expected an integer in [{lo}, {hi}], got {value}")
-    return value
-
-
-def _bool(value, path: str) -> bool:
-    if type(value) is not bool:
-        fail(path, f"expected true or false, got {show(value)}")
-    return value
-
-
-def _float(value, path: str, lo: float = 0.0, hi: float = math.inf,
-           lo_open: bool = False) -> float:
-    number = value
-    if type(value) is int:
-        # Python ints are unbounded; float() of a huge one raises OverflowError.
-        number = float(value) if abs(value) < 1 << 1000 else math.inf
-    if type(value) not in (int, float) or not math.isfinite(number):
-        fail(path, f"expected a finite number, got {show(value)}")
-    if number < lo or number > hi or (lo_open and number == lo):
-        bracket = "(" if lo_open else "["
-        fail(path, f"expected a number in {bracket}{lo}, {hi}], got {show(value)}")
-    return number
-
-
-def _str(value, path: str, pattern: re.Pattern | None = None, nullable: bool = False):
-    if value is None and nullable:
-        return None
-    if not isinstance(value, str):
-        fail(path, f"expected a string, got {show(value)}")
-    if pattern is not None and not pattern.fullmatch(value):
-        fail(path, f"expected a string matching {pattern.pattern}, got {show(value)}")
-    return value
-
-
-def _list(value, path: str, max_len: int) -> list:
-    if not isinstance(value, list):
-        fail(path, f"expected a list, got {type(value).__name__}")
-    if len(value) > max_len:
-        fail(path, f"expected at most {max_len} entries, got {len(value)}")
-    return value
-
-
-def _shape(value, path: str, ndim: int) -> tuple[int, ...]:
-    value = _list(value, path, ndim)
-    if len(value) != ndim:
-        fail(path, f"expected {ndim} dimensions, got {len(value)}")
-    return tuple(_int(v, f"{path}[{i}]", 1, MAX_DIM) for i, v in enumerate(value))
-
-
-def _choice(value, path: str, options: tuple):
-    if not any(value == o and type(value) is type(o) for o in options):
-        fail(path, f"expected one of {', '.join(map(repr, options))}, got {show(value)}")
-    return value
-
-
-def _expect(value, path: str, expected):
-    if value != expected or type(value) is not type(expected):
-        fail(path, f"expected {expected!r}, got {show(value)}")
-    return value
-
-
-# The field checkers the op table (:mod:`velcro.sw.export.ops`) calls.
 _CHECKS = SimpleNamespace(int=_int, bool=_bool, float=_float, str=_str, choice=_choice,
                           fail=fail, show=show, NAME=_NAME)
 

@@ -24,13 +24,14 @@ import math
 from dataclasses import dataclass
 
 from velcro.hw.conv.config import ConvConfigError
-from velcro.hw.kernel.config import KernelConfig
+from velcro.hw.kernel.config import SHIPPED, KernelConfig
 
 from ..export.package import Layer, Package
 from ..export.schema import layer_inputs
 from .program import conv_layer, dense_layer
 
-__all__ = ["Stage", "devices", "kernel_mac_fraction", "partition", "supported"]
+__all__ = ["Stage", "devices", "kernel_mac_fraction", "partition", "partition_report",
+           "placement", "supported"]
 
 _DENSE = ("dense", "dense_codebook")
 # Descriptors a stage needs besides one per layer: input, output and END.
@@ -148,3 +149,29 @@ def kernel_mac_fraction(stages: list[Stage], macs: dict[str, int]) -> float:
     total = sum(macs.values())
     on_kernel = sum(m for name, m in macs.items() if where[name] == "kernel")
     return on_kernel / total if total else 0.0
+
+
+def placement(device, package) -> tuple[dict[str, str], float]:
+    """Where each layer of ``package`` runs on ``device`` (``kernel`` or ``host``) and the
+    kernel's share of the package's MACs (skipped ones included)."""
+    from ..golden import GoldenModel
+
+    stages = (getattr(device, "stages", None)
+              or partition(package, getattr(device, "config", None) or SHIPPED))
+    macs = {c.name: c.macs + c.skipped for c in GoldenModel(package, workers=1).per_image()}
+    return devices(stages), kernel_mac_fraction(stages, macs)
+
+
+def partition_report(package, where: dict[str, str], fraction: float) -> str:
+    """The partition as people read it: runs of layers on the kernel or the host."""
+    runs: list[tuple[str, list[str]]] = []
+    for layer in package.layers:
+        if runs and runs[-1][0] == where[layer.name]:
+            runs[-1][1].append(layer.name)
+        else:
+            runs.append((where[layer.name], [layer.name]))
+    parts = [f"{kind} [{names[0]}{' .. ' + names[-1] if len(names) > 1 else ''}"
+             f"{f' ({len(names)} layers)' if len(names) > 2 else ''}]" for kind, names in runs]
+    on_kernel = sum(where[layer.name] == "kernel" for layer in package.layers)
+    return (f"partition: {on_kernel} of {len(package.layers)} layers on the kernel, "
+            f"{fraction:.1%} of MACs: " + ", ".join(parts))

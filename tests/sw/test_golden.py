@@ -261,8 +261,9 @@ def test_golden_and_package_import_neither_torch_nor_amaranth():
     code = ("import sys, velcro.sw.golden, velcro.sw.export.package; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'amaranth', 'velcro') and not m.startswith(('velcro.sw.golden', "
-            "'velcro.sw.export.package', 'velcro.sw.export.schema', 'velcro.sw.export.bits', 'velcro.sw.export.ops', "
-            "'velcro.sw.errors', 'velcro.sw.files')) "
+            "'velcro.sw.export.package', 'velcro.sw.export.schema', 'velcro.sw.export.bits', "
+            "'velcro.sw.export.ops', 'velcro.sw.export.fields', 'velcro.sw.errors', "
+            "'velcro.sw.files')) "
             "and m not in ('velcro', 'velcro.sw', 'velcro.sw.export')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -12,8 +12,8 @@ from velcro.sw.errors import ModelError, PlanError
 from velcro.sw.evaluate import predict
 from velcro.sw.export.bits import unpack_mask
 from velcro.sw.export.codebooks import deploy
-from velcro.sw.export.package import codebook_weight
 from velcro.sw.export.graph import trace
+from velcro.sw.export.package import codebook_weight
 from velcro.sw.export.quantize import quantize, requant_params
 from velcro.sw.locality.experiment import prepare
 from velcro.sw.locality.plan import applied, compress
