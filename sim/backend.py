@@ -17,10 +17,18 @@ models of the card:
 * time is simulated time (a 300 MHz clock), so the driver's watchdog measures the
   kernel's time, and ``sleep`` also returns when the kernel raises ``interrupt``.
 
+Device memory answers with HBM-like latency: read data comes
+:data:`DEFAULT_LATENCY` cycles after its burst's address was taken, and a write's
+response that long after its last data beat (``latency``, ``write_latency``; 0 gives
+the bus models' own few cycles). The delay is per burst and pipelined: every burst the
+kernel has in flight waits its own latency, as in a memory controller with a deep
+request queue. Every port counts the bytes it moves (:attr:`PortView.bytes_read`,
+:attr:`PortView.bytes_written`).
+
 Random pauses can be put on every AXI channel (the ``pause`` of cocotbext-axi's
-channel models), address ranges of a port can be made to answer ``SLVERR``
-(:meth:`KernelTB.fail`) and a port's read data can be held forever
-(:meth:`KernelTB.stall`).
+channel models; :attr:`KernelTB.pause_cycles` counts the channel-cycles paused),
+address ranges of a port can be made to answer ``SLVERR`` (:meth:`KernelTB.fail`)
+and a port's read data can be held forever (:meth:`KernelTB.stall`).
 
 Outside the simulator, :class:`SimAccelerator` is what ``Accelerator.open("sim")``
 returns: it has the accelerator's interface and runs each batch in a simulator,
@@ -29,8 +37,10 @@ where the driver runs against the RTL.
 
 from __future__ import annotations
 
+import os
 import random
 import time
+from collections import deque
 
 import numpy as np
 
@@ -40,7 +50,8 @@ from velcro.hw.kernel.regmap import REGMAP
 from velcro.sw.runtime.counters import Counters
 from velcro.sw.runtime.driver import Platform
 
-__all__ = ["CLOCK_PS", "KernelTB", "SimAccelerator", "SimPlatform", "build_kernel"]
+__all__ = ["CLOCK_PS", "DEFAULT_LATENCY", "LATENCY_ENV", "KernelTB", "SimAccelerator",
+           "SimPlatform", "build_kernel", "default_latency"]
 
 #: The kernel clock in simulation: 300 MHz (3.334 ns, an even number of picoseconds).
 CLOCK_PS = 2 * round(1e12 / CLOCK_HZ / 2)
@@ -48,6 +59,33 @@ CLOCK_PS = 2 * round(1e12 / CLOCK_HZ / 2)
 PAGE = 4096
 #: Mean length of a run of pause cycles on an AXI channel.
 PAUSE_RUN = 4
+#: Cycles from a read burst's address to its first data, and from a write burst's last
+#: data to its response, unless told otherwise: about 330 ns at 300 MHz, what an HBM2
+#: pseudo-channel takes behind the U280's AXI switch.
+DEFAULT_LATENCY = 100
+#: Overrides :data:`DEFAULT_LATENCY` for the ``sim`` device (``velcro run --device sim``).
+LATENCY_ENV = "VELCRO_SIM_LATENCY"
+
+
+def default_latency() -> int:
+    """Memory latency of the ``sim`` device: ``$VELCRO_SIM_LATENCY`` or
+    :data:`DEFAULT_LATENCY` cycles.
+
+    Raises
+    ------
+    ValueError
+        The variable is not a non-negative integer.
+    """
+    text = os.environ.get(LATENCY_ENV)
+    if text is None:
+        return DEFAULT_LATENCY
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{LATENCY_ENV} must be a non-negative number of cycles, not {text!r}")
+    return value
 
 
 class PortView:
@@ -60,6 +98,8 @@ class PortView:
         self.faults: list[tuple[int, int]] = []
         self.fail_writes = False
         self.errors: list[str] = []
+        self.bytes_read = 0
+        self.bytes_written = 0
 
     def _check(self, address: int, length: int) -> None:
         if not self.bank.contains(address, length):
@@ -72,6 +112,7 @@ class PortView:
 
     async def read(self, address: int, length: int) -> bytes:
         self._check(address, length)
+        self.bytes_read += length
         return self.memory.read(address, length)
 
     async def write(self, address: int, data: bytes) -> None:
@@ -79,6 +120,7 @@ class PortView:
         if self.fail_writes:
             self.errors.append(f"{self.port}: injected write error at {address:#x}")
             raise ValueError(self.errors[-1])
+        self.bytes_written += len(data)
         self.memory.write(address, data)
 
 
@@ -92,9 +134,20 @@ class KernelTB:
         Probability, per cycle and AXI channel, of a pause (no valid from a source,
         no ready from a sink).
     seed : int
+    latency : int
+        Cycles from a read burst's address to its data on every ``m_axi`` port.
+    write_latency : int, optional
+        Cycles from a write burst's last data to its response; default ``latency``.
+
+    Attributes
+    ----------
+    pause_cycles : int
+        Channel-cycles paused so far: for every cycle, the number of AXI channels
+        whose pause was on.
     """
 
-    def __init__(self, dut, *, pause: float = 0.0, seed: int = 0):
+    def __init__(self, dut, *, pause: float = 0.0, seed: int = 0,
+                 latency: int = DEFAULT_LATENCY, write_latency: int | None = None):
         from cocotb.clock import Clock
         from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
         from cocotbext.axi.sparse_memory import SparseMemory
@@ -110,7 +163,59 @@ class KernelTB:
                       for port, view in self.views.items()}
         self.rng = random.Random(seed)
         self.pause = pause
+        self.pause_cycles = 0
         self.held: set = set()
+        self.latency = latency
+        self.write_latency = latency if write_latency is None else write_latency
+        self._delayed = []
+        for slave in self.ports.values():
+            self._delay(slave.read_if.r_channel, self.latency)
+            self._delay(slave.write_if.b_channel, self.write_latency)
+
+    def _delay(self, channel, cycles: int) -> None:
+        """Hand what the slave model sends on ``channel`` to it ``cycles`` cycles later.
+
+        The slave queues a burst's read data (or write response) as soon as it has
+        the address (or the last data); the items wait in order in a queue of their
+        own and one coroutine per channel moves each to the channel when it is due
+        and the channel has room.
+        """
+        if cycles <= 0:
+            return
+        pending: deque = deque()
+        period = cycles * CLOCK_PS
+
+        async def send(item) -> None:
+            from cocotb.simtime import get_sim_time
+
+            pending.append((int(get_sim_time("ps")) + period, item))
+            wake.set()
+
+        from cocotb.triggers import Event
+
+        wake = Event()
+        channel.send = send
+        self._delayed.append((channel, pending, wake))
+
+    @staticmethod
+    async def _release(channel, pending: deque, wake) -> None:
+        from cocotb.simtime import get_sim_time
+        from cocotb.triggers import Timer
+
+        while True:
+            if not pending:
+                wake.clear()
+                await wake.wait()
+                continue
+            wait = pending[0][0] - int(get_sim_time("ps"))
+            if wait > 0:
+                await Timer(wait, unit="ps")
+            now = int(get_sim_time("ps"))
+            while pending and pending[0][0] <= now:
+                while channel.full():
+                    channel.dequeue_event.clear()
+                    await channel.dequeue_event.wait()
+                channel.send_nowait(pending.popleft()[1])
 
     def channels(self):
         """Every AXI channel model: the control master's and each port's."""
@@ -147,6 +252,7 @@ class KernelTB:
                 if flip and channel not in self.held:
                     paused[n] = not paused[n]
                     channel.pause = paused[n]
+            self.pause_cycles += sum(paused)
             await edge
 
     def fail(self, port: str, start: int, length: int) -> None:
@@ -178,8 +284,16 @@ class KernelTB:
             await RisingEdge(self.dut.ap_clk)
         self.dut.ap_rst_n.value = 1
         await RisingEdge(self.dut.ap_clk)
+        for delayed in self._delayed:
+            cocotb.start_soon(self._release(*delayed))
         if self.pause:
             cocotb.start_soon(self._drive_pauses())
+
+    @property
+    def bytes_moved(self) -> int:
+        """Bytes read and written over every ``m_axi`` port so far: whole words read,
+        the bytes their strobes enable written."""
+        return sum(view.bytes_read + view.bytes_written for view in self.views.values())
 
 
 class SimBank:
@@ -334,6 +448,9 @@ class SimAccelerator:
     pause : float
         AXI pause probability per channel and cycle.
     seed : int
+    latency : int, optional
+        Memory latency in cycles, for reads and write responses (see the module
+        docstring); default :func:`default_latency`.
     jobs : int
         Simulator processes per run: the images are split into this many contiguous
         parts, each simulated as a kernel run of its own (seed ``seed + part``), and the
@@ -342,17 +459,23 @@ class SimAccelerator:
     """
 
     def __init__(self, config: KernelConfig = SHIPPED, *, simulator: str | None = None,
-                 pause: float = 0.0, seed: int = 0, jobs: int = 1):
+                 pause: float = 0.0, seed: int = 0, latency: int | None = None,
+                 jobs: int = 1):
         from velcro.sw.errors import DeviceError
 
         from . import runner
 
         try:
             simulator = runner.check_simulator(simulator or runner.default_simulator())
+            latency = default_latency() if latency is None else latency
         except ValueError as e:
             raise DeviceError(f"sim: {e}") from None
         if not isinstance(jobs, int) or jobs < 1:
             raise DeviceError(f"sim: jobs must be a positive integer, not {jobs!r}")
+        if not isinstance(latency, int) or latency < 0:
+            raise DeviceError(f"sim: latency must be a non-negative number of cycles, "
+                              f"not {latency!r}")
+        self.latency = latency
         self.jobs = jobs
         self.config = config
         self.simulator = simulator
@@ -361,7 +484,8 @@ class SimAccelerator:
         self.package = None
         self.images = 0
         self._counters = Counters()
-        self.sim = {"cycles": 0, "seconds": 0.0, "build_seconds": 0.0}
+        self.sim = {"cycles": 0, "seconds": 0.0, "build_seconds": 0.0, "bytes": 0,
+                    "pause_cycles": 0}
 
     def load(self, package) -> None:
         self.package = package
@@ -399,7 +523,7 @@ class SimAccelerator:
             try:
                 return model.run("velcro.sim.kernel_bench", {
                     "config": self.config, "package": self.package, "pause": self.pause,
-                    "seed": self.seed + part,
+                    "seed": self.seed + part, "latency": self.latency,
                     "actions": [{"run": parts[part], "timeout": timeout}],
                 })
             except runner.SimulationError as e:
@@ -417,6 +541,8 @@ class SimAccelerator:
             self._counters.add(outcome["counters"], outcome["totals"])
             self.sim["cycles"] += result["sim_cycles"]
             self.sim["seconds"] += result["sim_seconds"]
+            self.sim["bytes"] += outcome["bytes"]
+            self.sim["pause_cycles"] += result["pause_cycles"]
         self.images += len(images)
         return np.concatenate([outcome["logits"] for outcome in outcomes])
 

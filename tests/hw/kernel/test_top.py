@@ -19,7 +19,7 @@ from velcro.hw.dense.config import DenseConfig
 from velcro.hw.kernel.config import SHIPPED, SMALL, STATUS_BLOCK, KernelConfig
 from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
 from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES
-from velcro.sim.backend import build_kernel
+from velcro.sim.backend import DEFAULT_LATENCY, build_kernel
 from velcro.sw import golden
 from velcro.sw.data import make_task
 from velcro.sw.export.package import load
@@ -34,11 +34,12 @@ SPLIT = KernelConfig(ConvArrayConfig(lanes=2, max_height=8, max_width=8, max_cha
                                  max_n_out=8), data_width=256, max_program=8)
 
 
-def session(config, package, actions, *, simulator="verilator", pause=0.0, seed=0):
+def session(config, package, actions, *, simulator="verilator", pause=0.0, seed=0,
+            latency=DEFAULT_LATENCY):
     model = build_kernel(config, simulator)
     result = model.run("velcro.sim.kernel_bench", {
         "config": config, "package": package, "pause": pause, "seed": seed,
-        "actions": actions})
+        "latency": latency, "actions": actions})
     return result
 
 
@@ -115,19 +116,44 @@ def footwear(footwear_package):
 
 
 def test_reference_images_match_golden_under_axi_pauses(footwear):
+    """Pauses on every AXI channel, over the memory's latency: bit-exact logits, and
+    the pauses (counted by the bus models) cost stall cycles beyond the latency's."""
     package, program = footwear
     images = validation_images(3)
-    result = session(SHIPPED, package, [{"run": images}], pause=0.3, seed=1)
-    outcome = result["outcomes"][0]
-    np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
-    check_counters(program, outcome, 3, exact=False)
-    assert outcome["totals"]["stall_cycles"] > 0
+    paused = session(SHIPPED, package, [{"run": images}], pause=0.3, seed=1)
+    steady = session(SHIPPED, package, [{"run": images}], seed=1)
+    for result in (paused, steady):
+        outcome = result["outcomes"][0]
+        np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
+        check_counters(program, outcome, 3, exact=False)
+    assert paused["pause_cycles"] > 0
+    assert steady["pause_cycles"] == 0
+    stalls = [r["outcomes"][0]["totals"]["stall_cycles"] for r in (paused, steady)]
+    assert stalls[0] > stalls[1] > 0
 
 
-def test_back_to_back_runs_are_cycle_exact_without_pauses(footwear):
+def test_memory_latency_costs_stall_cycles_only(footwear):
+    """The default HBM-like latency against none: the same logits, MAC cycles, skips and
+    memory traffic, and more stall cycles; without latency busy is the cost model's."""
+    package, program = footwear
+    images = validation_images(1)
+    outcomes = {latency: session(SHIPPED, package, [{"run": images}],
+                                 latency=latency)["outcomes"][0]
+                for latency in (0, DEFAULT_LATENCY)}
+    for latency, outcome in outcomes.items():
+        np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
+        check_counters(program, outcome, 1, exact=latency == 0)
+    none, hbm = outcomes[0], outcomes[DEFAULT_LATENCY]
+    assert hbm["bytes"] == none["bytes"] > 0
+    assert hbm["totals"]["stall_cycles"] > none["totals"]["stall_cycles"]
+    assert hbm["totals"]["cycles"] - hbm["totals"]["stall_cycles"] >= \
+        none["totals"]["cycles"] - none["totals"]["stall_cycles"]
+
+
+def test_back_to_back_runs_are_cycle_exact_without_pauses_or_latency(footwear):
     package, program = footwear
     first, second = validation_images(2), validation_images(2, start=2)
-    result = session(SHIPPED, package, [{"run": first}, {"run": second}])
+    result = session(SHIPPED, package, [{"run": first}, {"run": second}], latency=0)
     expected = golden_blocks(SHIPPED, package, [{"run": first}, {"run": second}])
     for images, outcome, block in zip((first, second), result["outcomes"], expected,
                                       strict=True):
@@ -156,7 +182,7 @@ def test_errors_end_the_run_and_the_next_run_succeeds(footwear):
     ]
     build_kernel(SHIPPED)
     start = time.perf_counter()
-    outcomes = session(SHIPPED, package, actions)["outcomes"]
+    outcomes = session(SHIPPED, package, actions, latency=0)["outcomes"]
     assert time.perf_counter() - start < 120, "an error run took too long to end"
     runs = [o for a, o in zip(actions, outcomes, strict=True) if "run" in a]
     (read_error, healed, bad_opcode, reloaded, write_error, rewritten, over_time, restored,
