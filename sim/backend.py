@@ -37,18 +37,18 @@ where the driver runs against the RTL.
 
 from __future__ import annotations
 
-import os
 import random
 import time
-from collections import deque
 
 import numpy as np
 
 from velcro.hw.kernel.config import SHIPPED, KernelConfig
-from velcro.hw.kernel.connectivity import BANKS, CLOCK_HZ, CONNECTIVITY, INSTANCE, Bank, bank_of
+from velcro.hw.kernel.connectivity import BANKS, CLOCK_HZ, CONNECTIVITY, INSTANCE, Bank
 from velcro.hw.kernel.regmap import REGMAP
 from velcro.sw.runtime.counters import Counters
 from velcro.sw.runtime.driver import Platform
+
+from .memory import DEFAULT_LATENCY, LATENCY_ENV, Delay, PortView, default_latency
 
 __all__ = ["CLOCK_PS", "DEFAULT_LATENCY", "LATENCY_ENV", "KernelTB", "SimAccelerator",
            "SimPlatform", "build_kernel", "default_latency"]
@@ -59,69 +59,6 @@ CLOCK_PS = 2 * round(1e12 / CLOCK_HZ / 2)
 PAGE = 4096
 #: Mean length of a run of pause cycles on an AXI channel.
 PAUSE_RUN = 4
-#: Cycles from a read burst's address to its first data, and from a write burst's last
-#: data to its response, unless told otherwise: about 330 ns at 300 MHz, what an HBM2
-#: pseudo-channel takes behind the U280's AXI switch.
-DEFAULT_LATENCY = 100
-#: Overrides :data:`DEFAULT_LATENCY` for the ``sim`` device (``velcro run --device sim``).
-LATENCY_ENV = "VELCRO_SIM_LATENCY"
-
-
-def default_latency() -> int:
-    """Memory latency of the ``sim`` device: ``$VELCRO_SIM_LATENCY`` or
-    :data:`DEFAULT_LATENCY` cycles.
-
-    Raises
-    ------
-    ValueError
-        The variable is not a non-negative integer.
-    """
-    text = os.environ.get(LATENCY_ENV)
-    if text is None:
-        return DEFAULT_LATENCY
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(f"{LATENCY_ENV} must be a non-negative number of cycles, not {text!r}")
-    return value
-
-
-class PortView:
-    """What one ``m_axi`` port sees of device memory: its bank, minus injected faults."""
-
-    def __init__(self, memory, port: str):
-        self.memory = memory
-        self.port = port
-        self.bank = bank_of(port)
-        self.faults: list[tuple[int, int]] = []
-        self.fail_writes = False
-        self.errors: list[str] = []
-        self.bytes_read = 0
-        self.bytes_written = 0
-
-    def _check(self, address: int, length: int) -> None:
-        if not self.bank.contains(address, length):
-            self.errors.append(f"{self.port}: {address:#x} is outside {self.bank.name}")
-            raise ValueError(self.errors[-1])
-        for start, end in self.faults:
-            if address < end and start < address + length:
-                self.errors.append(f"{self.port}: injected error at {address:#x}")
-                raise ValueError(self.errors[-1])
-
-    async def read(self, address: int, length: int) -> bytes:
-        self._check(address, length)
-        self.bytes_read += length
-        return self.memory.read(address, length)
-
-    async def write(self, address: int, data: bytes) -> None:
-        self._check(address, len(data))
-        if self.fail_writes:
-            self.errors.append(f"{self.port}: injected write error at {address:#x}")
-            raise ValueError(self.errors[-1])
-        self.bytes_written += len(data)
-        self.memory.write(address, data)
 
 
 class KernelTB:
@@ -167,55 +104,9 @@ class KernelTB:
         self.held: set = set()
         self.latency = latency
         self.write_latency = latency if write_latency is None else write_latency
-        self._delayed = []
-        for slave in self.ports.values():
-            self._delay(slave.read_if.r_channel, self.latency)
-            self._delay(slave.write_if.b_channel, self.write_latency)
-
-    def _delay(self, channel, cycles: int) -> None:
-        """Hand what the slave model sends on ``channel`` to it ``cycles`` cycles later.
-
-        The slave queues a burst's read data (or write response) as soon as it has
-        the address (or the last data); the items wait in order in a queue of their
-        own and one coroutine per channel moves each to the channel when it is due
-        and the channel has room.
-        """
-        if cycles <= 0:
-            return
-        pending: deque = deque()
-        period = cycles * CLOCK_PS
-
-        async def send(item) -> None:
-            from cocotb.simtime import get_sim_time
-
-            pending.append((int(get_sim_time("ps")) + period, item))
-            wake.set()
-
-        from cocotb.triggers import Event
-
-        wake = Event()
-        channel.send = send
-        self._delayed.append((channel, pending, wake))
-
-    @staticmethod
-    async def _release(channel, pending: deque, wake) -> None:
-        from cocotb.simtime import get_sim_time
-        from cocotb.triggers import Timer
-
-        while True:
-            if not pending:
-                wake.clear()
-                await wake.wait()
-                continue
-            wait = pending[0][0] - int(get_sim_time("ps"))
-            if wait > 0:
-                await Timer(wait, unit="ps")
-            now = int(get_sim_time("ps"))
-            while pending and pending[0][0] <= now:
-                while channel.full():
-                    channel.dequeue_event.clear()
-                    await channel.dequeue_event.wait()
-                channel.send_nowait(pending.popleft()[1])
+        self.delays = [delay for slave in self.ports.values() for delay in (
+            Delay(slave.read_if.r_channel, self.latency * CLOCK_PS),
+            Delay(slave.write_if.b_channel, self.write_latency * CLOCK_PS))]
 
     def channels(self):
         """Every AXI channel model: the control master's and each port's."""
@@ -284,8 +175,8 @@ class KernelTB:
             await RisingEdge(self.dut.ap_clk)
         self.dut.ap_rst_n.value = 1
         await RisingEdge(self.dut.ap_clk)
-        for delayed in self._delayed:
-            cocotb.start_soon(self._release(*delayed))
+        for delay in self.delays:
+            delay.start()
         if self.pause:
             cocotb.start_soon(self._drive_pauses())
 
