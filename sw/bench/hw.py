@@ -345,7 +345,6 @@ def kernel_figures(packages: dict | None = None, *, config=None, images: np.ndar
         A run's logits or counters disagree with the models (:func:`check_run`).
     """
     from velcro.hw.kernel.config import SHIPPED
-    from velcro.hw.kernel.connectivity import CLOCK_HZ
     from velcro.sim.backend import DEFAULT_LATENCY
 
     config = config or SHIPPED
@@ -397,16 +396,25 @@ def kernel_figures(packages: dict | None = None, *, config=None, images: np.ndar
     weighted = mac_weighted_C(velcro["counts"])
     figures["velcro_saving_over_mac_weighted_C"] = round(saving / weighted, 4) \
         if weighted else None
-    figures["cus_that_fit"] = fit
-    figures["card_images_per_s_300mhz"] = None if fit is None else \
-        round(fit * CLOCK_HZ / figures["cycles_per_image"], 1)
-    figures["card_images_per_s_300mhz_velcro"] = None if fit is None else \
-        round(fit * CLOCK_HZ / figures["cycles_per_image_velcro"], 1)
+    figures.update(card_throughput(figures, fit))
     figures["kernel_cycles_reference"] = layers
     cycles = sum(r["sim"]["cycles"] for r in runs.values())
     seconds = sum(r["sim"]["seconds"] for r in runs.values())
     figures["kernel_sim_verilator_cycles_per_s"] = round(cycles / seconds) if seconds else None
     return figures
+
+
+def card_throughput(figures: dict, fit: int | None) -> dict:
+    """``cus_that_fit`` and the card's images per second at 300 MHz without and with
+    VELCRO, from the cycles per image of :func:`kernel_figures` (``None`` without
+    ``fit``)."""
+    from velcro.hw.kernel.connectivity import CLOCK_HZ
+
+    result = {"cus_that_fit": fit}
+    for suffix in ("", "_velcro"):
+        result[f"card_images_per_s_300mhz{suffix}"] = None if fit is None else \
+            round(fit * CLOCK_HZ / figures[f"cycles_per_image{suffix}"], 1)
+    return result
 
 
 def compiled_steps(package, config) -> list:
@@ -436,6 +444,8 @@ def run(args) -> dict:
     if not args.no_icarus:
         result.update(icarus_speed(args.seed))
     result.update(dense_figures(args.seed, icarus=not args.no_icarus))
+    if not args.no_kernel:
+        result.update(kernel_figures())
     fit = None
     if not args.no_yosys:
         from ..build.utilization import resources as utilization
@@ -453,8 +463,9 @@ def run(args) -> dict:
             if name == "velcro_kernel":
                 fit, result["cus_limited_by"] = cus_that_fit(
                     {"resources": utilization(figures)})
-    result["cus_that_fit"] = fit
-    if not args.no_kernel:
-        result.update(kernel_figures(fit=fit))
+    if args.no_kernel:
+        result["cus_that_fit"] = fit
+    else:
+        result.update(card_throughput(result, fit))
     result["bench_seconds"] = round(time.perf_counter() - start)
     return result

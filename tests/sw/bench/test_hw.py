@@ -128,8 +128,8 @@ def test_a_disagreement_fails_velcro_bench_hw_with_exit_code_2(packages, image, 
         right(*a), mac_cycles=right(*a).mac_cycles + 1))
     monkeypatch.setattr(hw, "conv_figures", lambda seed: {})
     monkeypatch.setattr(hw, "dense_figures", lambda seed, icarus: {})
-    monkeypatch.setattr(hw, "kernel_figures", lambda fit: figures(
-        packages, config=SMALL, images=image, fit=fit))
+    monkeypatch.setattr(hw, "kernel_figures", lambda: figures(
+        packages, config=SMALL, images=image))
     assert main(["bench", "hw", "--no-yosys", "--no-icarus"]) == 2
     out, err = capsys.readouterr()
     assert "cycles_per_image" not in out
