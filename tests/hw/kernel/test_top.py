@@ -4,8 +4,10 @@ Every simulation runs the runtime's own driver against the RTL (the ``sim``
 backend) and compares the logits bit for bit with :mod:`velcro.sw.golden`; cycle
 counters are checked against :mod:`velcro.hw.kernel.cost`, and the status block the
 kernel ends a run with against the golden kernel model's. The shipped kernel is
-built once for Verilator and shared by the tests; Icarus runs a small kernel on the
-tiny package, whose partition also puts layers on the host.
+built once for Verilator and shared by the tests, which run the footwear package
+with int8 and with codebook (PQ, k-means) dense layers; Icarus runs a small kernel on
+the tiny package, whose partition also puts layers on the host. The memory answers
+with its HBM-like latency unless a test asks for none (the cycle-exact ones).
 """
 
 import hashlib
@@ -161,6 +163,40 @@ def test_back_to_back_runs_are_cycle_exact_without_pauses_or_latency(footwear):
         check_counters(program, outcome, 2, exact=True)
         assert outcome["totals"]["images_done"] == 2
         assert untimed(outcome["block"]) == block
+
+
+@pytest.fixture(scope="module")
+def codebook_package():
+    """The footwear package with codebook dense layers, as ``velcro export --dense``
+    makes them: fc1 product quantized (k = 16, segments of 4), fc2 scalar k-means
+    (k = 16, one codebook shared by the whole layer)."""
+    from velcro.sw.export import export
+    from velcro.sw.models import load_reference
+    from velcro.sw.vq.finetune import dense_weights
+    from velcro.sw.vq.methods import quantize_layers
+
+    model = load_reference()
+    weights = dense_weights(model, ["fc1", "fc2"])
+    dense = {**quantize_layers({"fc1": weights["fc1"]}, "pq", {"k": 16, "segment": 4}),
+             **quantize_layers({"fc2": weights["fc2"]}, "km", {"k": 16})}
+    return export(model, make_task("footwear"), [20, 30, 30, 20], dense=dense)
+
+
+def test_codebook_dense_layers_on_the_shipped_kernel(codebook_package):
+    """PQ and shared k-means layers in the shipped dense engine, inside the whole kernel:
+    bit-exact logits and cycle-exact counters without latency."""
+    package = codebook_package
+    ops = {layer.name: (layer.op, layer.attrs.get("shared")) for layer in package.layers}
+    assert ops["fc1"] == ("dense_codebook", False) and ops["fc2"] == ("dense_codebook", True)
+    stages = partition(package, SHIPPED)
+    assert len(stages) == 1 and stages[0].device
+    program = compile_segment(list(stages[0].layers), SHIPPED)
+    images = validation_images(2)
+    outcome = session(SHIPPED, package, [{"run": images}], latency=0)["outcomes"][0]
+    np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
+    check_counters(program, outcome, 2, exact=True)
+    dense = [c for c in outcome["counters"] if c.opcode == "DENSE"]
+    assert [c.name for c in dense] == ["fc1", "fc2"]
 
 
 def test_errors_end_the_run_and_the_next_run_succeeds(footwear):
