@@ -363,7 +363,7 @@ def kernel_figures(packages: dict | None = None, *, config=None, images: np.ndar
                         export(model, task, [VELCRO_THRESHOLD] * 4)}
     runs, figures, layers = {}, {"memory_latency_cycles": latency}, {}
     for kind, package in packages.items():
-        for delay in (0, latency):
+        for delay in sorted({0, latency}):
             _log(f"simulating the {config.name} kernel on the {kind} package, "
                  f"memory latency {delay} cycles")
             runs[kind, delay] = run_kernel(package, images, config, latency=delay)
