@@ -17,10 +17,18 @@ models of the card:
 * time is simulated time (a 300 MHz clock), so the driver's watchdog measures the
   kernel's time, and ``sleep`` also returns when the kernel raises ``interrupt``.
 
+Device memory answers with HBM-like latency: read data comes
+:data:`DEFAULT_LATENCY` cycles after its burst's address was taken, and a write's
+response that long after its last data beat (``latency``, ``write_latency``; 0 gives
+the bus models' own few cycles). The delay is per burst and pipelined: every burst the
+kernel has in flight waits its own latency, as in a memory controller with a deep
+request queue. Every port counts the bytes it moves (:attr:`PortView.bytes_read`,
+:attr:`PortView.bytes_written`).
+
 Random pauses can be put on every AXI channel (the ``pause`` of cocotbext-axi's
-channel models), address ranges of a port can be made to answer ``SLVERR``
-(:meth:`KernelTB.fail`) and a port's read data can be held forever
-(:meth:`KernelTB.stall`).
+channel models; :attr:`KernelTB.pause_cycles` counts the channel-cycles paused),
+address ranges of a port can be made to answer ``SLVERR`` (:meth:`KernelTB.fail`)
+and a port's read data can be held forever (:meth:`KernelTB.stall`).
 
 Outside the simulator, :class:`SimAccelerator` is what ``Accelerator.open("sim")``
 returns: it has the accelerator's interface and runs each batch in a simulator,
@@ -35,12 +43,15 @@ import time
 import numpy as np
 
 from velcro.hw.kernel.config import SHIPPED, KernelConfig
-from velcro.hw.kernel.connectivity import BANKS, CLOCK_HZ, CONNECTIVITY, INSTANCE, Bank, bank_of
+from velcro.hw.kernel.connectivity import BANKS, CLOCK_HZ, CONNECTIVITY, INSTANCE, Bank
 from velcro.hw.kernel.regmap import REGMAP
 from velcro.sw.runtime.counters import Counters
 from velcro.sw.runtime.driver import Platform
 
-__all__ = ["CLOCK_PS", "KernelTB", "SimAccelerator", "SimPlatform", "build_kernel"]
+from .memory import DEFAULT_LATENCY, LATENCY_ENV, Delay, PortView, default_latency
+
+__all__ = ["CLOCK_PS", "DEFAULT_LATENCY", "LATENCY_ENV", "KernelTB", "SimAccelerator",
+           "SimPlatform", "build_kernel", "default_latency"]
 
 #: The kernel clock in simulation: 300 MHz (3.334 ns, an even number of picoseconds).
 CLOCK_PS = 2 * round(1e12 / CLOCK_HZ / 2)
@@ -48,38 +59,6 @@ CLOCK_PS = 2 * round(1e12 / CLOCK_HZ / 2)
 PAGE = 4096
 #: Mean length of a run of pause cycles on an AXI channel.
 PAUSE_RUN = 4
-
-
-class PortView:
-    """What one ``m_axi`` port sees of device memory: its bank, minus injected faults."""
-
-    def __init__(self, memory, port: str):
-        self.memory = memory
-        self.port = port
-        self.bank = bank_of(port)
-        self.faults: list[tuple[int, int]] = []
-        self.fail_writes = False
-        self.errors: list[str] = []
-
-    def _check(self, address: int, length: int) -> None:
-        if not self.bank.contains(address, length):
-            self.errors.append(f"{self.port}: {address:#x} is outside {self.bank.name}")
-            raise ValueError(self.errors[-1])
-        for start, end in self.faults:
-            if address < end and start < address + length:
-                self.errors.append(f"{self.port}: injected error at {address:#x}")
-                raise ValueError(self.errors[-1])
-
-    async def read(self, address: int, length: int) -> bytes:
-        self._check(address, length)
-        return self.memory.read(address, length)
-
-    async def write(self, address: int, data: bytes) -> None:
-        self._check(address, len(data))
-        if self.fail_writes:
-            self.errors.append(f"{self.port}: injected write error at {address:#x}")
-            raise ValueError(self.errors[-1])
-        self.memory.write(address, data)
 
 
 class KernelTB:
@@ -92,9 +71,20 @@ class KernelTB:
         Probability, per cycle and AXI channel, of a pause (no valid from a source,
         no ready from a sink).
     seed : int
+    latency : int
+        Cycles from a read burst's address to its data on every ``m_axi`` port.
+    write_latency : int, optional
+        Cycles from a write burst's last data to its response; default ``latency``.
+
+    Attributes
+    ----------
+    pause_cycles : int
+        Channel-cycles paused so far: for every cycle, the number of AXI channels
+        whose pause was on.
     """
 
-    def __init__(self, dut, *, pause: float = 0.0, seed: int = 0):
+    def __init__(self, dut, *, pause: float = 0.0, seed: int = 0,
+                 latency: int = DEFAULT_LATENCY, write_latency: int | None = None):
         from cocotb.clock import Clock
         from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
         from cocotbext.axi.sparse_memory import SparseMemory
@@ -110,7 +100,13 @@ class KernelTB:
                       for port, view in self.views.items()}
         self.rng = random.Random(seed)
         self.pause = pause
+        self.pause_cycles = 0
         self.held: set = set()
+        self.latency = latency
+        self.write_latency = latency if write_latency is None else write_latency
+        self.delays = [delay for slave in self.ports.values() for delay in (
+            Delay(slave.read_if.r_channel, self.latency * CLOCK_PS),
+            Delay(slave.write_if.b_channel, self.write_latency * CLOCK_PS))]
 
     def channels(self):
         """Every AXI channel model: the control master's and each port's."""
@@ -147,6 +143,7 @@ class KernelTB:
                 if flip and channel not in self.held:
                     paused[n] = not paused[n]
                     channel.pause = paused[n]
+            self.pause_cycles += sum(paused)
             await edge
 
     def fail(self, port: str, start: int, length: int) -> None:
@@ -178,8 +175,16 @@ class KernelTB:
             await RisingEdge(self.dut.ap_clk)
         self.dut.ap_rst_n.value = 1
         await RisingEdge(self.dut.ap_clk)
+        for delay in self.delays:
+            delay.start()
         if self.pause:
             cocotb.start_soon(self._drive_pauses())
+
+    @property
+    def bytes_moved(self) -> int:
+        """Bytes read and written over every ``m_axi`` port so far: whole words read,
+        the bytes their strobes enable written."""
+        return sum(view.bytes_read + view.bytes_written for view in self.views.values())
 
 
 class SimBank:
@@ -334,6 +339,9 @@ class SimAccelerator:
     pause : float
         AXI pause probability per channel and cycle.
     seed : int
+    latency : int, optional
+        Memory latency in cycles, for reads and write responses (see the module
+        docstring); default :func:`default_latency`.
     jobs : int
         Simulator processes per run: the images are split into this many contiguous
         parts, each simulated as a kernel run of its own (seed ``seed + part``), and the
@@ -342,17 +350,23 @@ class SimAccelerator:
     """
 
     def __init__(self, config: KernelConfig = SHIPPED, *, simulator: str | None = None,
-                 pause: float = 0.0, seed: int = 0, jobs: int = 1):
+                 pause: float = 0.0, seed: int = 0, latency: int | None = None,
+                 jobs: int = 1):
         from velcro.sw.errors import DeviceError
 
         from . import runner
 
         try:
             simulator = runner.check_simulator(simulator or runner.default_simulator())
+            latency = default_latency() if latency is None else latency
         except ValueError as e:
             raise DeviceError(f"sim: {e}") from None
         if not isinstance(jobs, int) or jobs < 1:
             raise DeviceError(f"sim: jobs must be a positive integer, not {jobs!r}")
+        if not isinstance(latency, int) or latency < 0:
+            raise DeviceError(f"sim: latency must be a non-negative number of cycles, "
+                              f"not {latency!r}")
+        self.latency = latency
         self.jobs = jobs
         self.config = config
         self.simulator = simulator
@@ -361,7 +375,8 @@ class SimAccelerator:
         self.package = None
         self.images = 0
         self._counters = Counters()
-        self.sim = {"cycles": 0, "seconds": 0.0, "build_seconds": 0.0}
+        self.sim = {"cycles": 0, "seconds": 0.0, "build_seconds": 0.0, "bytes": 0,
+                    "pause_cycles": 0}
 
     def load(self, package) -> None:
         self.package = package
@@ -399,7 +414,7 @@ class SimAccelerator:
             try:
                 return model.run("velcro.sim.kernel_bench", {
                     "config": self.config, "package": self.package, "pause": self.pause,
-                    "seed": self.seed + part,
+                    "seed": self.seed + part, "latency": self.latency,
                     "actions": [{"run": parts[part], "timeout": timeout}],
                 })
             except runner.SimulationError as e:
@@ -417,6 +432,8 @@ class SimAccelerator:
             self._counters.add(outcome["counters"], outcome["totals"])
             self.sim["cycles"] += result["sim_cycles"]
             self.sim["seconds"] += result["sim_seconds"]
+            self.sim["bytes"] += outcome["bytes"]
+            self.sim["pause_cycles"] += result["pause_cycles"]
         self.images += len(images)
         return np.concatenate([outcome["logits"] for outcome in outcomes])
 

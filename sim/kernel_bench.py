@@ -1,8 +1,10 @@
 """cocotb bench of ``velcro_kernel``: the host driver, run inside the simulator.
 
 The payload (:func:`velcro.sim.runner.load_payload`) holds the kernel configuration,
-a package, the AXI pause probability, a seed and a list of *actions*, run in order
-on one simulated card:
+a package, the AXI pause probability, a seed, the memory's ``latency`` (and
+optionally ``write_latency``; both default to
+:data:`~velcro.sim.backend.DEFAULT_LATENCY` cycles) and a list of *actions*, run in
+order on one simulated card:
 
 ``{"run": images, "timeout": s}``
     ``Accelerator.run`` on uint8 images; the outcome holds the logits, the
@@ -24,8 +26,10 @@ on one simulated card:
 The driver is the runtime's own (:class:`~velcro.sw.runtime.accelerator.Accelerator`
 over :class:`~velcro.sim.backend.SimPlatform`); it runs in a thread started by
 :func:`cocotb.task.bridge` and waits for bus transactions through
-:func:`cocotb.task.resume`. Every outcome also gives the simulated cycles and the
-wall time of its action.
+:func:`cocotb.task.resume`. Every outcome also gives the simulated cycles, the wall
+time and the bytes the kernel moved over its memory ports (``bytes``) during its
+action; the result, the channel-cycles of AXI pause injected over the session
+(``pause_cycles``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from velcro.sw.errors import DeviceError
 from velcro.sw.runtime.accelerator import Accelerator
 
 from . import runner
-from .backend import CLOCK_PS, KernelTB, SimPlatform
+from .backend import CLOCK_PS, DEFAULT_LATENCY, KernelTB, SimPlatform
 
 
 def _cycles() -> int:
@@ -57,6 +61,7 @@ def _session(platform: SimPlatform, payload: dict) -> dict:
     outcomes = []
     for action in payload["actions"]:
         start_cycles, start = _cycles(), time.perf_counter()
+        start_bytes = platform.tb.bytes_moved
         outcome = {}
         if "run" in action:
             try:
@@ -87,6 +92,7 @@ def _session(platform: SimPlatform, payload: dict) -> dict:
         elif "stall" in action:
             platform.tb.stall(action["stall"])
         outcome["cycles"] = _cycles() - start_cycles
+        outcome["bytes"] = platform.tb.bytes_moved - start_bytes
         outcome["seconds"] = time.perf_counter() - start
         outcomes.append(outcome)
     return {"outcomes": outcomes,
@@ -97,10 +103,13 @@ def _session(platform: SimPlatform, payload: dict) -> dict:
 async def kernel_session(dut):
     """Every action of the payload, on one simulated card."""
     payload = runner.load_payload()
-    tb = KernelTB(dut, pause=payload.get("pause", 0.0), seed=payload.get("seed", 0))
+    tb = KernelTB(dut, pause=payload.get("pause", 0.0), seed=payload.get("seed", 0),
+                  latency=payload.get("latency", DEFAULT_LATENCY),
+                  write_latency=payload.get("write_latency"))
     await tb.reset()
     start = time.perf_counter()
     result = await bridge(_session)(SimPlatform(tb), payload)
     result["sim_cycles"] = _cycles()
+    result["pause_cycles"] = tb.pause_cycles
     result["sim_seconds"] = time.perf_counter() - start
     runner.save_result(result)

@@ -36,19 +36,51 @@ Dense engine figures (:func:`velcro.sim.dense_bench.figures`):
 ``dense_<simulator>_cycles_per_s``
     Simulated cycles per second of the shipped dense engine.
 
-Kernel figures (:func:`kernel_figures`), from the runtime's ``sim`` device running the
-reference CNN exported for ``footwear`` on the shipped kernel, one validation image,
-without and with VELCRO (a uniform 40 % threshold):
+Kernel figures (:func:`kernel_figures`), from the runtime's ``sim`` device (Verilator)
+running the reference CNN exported for ``footwear`` on the shipped kernel, one
+validation image, without VELCRO and with a C = 0.4 plan: the same threshold T_k = 40
+in every conv layer replaces 40 % of each layer's output elements by their means, so
+the plan's C (and its MAC-weighted C) is 0.40. Every package runs twice: without
+memory latency, and with the memory model's HBM-like latency
+(:data:`~velcro.sim.backend.DEFAULT_LATENCY` cycles). Every run is checked
+(:func:`check_run`): logits bit-exact against the golden model, and per descriptor
+the MAC cycles, skips and cycles against the kernel cost model (busy cycles exactly
+without latency, at least the model's with it). A disagreement fails the benchmark
+with a one-line :class:`~velcro.sw.errors.DeviceError` (exit code 2). Figures with
+``_velcro`` are those of the C = 0.4 plan; the others are without VELCRO.
 
+``cycles_per_image``, ``cycles_per_image_velcro``
+    Whole-network kernel cycles per image under the latency; ``..._no_latency``
+    without it.
+``stall_cycles_per_image``, ``stall_fraction``
+    The kernel's ``stall_cycles`` under the latency, and their share of the cycles.
+``velcro_cycle_saving``, ``velcro_saving_over_mac_weighted_C``
+    ``1 - cycles_per_image_velcro / cycles_per_image``, and that divided by the plan's
+    MAC-weighted C (``mac_weighted_C_velcro``: the share of the conv MACs the plan
+    skips); 1 would mean every skipped MAC saves its full share of the cycles.
+``hbm_bytes_per_image``
+    Bytes read and written over the kernel's memory ports per image, counted by the
+    memory model (whole words read, strobed bytes written; the run's descriptor
+    fetches and status block included).
+``cus_that_fit``, ``cus_limited_by``
+    Whole kernels (compute units) the XCU280 holds by the Yosys estimate of the
+    shipped kernel (:func:`velcro.sw.build.utilization.resources` of the
+    ``yosys_velcro_kernel`` figures), and the resource class that limits them;
+    ``None`` with ``--no-yosys``.
+``card_images_per_s_300mhz``, ``..._velcro``
+    ``cus_that_fit * 300e6 / cycles_per_image``: every compute unit at 300 MHz, none
+    slowing another down (``None`` without the estimate).
+``energy_pj_per_image``, ``energy_per_image`` (and ``_velcro``)
+    An estimate, not a measurement: activity counts of the checked run times
+    published energies per event (:func:`energy_estimate`, :data:`ENERGY_PJ`).
 ``kernel_cycles_reference``
-    Per descriptor: measured cycles and the kernel cost model's (fixed + busy), each
-    without and with VELCRO.
-``kernel_cycles_per_image``, ``kernel_cycles_per_image_velcro``
-    Whole-network cycles per image; ``kernel_images_per_s_300mhz`` projects them.
+    Per descriptor: the cost model's cycles (fixed + busy), the measured cycles
+    without and with latency and the stall cycles with it.
 ``kernel_sim_verilator_cycles_per_s``
     Simulated cycles per second of the kernel with its bus models.
-``kernel_C``, ``kernel_velcro_C``
-    The fraction of conv outputs each of the two packages replaces by means.
+
+A ``max_lut_levels`` figure (logic depth) is not given: no Yosys run of the code
+base reports the longest path (``ltp``).
 """
 
 from __future__ import annotations
@@ -159,43 +191,238 @@ def dense_figures(seed: int, icarus: bool) -> dict:
     return figures(simulators=("verilator", "icarus") if icarus else ("verilator",), seed=seed)
 
 
-def kernel_figures() -> dict:
-    """Cycles of the reference CNN on the shipped kernel, without and with VELCRO."""
-    from velcro.hw.kernel.config import SHIPPED
-    from velcro.hw.kernel.connectivity import CLOCK_HZ
-    from velcro.sim.backend import SimAccelerator
+def check_run(package, config, images: np.ndarray, logits: np.ndarray, steps, totals: dict,
+              *, exact: bool, what: str = "kernel") -> None:
+    """Check one kernel run of ``package`` on ``images`` against the models.
 
-    from ..data import make_task
-    from ..export import export
-    from ..models import load_reference
+    The logits must equal the golden model's bit for bit. Per descriptor, the kernel's
+    counters must agree with the kernel cost model (:mod:`velcro.hw.kernel.cost`, as
+    compiled into the program): MAC cycles and skipped elements exactly, ``cycles ==
+    fixed + busy + stall``, and ``busy`` equal to the model's with ``exact`` (a run
+    whose streams never run dry: no memory latency, no pauses), at least the model's
+    otherwise; the run's totals must add up over the descriptors.
+
+    Raises
+    ------
+    DeviceError
+        On the first disagreement, naming it in one line.
+    """
+    from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
+
+    from .. import golden
+    from ..errors import DeviceError
     from ..runtime.partition import partition
     from ..runtime.program import compile_segment
 
-    task = make_task("footwear")
-    image = task.split("validation").images[:1]
-    model = load_reference()
-    figures, layers = {}, {}
-    for suffix, thresholds in (("", None), ("_velcro", [VELCRO_THRESHOLD] * 4)):
-        package = export(model, task, thresholds)
-        program = compile_segment(list(partition(package, SHIPPED)[0].layers), SHIPPED)
-        _log(f"simulating the kernel on the reference CNN{suffix.replace('_', ' with ')}")
-        device = SimAccelerator(SHIPPED, simulator="verilator")
-        device.load(package)
-        device.run(image)
-        for step, counters in zip(program.steps, device.counters(), strict=False):
+    n = len(images)
+    expected = golden.run(package, images)
+    if logits.shape != expected.shape or not np.array_equal(logits, expected):
+        wrong = int(np.sum(np.any(np.asarray(logits).reshape(len(logits), -1)
+                                  != expected.reshape(len(expected), -1), axis=1)))
+        raise DeviceError(f"{what}: the logits of {wrong} of {n} image(s) differ from the "
+                          "golden model's")
+    stages = partition(package, config)
+    if len(stages) != 1 or not stages[0].device:
+        raise DeviceError(f"{what}: the package does not run on the kernel in one piece")
+    program = compile_segment(list(stages[0].layers), config)
+    steps = list(steps)
+    if [c.name for c in steps] != [s.name for s in program.steps[:-1]]:
+        raise DeviceError(f"{what}: the kernel counted descriptors "
+                          f"{[c.name for c in steps]}, the program has "
+                          f"{[s.name for s in program.steps[:-1]]}")
+    for step, got in zip(program.steps, steps, strict=False):
+        cost = step.cost
+        checks = (("MAC cycles", got.mac_cycles, n * cost.mac_cycles, True),
+                  ("skipped elements", got.skipped, n * cost.skipped, True),
+                  ("busy cycles", got.busy, n * cost.busy, exact),
+                  ("cycles", got.cycles, n * cost.fixed + got.busy + got.stall_cycles, True))
+        for name, measured, modelled, equal in checks:
+            if measured != modelled if equal else measured < modelled:
+                raise DeviceError(f"{what}: {step.name} ({step.opcode.name}) counted {measured} "
+                                  f"{name}, the cost model {'' if equal else 'at least '}"
+                                  f"{modelled} for {n} image(s)")
+    outside = totals["stall_cycles"] - sum(c.stall_cycles for c in steps)
+    want = sum(c.cycles for c in steps) + n * END_FIXED + RUN_FIXED + outside
+    if totals["cycles"] != want or totals["skipped"] != sum(c.skipped for c in steps) \
+            or totals["images_done"] != n:
+        raise DeviceError(f"{what}: the run totals {totals} do not add up over the "
+                          f"descriptors ({want} cycles)")
+
+
+def run_kernel(package, images: np.ndarray, config, *, latency: int) -> dict:
+    """One checked run of ``package`` on the ``sim`` device (Verilator) with a memory of
+    ``latency`` cycles: logits, per-descriptor counters, totals, bytes moved and the
+    simulator's own figures (:func:`check_run` with ``exact`` when ``latency`` is 0)."""
+    from velcro.sim.backend import SimAccelerator
+
+    device = SimAccelerator(config, simulator="verilator", latency=latency)
+    device.load(package)
+    logits = device.run(images)
+    record = {"logits": logits, "steps": device.counters(), "totals": dict(device.totals),
+              "counts": device.counts(), "sim": dict(device.sim), "latency": latency}
+    check_run(package, config, images, logits, record["steps"], record["totals"],
+              exact=latency == 0, what=f"{config.name} at latency {latency}")
+    return record
+
+
+def mac_weighted_C(counts) -> float:
+    """The fraction of the conv layers' MACs that the plan skips (each replaced element
+    weighted by the MACs it would have taken), from per-layer MAC counts."""
+    convs = [c for c in counts if c.op == "conv3x3"]
+    total = sum(c.macs + c.skipped for c in convs)
+    return sum(c.skipped for c in convs) / total if total else 0.0
+
+
+#: Energy per event of :func:`energy_estimate`, in picojoules. An estimate from published
+#: figures, not a measurement of the U280: Horowitz, "Computing's energy problem (and what
+#: we can do about it)", ISSCC 2014, 45 nm at 0.9 V (8-bit integer multiply 0.2 pJ, 32-bit
+#: integer add 0.1 pJ, 64-bit read of an 8 KB SRAM 10 pJ, taken for writes too), and
+#: O'Connor et al., "Fine-Grained DRAM: Energy-Efficient DRAM for Extreme Bandwidth
+#: Systems", MICRO 2017 (HBM2 about 3.9 pJ per bit moved).
+ENERGY_PJ = {"mac": 0.2 + 0.1, "sram_64bit": 10.0, "hbm_bit": 3.9}
+
+
+def energy_estimate(record: dict, config) -> dict:
+    """Estimated energy of one image (picojoules) from the activity of a checked run.
+
+    Events, per image: MACs performed (the golden model's count, which the kernel's MAC
+    cycles were checked against; codebook lookups count as MACs), on-chip buffer
+    accesses and HBM bits. The on-chip accesses are the conv array's feature-buffer
+    reads (each MAC cycle reads one word of ``lanes`` bytes from each of the 9 banks)
+    plus every byte moved over the memory ports once more, for the FIFO or buffer it
+    goes through on chip, in 64-bit accesses. Each count is multiplied by its entry of
+    :data:`ENERGY_PJ`.
+    """
+    n = record["totals"]["images_done"]
+    macs = sum(c.macs + c.lookups for c in record["counts"]) / n
+    conv_cycles = sum(c.mac_cycles for c in record["steps"] if c.opcode == "CONV") / n
+    hbm_bytes = record["sim"]["bytes"] / n
+    sram = (conv_cycles * 9 * config.conv.lanes + hbm_bytes) / 8
+    parts = {"mac": macs * ENERGY_PJ["mac"], "sram": sram * ENERGY_PJ["sram_64bit"],
+             "hbm": hbm_bytes * 8 * ENERGY_PJ["hbm_bit"]}
+    return {"pj": round(sum(parts.values())), "parts_pj": {k: round(v) for k, v in
+                                                           parts.items()},
+            "macs": round(macs), "sram_64bit_accesses": round(sram),
+            "hbm_bytes": round(hbm_bytes)}
+
+
+def cus_that_fit(report: dict) -> tuple[int, str]:
+    """Whole kernels (compute units) the U280 holds by a :func:`velcro.sw.build.utilization
+    .estimate` report, and the resource class that limits them."""
+    best, limit = None, ""
+    for name, row in report["resources"].items():
+        if row["used"] > 0:
+            fit = int(row["available"] // row["used"])
+            if best is None or fit < best:
+                best, limit = fit, name
+    return best, limit
+
+
+def kernel_figures(packages: dict | None = None, *, config=None, images: np.ndarray | None = None,
+                   latency: int | None = None, fit: int | None = None) -> dict:
+    """Checked cycle, traffic and energy figures of the reference CNN on the kernel.
+
+    Parameters
+    ----------
+    packages : dict, optional
+        ``{"plain": package, "velcro": package}``; default the reference CNN exported
+        for ``footwear`` without VELCRO and with a uniform 40 % threshold.
+    config : KernelConfig, optional
+        Default the shipped kernel.
+    images : array, optional
+        Default the first validation image of ``footwear``.
+    latency : int, optional
+        Memory latency of the figures, default
+        :data:`~velcro.sim.backend.DEFAULT_LATENCY`; every package also runs without
+        latency, where busy cycles must equal the cost model's.
+    fit : int, optional
+        Compute units that fit the card (:func:`cus_that_fit`); ``None`` leaves the card
+        throughput ``None``.
+
+    Raises
+    ------
+    DeviceError
+        A run's logits or counters disagree with the models (:func:`check_run`).
+    """
+    from velcro.hw.kernel.config import SHIPPED
+    from velcro.sim.backend import DEFAULT_LATENCY
+
+    config = config or SHIPPED
+    latency = DEFAULT_LATENCY if latency is None else latency
+    if packages is None or images is None:
+        from ..data import make_task
+
+        task = make_task("footwear")
+        images = task.split("validation").images[:1] if images is None else images
+        if packages is None:
+            from ..export import export
+            from ..models import load_reference
+
+            model = load_reference()
+            packages = {"plain": export(model, task), "velcro":
+                        export(model, task, [VELCRO_THRESHOLD] * 4)}
+    runs, figures, layers = {}, {"memory_latency_cycles": latency}, {}
+    for kind, package in packages.items():
+        for delay in sorted({0, latency}):
+            _log(f"simulating the {config.name} kernel on the {kind} package, "
+                 f"memory latency {delay} cycles")
+            runs[kind, delay] = run_kernel(package, images, config, latency=delay)
+    n = len(images)
+    plain, velcro = runs["plain", latency], runs["velcro", latency]
+    for kind, suffix in (("plain", ""), ("velcro", "_velcro")):
+        run, quick = runs[kind, latency], runs[kind, 0]
+        for step, slow, fast in zip(compiled_steps(packages[kind], config), run["steps"],
+                                    quick["steps"], strict=True):
             entry = layers.setdefault(step.name, {"op": step.opcode.name})
-            entry[f"cycles{suffix}"] = counters.cycles
             entry[f"model{suffix}"] = step.cost.fixed + step.cost.busy
-        figures[f"kernel_cycles_per_image{suffix}"] = device.totals["cycles"]
-        figures[f"kernel{suffix}_C"] = round(package.C, 4)
-        figures["kernel_sim_verilator_cycles_per_s"] = round(
-            device.sim["cycles"] / device.sim["seconds"])
+            entry[f"cycles_no_latency{suffix}"] = fast.cycles // n
+            entry[f"cycles{suffix}"] = slow.cycles // n
+            entry[f"stall{suffix}"] = slow.stall_cycles // n
+        figures[f"cycles_per_image{suffix}"] = round(run["totals"]["cycles"] / n, 1)
+        figures[f"cycles_per_image_no_latency{suffix}"] = round(
+            quick["totals"]["cycles"] / n, 1)
+        figures[f"stall_cycles_per_image{suffix}"] = round(
+            run["totals"]["stall_cycles"] / n, 1)
+        figures[f"stall_fraction{suffix}"] = round(
+            run["totals"]["stall_cycles"] / run["totals"]["cycles"], 4)
+        figures[f"hbm_bytes_per_image{suffix}"] = round(run["sim"]["bytes"] / n, 1)
+        figures[f"C{suffix}"] = round(packages[kind].C, 4)
+        figures[f"mac_weighted_C{suffix}"] = round(mac_weighted_C(run["counts"]), 4)
+        energy = energy_estimate(run, config)
+        figures[f"energy_pj_per_image{suffix}"] = energy["pj"]
+        figures[f"energy_per_image{suffix}"] = energy
+    saving = 1 - velcro["totals"]["cycles"] / plain["totals"]["cycles"]
+    figures["velcro_cycle_saving"] = round(saving, 4)
+    weighted = mac_weighted_C(velcro["counts"])
+    figures["velcro_saving_over_mac_weighted_C"] = round(saving / weighted, 4) \
+        if weighted else None
+    figures.update(card_throughput(figures, fit))
     figures["kernel_cycles_reference"] = layers
-    figures["kernel_images_per_s_300mhz"] = round(
-        CLOCK_HZ / figures["kernel_cycles_per_image_velcro"], 1)
-    figures["kernel_velcro_cycle_ratio"] = round(
-        figures["kernel_cycles_per_image_velcro"] / figures["kernel_cycles_per_image"], 4)
+    cycles = sum(r["sim"]["cycles"] for r in runs.values())
+    seconds = sum(r["sim"]["seconds"] for r in runs.values())
+    figures["kernel_sim_verilator_cycles_per_s"] = round(cycles / seconds) if seconds else None
     return figures
+
+
+def card_throughput(figures: dict, fit: int | None) -> dict:
+    """``cus_that_fit`` and the card's images per second at 300 MHz without and with
+    VELCRO, from the cycles per image of :func:`kernel_figures` (``None`` without
+    ``fit``)."""
+    from velcro.hw.kernel.connectivity import CLOCK_HZ
+
+    result = {"cus_that_fit": fit}
+    for suffix in ("", "_velcro"):
+        result[f"card_images_per_s_300mhz{suffix}"] = None if fit is None else \
+            round(fit * CLOCK_HZ / figures[f"cycles_per_image{suffix}"], 1)
+    return result
+
+
+def compiled_steps(package, config) -> list:
+    """The kernel descriptors of ``package`` (one device stage) with their cost model."""
+    from ..runtime.partition import partition
+    from ..runtime.program import compile_segment
+
+    return compile_segment(list(partition(package, config)[0].layers), config).steps[:-1]
 
 
 def resources() -> dict:
@@ -219,7 +446,10 @@ def run(args) -> dict:
     result.update(dense_figures(args.seed, icarus=not args.no_icarus))
     if not args.no_kernel:
         result.update(kernel_figures())
+    fit = None
     if not args.no_yosys:
+        from ..build.utilization import resources as utilization
+
         for name, figures in resources().items():
             result[f"yosys_{name}"] = {key: value for key, value in figures.items()
                                        if key != "cells"}
@@ -230,5 +460,12 @@ def run(args) -> dict:
                 multipliers = resource_estimate(SHIPPED)["multipliers"]
                 result["conv_multipliers"] = multipliers
                 result["conv_dsp_per_multiplier"] = round(figures["dsp48e2"] / multipliers, 3)
+            if name == "velcro_kernel":
+                fit, result["cus_limited_by"] = cus_that_fit(
+                    {"resources": utilization(figures)})
+    if args.no_kernel:
+        result["cus_that_fit"] = fit
+    else:
+        result.update(card_throughput(result, fit))
     result["bench_seconds"] = round(time.perf_counter() - start)
     return result

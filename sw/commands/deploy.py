@@ -424,7 +424,8 @@ def _run(args, specs: list[str]) -> None:
     start = time.perf_counter()
     logits = device.run(images) if sharded else run_images(device, images, args.device)
     # The RTL simulation's first run builds the simulator; that is not run time.
-    seconds = time.perf_counter() - start - getattr(device, "sim", {}).get("build_seconds", 0)
+    build = getattr(device, "sim", {}).get("build_seconds", 0)
+    seconds = time.perf_counter() - start - build
     predictions = logits.argmax(1)
     counts = device.counts()
     where, fraction = placement(device, package)
@@ -455,6 +456,7 @@ def _run(args, specs: list[str]) -> None:
         record["float_accuracy"] = float(np.mean(float_predictions == labels))
     if args.device == "sim":
         record["cycles"] = cycle_record(device, n)
+        record["build_seconds"], record["run_seconds"] = round(build, 2), round(seconds, 2)
     problem = None
     if args.device != "golden":
         record["kernel_counters"], problem = counter_check(device, images, args.device)
@@ -465,6 +467,9 @@ def _run(args, specs: list[str]) -> None:
     print(f"{printable(task.name)} on {args.device}: accuracy {100 * record['accuracy']:.2f}%"
           f"{versus} on {n} images, {skipped:.1%} of MACs skipped, "
           f"{record['images_per_second']} images/s", flush=True)
+    if "build_seconds" in record:
+        print(f"simulator: {record['build_seconds']} s to generate the Verilog and compile it, "
+              f"{record['run_seconds']} s to run", flush=True)
     if "kernel_counters" in record:
         counted = record["kernel_counters"]
         print(f"kernel counted {counted['mac_cycles']} MAC cycles and {counted['skipped']} "

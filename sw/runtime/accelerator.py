@@ -82,7 +82,7 @@ class Accelerator:
         """The accelerator named by ``spec`` (see the module docstring).
 
         ``options`` go to the backend: ``xclbin`` and ``backend`` for ``alveo``; ``simulator``,
-        ``pause``, ``seed`` and friends for ``sim``.
+        ``pause``, ``seed``, ``latency`` and friends for ``sim``.
         """
         kind, index = parse_device(spec)
         config = config or SHIPPED

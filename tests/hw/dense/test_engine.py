@@ -6,8 +6,9 @@ benches (velcro.sim.dense_bench) check the generated Verilog bit-exact against t
 golden model. Every cocotb scenario runs without stalls (cycles must equal the cost
 model) and crossed with random idle on all five input streams and back-pressure on the
 output. One test configuration (8 lanes, 16 multipliers, room for the reference
-model's fc1) is compiled once per simulator and session; the shipped configuration is
-compiled only by the slow test.
+model's fc1) is compiled once per simulator and session; the shipped configuration
+runs the reference model's codebook layers without stalls in the default suite, and
+its index bound and stress cases in the slow test.
 """
 
 import random
@@ -210,6 +211,15 @@ def test_reference_model_dense_layers(idle, backpressure, reference):
     """fc1 + ReLU and fc2 logits of the shipped CNN, int8, PQ and shared k-means."""
     cases = list(reference.values())
     run(TEST, cases, "verilator", idle, backpressure, seed=7)
+
+
+def test_shipped_configuration_runs_the_reference_codebook_layers():
+    """fc1 and fc2 of the shipped CNN product quantized and k-means clustered, on the
+    shipped engine: bit-exact outputs and the cost model's cycles."""
+    modes = {name: REFERENCE_MODES[name] for name in ("pq", "km")}
+    cases = list(reference_cases(SHIPPED, modes).values())
+    assert {case["layer"].mode for case in cases} == {"codebook"}
+    run(SHIPPED, cases, "verilator", 0.0, 0.0)
 
 
 @pytest.mark.slow

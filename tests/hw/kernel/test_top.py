@@ -4,8 +4,10 @@ Every simulation runs the runtime's own driver against the RTL (the ``sim``
 backend) and compares the logits bit for bit with :mod:`velcro.sw.golden`; cycle
 counters are checked against :mod:`velcro.hw.kernel.cost`, and the status block the
 kernel ends a run with against the golden kernel model's. The shipped kernel is
-built once for Verilator and shared by the tests; Icarus runs a small kernel on the
-tiny package, whose partition also puts layers on the host.
+built once for Verilator and shared by the tests, which run the footwear package
+with int8 and with codebook (PQ, k-means) dense layers; Icarus runs a small kernel on
+the tiny package, whose partition also puts layers on the host. The memory answers
+with its HBM-like latency unless a test asks for none (the cycle-exact ones).
 """
 
 import hashlib
@@ -19,7 +21,7 @@ from velcro.hw.dense.config import DenseConfig
 from velcro.hw.kernel.config import SHIPPED, SMALL, STATUS_BLOCK, KernelConfig
 from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
 from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES
-from velcro.sim.backend import build_kernel
+from velcro.sim.backend import DEFAULT_LATENCY, build_kernel
 from velcro.sw import golden
 from velcro.sw.data import make_task
 from velcro.sw.export.package import load
@@ -34,11 +36,12 @@ SPLIT = KernelConfig(ConvArrayConfig(lanes=2, max_height=8, max_width=8, max_cha
                                  max_n_out=8), data_width=256, max_program=8)
 
 
-def session(config, package, actions, *, simulator="verilator", pause=0.0, seed=0):
+def session(config, package, actions, *, simulator="verilator", pause=0.0, seed=0,
+            latency=DEFAULT_LATENCY):
     model = build_kernel(config, simulator)
     result = model.run("velcro.sim.kernel_bench", {
         "config": config, "package": package, "pause": pause, "seed": seed,
-        "actions": actions})
+        "latency": latency, "actions": actions})
     return result
 
 
@@ -115,19 +118,44 @@ def footwear(footwear_package):
 
 
 def test_reference_images_match_golden_under_axi_pauses(footwear):
+    """Pauses on every AXI channel, over the memory's latency: bit-exact logits, and
+    the pauses (counted by the bus models) cost stall cycles beyond the latency's."""
     package, program = footwear
     images = validation_images(3)
-    result = session(SHIPPED, package, [{"run": images}], pause=0.3, seed=1)
-    outcome = result["outcomes"][0]
-    np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
-    check_counters(program, outcome, 3, exact=False)
-    assert outcome["totals"]["stall_cycles"] > 0
+    paused = session(SHIPPED, package, [{"run": images}], pause=0.3, seed=1)
+    steady = session(SHIPPED, package, [{"run": images}], seed=1)
+    for result in (paused, steady):
+        outcome = result["outcomes"][0]
+        np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
+        check_counters(program, outcome, 3, exact=False)
+    assert paused["pause_cycles"] > 0
+    assert steady["pause_cycles"] == 0
+    stalls = [r["outcomes"][0]["totals"]["stall_cycles"] for r in (paused, steady)]
+    assert stalls[0] > stalls[1] > 0
 
 
-def test_back_to_back_runs_are_cycle_exact_without_pauses(footwear):
+def test_memory_latency_costs_stall_cycles_only(footwear):
+    """The default HBM-like latency against none: the same logits, MAC cycles, skips and
+    memory traffic, and more stall cycles; without latency busy is the cost model's."""
+    package, program = footwear
+    images = validation_images(1)
+    outcomes = {latency: session(SHIPPED, package, [{"run": images}],
+                                 latency=latency)["outcomes"][0]
+                for latency in (0, DEFAULT_LATENCY)}
+    for latency, outcome in outcomes.items():
+        np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
+        check_counters(program, outcome, 1, exact=latency == 0)
+    none, hbm = outcomes[0], outcomes[DEFAULT_LATENCY]
+    assert hbm["bytes"] == none["bytes"] > 0
+    assert hbm["totals"]["stall_cycles"] > none["totals"]["stall_cycles"]
+    assert hbm["totals"]["cycles"] - hbm["totals"]["stall_cycles"] >= \
+        none["totals"]["cycles"] - none["totals"]["stall_cycles"]
+
+
+def test_back_to_back_runs_are_cycle_exact_without_pauses_or_latency(footwear):
     package, program = footwear
     first, second = validation_images(2), validation_images(2, start=2)
-    result = session(SHIPPED, package, [{"run": first}, {"run": second}])
+    result = session(SHIPPED, package, [{"run": first}, {"run": second}], latency=0)
     expected = golden_blocks(SHIPPED, package, [{"run": first}, {"run": second}])
     for images, outcome, block in zip((first, second), result["outcomes"], expected,
                                       strict=True):
@@ -135,6 +163,40 @@ def test_back_to_back_runs_are_cycle_exact_without_pauses(footwear):
         check_counters(program, outcome, 2, exact=True)
         assert outcome["totals"]["images_done"] == 2
         assert untimed(outcome["block"]) == block
+
+
+@pytest.fixture(scope="module")
+def codebook_package():
+    """The footwear package with codebook dense layers, as ``velcro export --dense``
+    makes them: fc1 product quantized (k = 16, segments of 4), fc2 scalar k-means
+    (k = 16, one codebook shared by the whole layer)."""
+    from velcro.sw.export import export
+    from velcro.sw.models import load_reference
+    from velcro.sw.vq.finetune import dense_weights
+    from velcro.sw.vq.methods import quantize_layers
+
+    model = load_reference()
+    weights = dense_weights(model, ["fc1", "fc2"])
+    dense = {**quantize_layers({"fc1": weights["fc1"]}, "pq", {"k": 16, "segment": 4}),
+             **quantize_layers({"fc2": weights["fc2"]}, "km", {"k": 16})}
+    return export(model, make_task("footwear"), [20, 30, 30, 20], dense=dense)
+
+
+def test_codebook_dense_layers_on_the_shipped_kernel(codebook_package):
+    """PQ and shared k-means layers in the shipped dense engine, inside the whole kernel:
+    bit-exact logits and cycle-exact counters without latency."""
+    package = codebook_package
+    ops = {layer.name: (layer.op, layer.attrs.get("shared")) for layer in package.layers}
+    assert ops["fc1"] == ("dense_codebook", False) and ops["fc2"] == ("dense_codebook", True)
+    stages = partition(package, SHIPPED)
+    assert len(stages) == 1 and stages[0].device
+    program = compile_segment(list(stages[0].layers), SHIPPED)
+    images = validation_images(2)
+    outcome = session(SHIPPED, package, [{"run": images}], latency=0)["outcomes"][0]
+    np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
+    check_counters(program, outcome, 2, exact=True)
+    dense = [c for c in outcome["counters"] if c.opcode == "DENSE"]
+    assert [c.name for c in dense] == ["fc1", "fc2"]
 
 
 def test_errors_end_the_run_and_the_next_run_succeeds(footwear):
@@ -156,7 +218,7 @@ def test_errors_end_the_run_and_the_next_run_succeeds(footwear):
     ]
     build_kernel(SHIPPED)
     start = time.perf_counter()
-    outcomes = session(SHIPPED, package, actions)["outcomes"]
+    outcomes = session(SHIPPED, package, actions, latency=0)["outcomes"]
     assert time.perf_counter() - start < 120, "an error run took too long to end"
     runs = [o for a, o in zip(actions, outcomes, strict=True) if "run" in a]
     (read_error, healed, bad_opcode, reloaded, write_error, rewritten, over_time, restored,

@@ -9,13 +9,14 @@ from velcro.sw.data import make_task
 from velcro.sw.export.package import load
 
 
-def test_sim_and_golden_runs_agree_and_report_cycles(footwear_package, tmp_path):
-    records = {}
+def test_sim_and_golden_runs_agree_and_report_cycles(footwear_package, tmp_path, capsys):
+    records, printed = {}, {}
     for device in ("golden", "sim"):
         out = tmp_path / f"{device}.json"
         assert main(["run", "--package", str(footwear_package), "--device", device,
                      "--images", "2", "--json", str(out)]) == 0
         records[device] = json.loads(out.read_text())
+        printed[device] = capsys.readouterr().out
     package = load(footwear_package)
     images = make_task("footwear").split("validation").images[:2]
     expected = predictions_sha256(golden.run(package, images).argmax(1))
@@ -33,6 +34,13 @@ def test_sim_and_golden_runs_agree_and_report_cycles(footwear_package, tmp_path)
     assert counted["match"] and counted["mac_cycles"] == counted["mac_cycles_expected"] > 0
     assert counted["skipped"] == counted["skipped_expected"] > 0
     assert "kernel_counters" not in records["golden"]
+    # The simulator's build (Verilog generation and compile) is reported apart from the run.
+    sim = records["sim"]
+    assert sim["run_seconds"] == round(sim["seconds"], 2) and sim["build_seconds"] >= 0
+    assert sim["build_seconds"] == cycles["build_seconds"]
+    assert (f"simulator: {sim['build_seconds']} s to generate the Verilog and compile it, "
+            f"{sim['run_seconds']} s to run") in printed["sim"]
+    assert "build_seconds" not in records["golden"] and "simulator:" not in printed["golden"]
 
 
 def test_the_simulation_runs_in_chunks_and_reports_each(capsys):
