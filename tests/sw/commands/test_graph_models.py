@@ -132,3 +132,23 @@ def test_an_unsupported_op_is_one_line_naming_the_node(tmp_path, capsys, forward
     import re
     assert re.search(match, err), err
     assert not (tmp_path / "bad.velcro").exists()
+
+
+def test_the_small_resnet_on_the_kernel_simulation_predicts_as_the_golden_model(tmp_path):
+    package = tmp_path / "resnet.velcro"
+    assert main(["export", "--task", "footwear", "--model", "small_resnet", "--thresholds",
+                 ",".join(["30"] * 7), "--out", str(package)]) == 0
+    records = {}
+    for device in ("golden", "sim"):
+        out = tmp_path / f"{device}.json"
+        assert main(["run", "--package", str(package), "--device", device, "--images", "4",
+                     "--json", str(out)]) == 0
+        records[device] = json.loads(out.read_text())
+    golden_run, sim_run = records["golden"], records["sim"]
+    assert sim_run["predictions_sha256"] == golden_run["predictions_sha256"]
+    assert [layer["device"] for layer in sim_run["layers"]].count("kernel") == 5
+    assert sim_run["kernel_mac_fraction"] == pytest.approx(golden_run["kernel_mac_fraction"])
+    assert 0.4 < sim_run["kernel_mac_fraction"] < 0.5
+    assert sim_run["kernel_counters"]["match"]
+    # One kernel call per device stage and image batch: the five stages' descriptors.
+    assert len(sim_run["cycles"]["layers"]) >= 5
