@@ -460,13 +460,13 @@ def _run(args, specs: list[str]) -> None:
     problem = None
     if args.device != "golden":
         record["kernel_counters"], problem = counter_check(device, images, args.device)
-    print(partition_report(package, where, fraction), flush=True)
     skipped = record["macs_skipped"] / max(record["macs"] + record["macs_skipped"], 1)
     versus = (f" (float with the same plan {100 * record['float_accuracy']:.2f}%)"
               if compare else "")
     print(f"{printable(task.name)} on {args.device}: accuracy {100 * record['accuracy']:.2f}%"
           f"{versus} on {n} images, {skipped:.1%} of MACs skipped, "
           f"{record['images_per_second']} images/s", flush=True)
+    print(partition_report(package, where, fraction), flush=True)
     if "build_seconds" in record:
         print(f"simulator: {record['build_seconds']} s to generate the Verilog and compile it, "
               f"{record['run_seconds']} s to run", flush=True)
