@@ -3,8 +3,10 @@
 The network is a graph of layers in execution order. A layer goes to the kernel when
 the kernel has its op and it fits the hardware configuration:
 
-* ``conv3x3``: channels, map size within the conv array's limits;
-* ``maxpool2x2``: a map the conv array holds;
+* ``conv3x3``, and ``conv`` layers that are 3x3 with padding 1, stride 1 or 2, one
+  group, ReLU or no activation: channels, map size within the conv array's limits;
+* ``maxpool2x2``: a map the conv array holds, of non-negative values (the pooling
+  unit compares bytes unsigned), so not behind a convolution without ReLU;
 * ``flatten``: only between a map on chip and a dense layer on chip (elsewhere the
   host reshapes), and only if the flattened vector fits the activation buffer;
 * ``dense``, ``dense_codebook``: within the dense engine's limits (at most 8-bit
@@ -28,7 +30,7 @@ from velcro.hw.kernel.config import SHIPPED, KernelConfig
 
 from ..export.package import Layer, Package
 from ..export.schema import layer_inputs
-from .program import conv_layer, dense_layer
+from .program import conv_form, conv_layer, dense_layer
 
 __all__ = ["Stage", "devices", "kernel_mac_fraction", "partition", "partition_report",
            "placement", "supported"]
@@ -58,7 +60,10 @@ class Stage:
 def supported(layer: Layer, config: KernelConfig) -> str | None:
     """``None`` if the kernel can run ``layer`` (flatten aside), else the reason."""
     conv = config.conv
-    if layer.op == "conv3x3":
+    if layer.op in ("conv3x3", "conv"):
+        why = conv_form(layer)
+        if why is not None:
+            return why
         try:
             conv_layer(layer).check(conv)
         except ConvConfigError as e:
@@ -86,6 +91,17 @@ def supported(layer: Layer, config: KernelConfig) -> str | None:
     return f"the kernel has no {layer.op}"
 
 
+def _signed(layer: Layer, inputs: list[bool]) -> bool:
+    """Whether a layer's output may hold negative values, given whether its inputs may."""
+    if layer.op in ("maxpool2x2", "maxpool", "avgpool", "flatten", "concat"):
+        return any(inputs)
+    if layer.op == "conv3x3":
+        return False
+    if layer.op in ("dense", "dense_codebook"):
+        return not layer.attrs["relu"]
+    return layer.attrs.get("clamp", (-128, 127))[0] < 0
+
+
 def partition(package: Package, config: KernelConfig) -> list[Stage]:
     """Split the package's layers into device and host stages, in order."""
     layers = package.layers
@@ -100,6 +116,11 @@ def partition(package: Package, config: KernelConfig) -> list[Stage]:
         """Layer ``i`` reads only layer ``i - 1``, which nothing else reads."""
         return i > 0 and inputs[i] == (layers[i - 1].name,) and readers[layers[i - 1].name] == 1
 
+    signed: dict[str, bool] = {"input": False}
+    for i, layer in enumerate(layers):
+        signed[layer.name] = _signed(layer, [signed[name] for name in inputs[i]])
+        if layer.op == "maxpool2x2" and signed[inputs[i][0]]:
+            on_device[i] = False
     # Flatten runs on chip only from a map on chip into a dense layer on chip.
     for i, layer in enumerate(layers):
         if layer.op == "flatten":

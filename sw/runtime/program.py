@@ -213,10 +213,28 @@ def dense_layer(layer: Layer) -> DenseLayer:
                       "codebook", relu=layer.attrs["relu"], logits=logits)
 
 
+def conv_form(layer: Layer) -> str | None:
+    """``None`` if the conv array computes ``layer`` (a ``conv3x3``, or a ``conv`` that is
+    3x3 with padding 1, stride 1 or 2, one group, and no activation or ReLU), else why not."""
+    if layer.op == "conv3x3":
+        return None
+    a = layer.attrs
+    if tuple(a["kernel"]) != (3, 3) or tuple(a["padding"]) != (1, 1) or a["groups"] != 1:
+        return "the conv array computes 3x3 convolutions with padding 1 and one group"
+    if tuple(a["stride"]) not in ((1, 1), (2, 2)):
+        return "the conv array's stride is 1 or 2"
+    if tuple(a["clamp"]) not in ((-128, 127), (0, 127)):
+        return "the conv array clamps to [0, 127] (ReLU) or [-128, 127] (no activation)"
+    return None
+
+
 def conv_layer(layer: Layer) -> ConvLayer:
-    """The conv array's view of a ``conv3x3`` package layer."""
+    """The conv array's view of a ``conv3x3`` or 3x3 ``conv`` package layer."""
     c_in, h, w = layer.in_shape
-    return ConvLayer(c_in, layer.out_shape[0], h, w, layer.attrs["stride"])
+    if layer.op == "conv3x3":
+        return ConvLayer(c_in, layer.out_shape[0], h, w, layer.attrs["stride"])
+    return ConvLayer(c_in, layer.out_shape[0], h, w, layer.attrs["stride"][0],
+                     relu=layer.attrs["clamp"][0] == 0)
 
 
 def _map_io(c: int, h: int, w: int, cfg: KernelConfig) -> tuple[int, int]:
@@ -260,7 +278,7 @@ def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
     output_stride = 0
     for index, layer in enumerate(layers):
         final = index == len(layers) - 1
-        if layer.op == "conv3x3":
+        if layer.op in ("conv3x3", "conv"):
             steps.append(_conv_step(layer, buf, cfg, constants))
             buf ^= 1
         elif layer.op == "maxpool2x2":
@@ -322,10 +340,11 @@ def _conv_step(layer: Layer, buf: int, cfg: KernelConfig, image: _Image) -> Step
     a = layer.arrays
     lanes = cfg.conv.lanes
     shape = conv_layer(layer).check(cfg.conv)
-    mask = unpack_mask(a["mask"], layer.out_shape)
+    mask = (unpack_mask(a["mask"], layer.out_shape) if "mask" in a
+            else np.zeros(layer.out_shape, bool))
     skip = bool(mask.any())
     fields = dict(
-        buf=buf, relu=1, skip=int(skip), stride=shape.stride, c_in=shape.c_in,
+        buf=buf, relu=int(shape.relu), skip=int(skip), stride=shape.stride, c_in=shape.c_in,
         c_out=shape.c_out, height=shape.height, width=shape.width,
         weights=image.records(cfg, "weights", conv_format.pack_weights(a["weight"], lanes)),
         requant=image.records(cfg, "requant", conv_format.pack_requant(
