@@ -428,7 +428,7 @@ def _run(args, specs: list[str]) -> None:
     seconds = time.perf_counter() - start - build
     predictions = logits.argmax(1)
     counts = device.counts()
-    where, fraction = placement(device, package)
+    where, fraction = placement(device, package, counts)
     record = {
         "package": str(args.package),
         "device": args.device,

@@ -172,14 +172,13 @@ def kernel_mac_fraction(stages: list[Stage], macs: dict[str, int]) -> float:
     return on_kernel / total if total else 0.0
 
 
-def placement(device, package) -> tuple[dict[str, str], float]:
+def placement(device, package, counts) -> tuple[dict[str, str], float]:
     """Where each layer of ``package`` runs on ``device`` (``kernel`` or ``host``) and the
-    kernel's share of the package's MACs (skipped ones included)."""
-    from ..golden import GoldenModel
-
+    kernel's share of the MACs in ``counts`` (the device's per-layer
+    :class:`~velcro.sw.golden.LayerMacs`, skipped ones included)."""
     stages = (getattr(device, "stages", None)
               or partition(package, getattr(device, "config", None) or SHIPPED))
-    macs = {c.name: c.macs + c.skipped for c in GoldenModel(package, workers=1).per_image()}
+    macs = {c.name: c.macs + c.skipped for c in counts}
     return devices(stages), kernel_mac_fraction(stages, macs)
 
 
