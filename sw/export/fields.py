@@ -11,7 +11,12 @@ import math
 import re
 
 from ..errors import PackageError
-from .ops import MAX_DIM
+
+#: Largest array, in bytes, and largest dimension a package may declare.
+MAX_ARRAY_BYTES = 1 << 30
+MAX_DIM = 1 << 16
+#: Layer and tap names.
+NAME = re.compile(r"[A-Za-z0-9_.#-]{1,128}")
 
 
 def show(value) -> str:

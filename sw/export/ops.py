@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from . import fields
 from .bits import index_run_bytes
+from .fields import MAX_ARRAY_BYTES, MAX_DIM, fail
 
-MAX_ARRAY_BYTES = 1 << 30
-MAX_DIM = 1 << 16
 INT8_MIN, INT8_MAX = -128, 127
 
 
@@ -59,51 +59,54 @@ def conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
 # --- field checkers: each takes (value, path) and raises through ``fail`` ---------------
 
 def _pair_of(lo: int, hi: int):
-    def check(value, path, ints):
+    def check(value, path):
         if not isinstance(value, list) or len(value) != 2:
-            ints.fail(path, f"expected a pair [a, b], got {ints.show(value)}")
-        return tuple(ints.int(v, f"{path}[{i}]", lo, hi) for i, v in enumerate(value))
+            fail(path, f"expected a pair [a, b], got {fields.show(value)}")
+        return tuple(fields.integer(v, f"{path}[{i}]", lo, hi) for i, v in enumerate(value))
     return check
 
 
-def _clamp(value, path, ints):
-    lo, hi = _pair_of(INT8_MIN, INT8_MAX)(value, path, ints)
+def _int(lo: int, hi: int):
+    return lambda value, path: fields.integer(value, path, lo, hi)
+
+
+def _clamp(value, path):
+    lo, hi = _pair_of(INT8_MIN, INT8_MAX)(value, path)
     if lo not in (INT8_MIN, 0) or hi < max(lo, 0):
-        ints.fail(path, f"expected [-128, 127] or [0, hi] with 0 <= hi <= 127, got "
-                  f"{[lo, hi]}")
+        fail(path, f"expected [-128, 127] or [0, hi] with 0 <= hi <= 127, got {[lo, hi]}")
     return (lo, hi)
 
 
-def _tap(value, path, ints):
-    return ints.str(value, path, ints.NAME, nullable=True)
+def _tap(value, path):
+    return fields.string(value, path, fields.NAME, nullable=True)
 
 
+def _choice(*options):
+    return lambda value, path: fields.choice(value, path, options)
+
+
+_SKIPPED = _int(0, MAX_ARRAY_BYTES * 8)
 _POOL = {"kernel": _pair_of(1, MAX_DIM), "stride": _pair_of(1, MAX_DIM),
-         "padding": _pair_of(0, MAX_DIM), "ceil_mode": lambda v, p, i: i.bool(v, p)}
+         "padding": _pair_of(0, MAX_DIM), "ceil_mode": fields.boolean}
 
-#: Per op: the fields beyond the common ones, each with its checker ``(value, path, ints)``.
+#: Per op: the fields beyond the common ones, each with its checker ``(value, path)``.
 ATTRS: dict[str, dict[str, Callable]] = {
-    "conv3x3": {"stride": lambda v, p, i: i.choice(v, p, (1, 2)),
-                "skipped": lambda v, p, i: i.int(v, p, 0, MAX_ARRAY_BYTES * 8)},
+    "conv3x3": {"stride": _choice(1, 2), "skipped": _SKIPPED},
     "conv": {"kernel": _pair_of(1, MAX_DIM), "stride": _pair_of(1, MAX_DIM),
-             "padding": _pair_of(0, MAX_DIM), "groups": lambda v, p, i: i.int(v, p, 1, MAX_DIM),
-             "clamp": _clamp, "tap": _tap,
-             "skipped": lambda v, p, i: i.int(v, p, 0, MAX_ARRAY_BYTES * 8)},
-    "add": {"clamp": _clamp, "tap": _tap,
-            "skipped": lambda v, p, i: i.int(v, p, 0, MAX_ARRAY_BYTES * 8)},
+             "padding": _pair_of(0, MAX_DIM), "groups": _int(1, MAX_DIM),
+             "clamp": _clamp, "tap": _tap, "skipped": _SKIPPED},
+    "add": {"clamp": _clamp, "tap": _tap, "skipped": _SKIPPED},
     "concat": {},
     "maxpool2x2": {},
     "maxpool": dict(_POOL),
-    "avgpool": {**_POOL, "count_include_pad": lambda v, p, i: i.bool(v, p)},
+    "avgpool": {**_POOL, "count_include_pad": fields.boolean},
     "flatten": {},
-    "dense": {"relu": lambda v, p, i: i.bool(v, p),
-              "output": lambda v, p, i: i.choice(v, p, ("int8", "int32"))},
-    "dense_codebook": {"relu": lambda v, p, i: i.bool(v, p),
-                       "output": lambda v, p, i: i.choice(v, p, ("int8", "int32")),
-                       "bits": lambda v, p, i: i.int(v, p, 1, 16),
-                       "segment": lambda v, p, i: i.int(v, p, 1, MAX_DIM),
-                       "shared": lambda v, p, i: i.bool(v, p),
-                       "weight_scale": lambda v, p, i: i.float(v, p, lo_open=True)},
+    "dense": {"relu": fields.boolean, "output": _choice("int8", "int32")},
+    "dense_codebook": {"relu": fields.boolean, "output": _choice("int8", "int32"),
+                       "bits": _int(1, 16), "segment": _int(1, MAX_DIM),
+                       "shared": fields.boolean,
+                       "weight_scale": lambda value, path: fields.number(value, path,
+                                                                         lo_open=True)},
 }
 DENSE = ("dense", "dense_codebook")
 #: Ops whose output scale is their input's.

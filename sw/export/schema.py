@@ -98,23 +98,22 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import numpy as np
 
 from . import ops
 from .bits import index_run_bytes, unpack_indices
-from .fields import boolean as _bool
+from .fields import MAX_ARRAY_BYTES, MAX_DIM, fail, show
+from .fields import NAME as _NAME
 from .fields import choice as _choice
 from .fields import expect as _expect
-from .fields import fail, show
 from .fields import integer as _int
 from .fields import items as _list
 from .fields import keys as _keys
 from .fields import number as _float
 from .fields import shape as _shape
 from .fields import string as _str
-from .ops import DENSE, MAX_ARRAY_BYTES, MAX_DIM, OpError, expected_arrays, tapped
+from .ops import DENSE, OpError, expected_arrays, tapped
 
 FORMAT = "velcro-package"
 SCHEMA_VERSION = 2
@@ -125,7 +124,6 @@ V1_OPS = ("conv3x3", "maxpool2x2", "flatten", "dense", "dense_codebook")
 MAX_LAYERS = 4096
 
 ACC_MAX = (1 << 31) - 1
-_NAME = re.compile(r"[A-Za-z0-9_.#-]{1,128}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DTYPES = {name: np.dtype(name).newbyteorder("<") for name in
            ("int8", "uint8", "uint16", "int32")}
@@ -215,9 +213,6 @@ def array_member(name: str, role: str) -> str:
 def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
-
-_CHECKS = SimpleNamespace(int=_int, bool=_bool, float=_float, str=_str, choice=_choice,
-                          fail=fail, show=show, NAME=_NAME)
 
 
 def codebook_weight(layer: Layer) -> np.ndarray:
@@ -328,7 +323,7 @@ def parse_manifest(manifest) -> tuple[Package, dict[tuple[int, str], ArraySpec]]
         if in_shape != in_shapes[0]:
             fail(f"{path}.in_shape", f"expected {list(in_shapes[0])} (the output of "
                   f"{inputs[0]!r}), got {list(in_shape)}")
-        attrs = {key: check(entry[key], f"{path}.{key}", _CHECKS)
+        attrs = {key: check(entry[key], f"{path}.{key}")
                  for key, check in ops.ATTRS[op].items()}
         declared = _shape(entry["out_shape"], f"{path}.out_shape", ops.OUT_NDIM[op])
         try:
