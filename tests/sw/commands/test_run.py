@@ -36,7 +36,8 @@ def test_sim_and_golden_runs_agree_and_report_cycles(footwear_package, tmp_path,
     assert "kernel_counters" not in records["golden"]
     # The simulator's build (Verilog generation and compile) is reported apart from the run.
     sim = records["sim"]
-    assert sim["run_seconds"] == round(sim["seconds"], 2) and sim["build_seconds"] >= 0
+    # run_seconds is the same run time at two decimals (seconds has four).
+    assert abs(sim["run_seconds"] - sim["seconds"]) <= 0.0051 and sim["build_seconds"] >= 0
     assert sim["build_seconds"] == cycles["build_seconds"]
     assert (f"simulator: {sim['build_seconds']} s to generate the Verilog and compile it, "
             f"{sim['run_seconds']} s to run") in printed["sim"]
