@@ -1,17 +1,24 @@
 """Image data: the Fashion-MNIST IDX files, image folders, specialized tasks and splits.
 
 The built-in benchmark is Fashion-MNIST from Debian's ``dataset-fashion-mnist``
-package. A *specialized task* is a subset of classes (``footwear`` = sandal,
-sneaker, ankle boot); its test images are split deterministically into a small
-*preprocessing* split (at most 2 % of the task, as in the VELCRO paper), a *search*
-split used to choose thresholds and a *validation* split that only measures.
+package. Its 60,000 training images are split once, by a fixed seed, into the
+50,000 the shipped networks are trained on (``fit``) and 10,000 held out of training
+(``heldout``).
+
+A *specialized task* is a subset of classes (``footwear`` = sandal, sneaker, ankle
+boot). Its held-out images give a small *preprocessing* split (2 % of the task's
+images, as in the VELCRO paper) and a *search* split that chooses thresholds; its test
+images are the *validation* split, which only measures. So neither the network nor the
+search has seen a validation image, and the network has not been trained on the
+images the search measures. An image folder's task is split three ways instead
+(:meth:`Task.splits`).
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +45,9 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+#: Training images held out of the shipped networks' training, and the seed choosing them.
+HELD_OUT = 10_000
+HELD_OUT_SEED = 2024
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 #: Largest image side (pixels) of an image folder, and the largest set it loads.
@@ -97,11 +107,29 @@ def read_idx(path: Path, expect_ndim: int) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))
 
 
+def heldout_index(n: int) -> np.ndarray:
+    """Sorted indices of the training images held out of training: :data:`HELD_OUT` of
+    60,000 (the same sixth of any other count), chosen by :data:`HELD_OUT_SEED`."""
+    count = HELD_OUT if n == 60_000 else n // 6
+    return np.sort(np.random.default_rng(HELD_OUT_SEED).permutation(n)[:count])
+
+
 def load_fashion_mnist(split: str = "test", root: Path | None = None) -> Dataset:
-    """Load the Fashion-MNIST ``train`` or ``test`` split as ``uint8 [N, 1, 28, 28]``."""
+    """Load a Fashion-MNIST split as ``uint8 [N, 1, 28, 28]``.
+
+    ``test`` and ``train`` are the IDX files' 10,000 and 60,000 images; ``fit`` (50,000)
+    and ``heldout`` (10,000, :func:`heldout_index`) divide ``train`` between the
+    shipped networks' training and the tasks' preprocessing and search splits.
+    """
+    if split in ("fit", "heldout"):
+        train = load_fashion_mnist("train", root)
+        held = np.zeros(len(train), bool)
+        held[heldout_index(len(train))] = True
+        return train.subset(np.flatnonzero(held if split == "heldout" else ~held))
     root = Path(root) if root is not None else FASHION_MNIST_DIR
     if split not in _IDX_FILES:
-        raise DataError(f"Fashion-MNIST split must be 'train' or 'test', not {split!r}")
+        raise DataError(f"Fashion-MNIST split must be train, fit, heldout or test, "
+                        f"not {split!r}")
     image_file, label_file = (root / name for name in _IDX_FILES[split])
     try:
         images = read_idx(image_file, 3)
@@ -334,6 +362,9 @@ class Task:
     data: Dataset | FolderIndex
     preprocessing_fraction: float = 0.02
     seed: int = 0
+    #: Validation images (indices into ``data``) fixed in advance, for a Fashion-MNIST
+    #: task (its test images); None: :meth:`splits` splits all of ``data``.
+    validation: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if len(self.data) == 0:
@@ -343,17 +374,30 @@ class Task:
                             f"not {self.preprocessing_fraction}")
 
     def splits(self) -> Splits:
-        """Deterministic split: preprocessing (<= 2 %), then search and validation halves.
+        """Deterministic split: preprocessing (<= 2 % of the task's images), search and
+        validation.
 
-        The permutation depends only on the seed and the number of images, so the same
-        task always yields the same splits.
+        With fixed ``validation`` images the other images are permuted into
+        preprocessing and search; otherwise all images are, and the rest after
+        preprocessing is halved into search and validation. The permutation depends only
+        on the seed and the number of images, so the same task always yields the same
+        splits.
         """
         n = len(self.data)
+        n_pre = max(1, int(np.floor(self.preprocessing_fraction * n)))
+        if self.validation is not None:
+            rest = np.setdiff1d(np.arange(n), self.validation)
+            if len(rest) < n_pre + 1 or len(self.validation) == 0:
+                raise DataError(f"task {self.name!r} has {len(rest)} images outside its "
+                                f"{len(self.validation)} validation images; {n_pre + 1} "
+                                "are needed for preprocessing and search")
+            order = rest[np.random.default_rng(self.seed).permutation(len(rest))]
+            return Splits(np.sort(order[:n_pre]), np.sort(order[n_pre:]),
+                          np.sort(self.validation))
         if n < 3:
             raise DataError(f"task {self.name!r} has {n} images; at least 3 are needed to "
                             "split it into preprocessing, search and validation")
         order = np.random.default_rng(self.seed).permutation(n)
-        n_pre = max(1, int(np.floor(self.preprocessing_fraction * n)))
         n_search = (n - n_pre) // 2
         return Splits(np.sort(order[:n_pre]), np.sort(order[n_pre:n_pre + n_search]),
                       np.sort(order[n_pre + n_search:]))
@@ -391,7 +435,9 @@ def make_task(name: str | None = None, classes: str | None = None, data: Path | 
     """Build a task from a task name, a class list, or an image folder.
 
     With ``data`` (an image folder) the task is its ``classes`` (default: all of them);
-    otherwise a named Fashion-MNIST task or the ``classes`` list on the Fashion-MNIST test set.
+    otherwise a named Fashion-MNIST task or the ``classes`` list, whose preprocessing and
+    search images are held-out training images and whose validation images are test
+    images (see the module docstring).
     ``lazy`` leaves a folder's images undecoded: the task's data is a
     :class:`FolderIndex`, for workers that read their own share.
     """
@@ -399,7 +445,9 @@ def make_task(name: str | None = None, classes: str | None = None, data: Path | 
         dataset = (FolderIndex.scan(data, channels, size) if lazy
                    else load_folder(data, channels=channels, size=size))
     else:
-        dataset = load_fashion_mnist("test")
+        pool, test = load_fashion_mnist("heldout"), load_fashion_mnist("test")
+        dataset = Dataset(np.concatenate([pool.images, test.images]),
+                          np.concatenate([pool.labels, test.labels]), test.classes)
     if classes is not None:
         picked = parse_classes(classes, dataset.classes)
         label = name or "classes-" + "-".join(str(c) for c in picked)
@@ -415,7 +463,10 @@ def make_task(name: str | None = None, classes: str | None = None, data: Path | 
     else:
         raise DataError("give --task, --classes or --data")
     selected = np.flatnonzero(np.isin(dataset.labels, picked))
-    return Task(label, picked, dataset.subset(selected))
+    validation = None
+    if data is None:
+        validation = np.flatnonzero(selected >= len(pool))
+    return Task(label, picked, dataset.subset(selected), validation=validation)
 
 
 def to_float(images: np.ndarray):

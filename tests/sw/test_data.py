@@ -93,22 +93,57 @@ def test_fashion_mnist_test_split():
     assert np.bincount(ds.labels).tolist() == [1000] * 10
 
 
+def test_the_held_out_training_images_are_a_fixed_sixth_apart_from_fit():
+    train, fit, held = (load_fashion_mnist(s) for s in ("train", "fit", "heldout"))
+    assert len(fit) == 50_000 and len(held) == 10_000
+    index = data.heldout_index(60_000)
+    np.testing.assert_array_equal(index, data.heldout_index(60_000))
+    np.testing.assert_array_equal(held.images, train.images[index])
+    rest = np.setdiff1d(np.arange(60_000), index)
+    np.testing.assert_array_equal(fit.labels, train.labels[rest])
+    # Every class is represented in the held-out pool in about its share.
+    assert np.bincount(held.labels, minlength=10).min() > 900
+    with pytest.raises(DataError, match="train, fit, heldout or test"):
+        load_fashion_mnist("validation")
+
+
 def test_named_tasks_select_their_classes():
     footwear = make_task("footwear")
     assert set(np.unique(footwear.data.labels)) == {5, 7, 9}
-    assert len(footwear.data) == 3000
-    assert len(make_task("bags").data) == 1000
+    held = load_fashion_mnist("heldout")
+    assert len(footwear.data) == 3000 + int(np.isin(held.labels, (5, 7, 9)).sum())
+    assert len(make_task("bags").data) == 1000 + int((held.labels == 8).sum())
 
 
-def test_splits_are_disjoint_deterministic_and_small_preprocessing():
+def test_task_splits_search_held_out_images_and_validate_on_test_images():
     task = make_task("tops")
     s1, s2 = task.splits(), task.splits()
-    for a, b in [(s1.preprocessing, s2.preprocessing), (s1.validation, s2.validation)]:
+    for a, b in [(s1.preprocessing, s2.preprocessing), (s1.search, s2.search),
+                 (s1.validation, s2.validation)]:
         np.testing.assert_array_equal(a, b)
     parts = [set(s1.preprocessing), set(s1.search), set(s1.validation)]
     assert sum(len(p) for p in parts) == len(task.data) == len(set().union(*parts))
     assert len(s1.preprocessing) <= 0.02 * len(task.data)
-    assert abs(len(s1.search) - len(s1.validation)) <= 1
+    # Validation is exactly the task's test images; the others are held-out training
+    # images, none of them seen by the shipped networks' training.
+    test = load_fashion_mnist("test")
+    np.testing.assert_array_equal(task.split("validation").images,
+                                  test.images[np.isin(test.labels, task.classes)])
+    held = load_fashion_mnist("heldout")
+    pool = held.images[np.isin(held.labels, task.classes)]
+    searched = np.concatenate([task.split("preprocessing").images,
+                               task.split("search").images])
+    assert len(searched) == len(pool)
+    assert {x.tobytes() for x in searched} == {x.tobytes() for x in pool}
+
+
+def test_a_folder_task_is_split_three_ways():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (300, 1, 4, 4), dtype=np.uint8)
+    task = Task("folder", (0, 1), Dataset(images, rng.integers(0, 2, 300), ("a", "b")))
+    s = task.splits()
+    assert sum(map(len, (s.preprocessing, s.search, s.validation))) == 300
+    assert len(s.preprocessing) == 6 and abs(len(s.search) - len(s.validation)) <= 1
 
 
 def test_empty_task_is_an_error():
