@@ -148,6 +148,22 @@ def load_fashion_mnist(split: str = "test", root: Path | None = None) -> Dataset
     return Dataset(images[:, None].copy(), labels.astype(np.int64), FASHION_MNIST_CLASSES)
 
 
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``uint8 [N, C, H, W]`` images resized to ``size`` (H, W) by PIL's bilinear filter,
+    as image folders are; how the 28x28 Fashion-MNIST images reach networks built for
+    64x64."""
+    from PIL import Image
+
+    h, w = check_image_size(size)
+    if images.shape[2:] == (h, w):
+        return images
+    out = np.empty((*images.shape[:2], h, w), np.uint8)
+    for i, image in enumerate(images):
+        for c, plane in enumerate(image):
+            out[i, c] = np.asarray(Image.fromarray(plane).resize((w, h), Image.BILINEAR))
+    return out
+
+
 def load_folder(root: Path, channels: int = 3, size: tuple[int, int] | None = None) -> Dataset:
     """Load an ``ImageFolder``-style tree: one sub-folder per class, sorted by name.
 
@@ -435,6 +451,7 @@ def make_task(name: str | None = None, classes: str | None = None, data: Path | 
     """Build a task from a task name, a class list, or an image folder.
 
     With ``data`` (an image folder) the task is its ``classes`` (default: all of them);
+    ``size`` resizes its images, or the Fashion-MNIST images (:func:`resize_images`);
     otherwise a named Fashion-MNIST task or the ``classes`` list, whose preprocessing and
     search images are held-out training images and whose validation images are test
     images (see the module docstring).
@@ -463,10 +480,12 @@ def make_task(name: str | None = None, classes: str | None = None, data: Path | 
     else:
         raise DataError("give --task, --classes or --data")
     selected = np.flatnonzero(np.isin(dataset.labels, picked))
-    validation = None
+    validation, chosen = None, dataset.subset(selected)
     if data is None:
         validation = np.flatnonzero(selected >= len(pool))
-    return Task(label, picked, dataset.subset(selected), validation=validation)
+        if size is not None:
+            chosen = Dataset(resize_images(chosen.images, size), chosen.labels, chosen.classes)
+    return Task(label, picked, chosen, validation=validation)
 
 
 def to_float(images: np.ndarray):

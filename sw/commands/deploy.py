@@ -249,7 +249,8 @@ def run_task(package, args):
         if list(record["class_names"]) != list(FASHION_MNIST_CLASSES):
             raise DataError(f"the package was exported from an image folder (classes "
                             f"{printable(record['class_names'][:4])}...); give it with --data")
-        return make_task(record["name"], classes)
+        side = tuple(package.input_shape[1:])
+        return make_task(record["name"], classes, size=None if side == (28, 28) else side)
     size = None
     if args.image_size is not None:
         try:

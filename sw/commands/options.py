@@ -15,7 +15,7 @@ def add_task_args(parser: argparse.ArgumentParser, task_required: bool = True) -
     group.add_argument("--classes", help="ad-hoc task: comma-separated class indices or names")
     group.add_argument("--data", type=Path, help="image folder (one sub-folder per class) "
                        "instead of Fashion-MNIST")
-    group.add_argument("--image-size", help="resize folder images to H,W")
+    group.add_argument("--image-size", help="resize the images (a folder's or Fashion-MNIST's) to H,W")
     group.add_argument("--model", help="a shipped network (reference, small_resnet, "
                        "small_inverted_residual), your own model as 'package.module:callable' "
                        "or 'path/to/file.py:callable' with --weights, or an ONNX file "
@@ -90,9 +90,6 @@ def resolve_task(args, model, lazy: bool = False):
         raise DataError("give --task or --classes, not both (--classes is an ad-hoc task)")
     size = None
     if args.image_size is not None:
-        if args.data is None:
-            raise DataError("--image-size resizes the images of --data; Fashion-MNIST "
-                            "images are 28x28")
         try:
             h, w = (int(v) for v in args.image_size.split(","))
         except ValueError:

@@ -180,3 +180,11 @@ def test_image_folder_with_mixed_sizes_needs_resize(tmp_path):
     make_folder(tmp_path, {"a": (10, 10), "b": (12, 12)})
     with pytest.raises(DataError, match="--image-size"):
         data.load_folder(tmp_path)
+
+
+def test_fashion_mnist_tasks_resize_like_folders():
+    small, big = make_task("bags"), make_task("bags", size=(64, 48))
+    assert big.data.images.shape[1:] == (1, 64, 48)
+    np.testing.assert_array_equal(big.splits().validation, small.splits().validation)
+    first = Image.fromarray(small.data.images[0, 0]).resize((48, 64), Image.BILINEAR)
+    np.testing.assert_array_equal(big.data.images[0, 0], np.asarray(first))
