@@ -72,7 +72,7 @@ class ActorEvaluator:
         """The new base plan, on every actor."""
         self._get([actor.rebase.remote(list(thresholds)) for actor in self.actors])
 
-    def measure_all(self, candidates: list[list[float]]) -> list[tuple[float, float]]:
+    def measure_all(self, candidates: list[list[float]]) -> list[tuple[float, float, bytes]]:
         """Every candidate's figures, in order; candidates dealt out in contiguous runs."""
         if not candidates:
             return []

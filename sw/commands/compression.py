@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import PlanError, printable
 from ..files import write_json, write_text
+from ..locality.rules import LEVEL, RULES
 from .options import (
     add_ray_arg,
     add_task_args,
@@ -51,7 +52,9 @@ def register(sub) -> None:
     p.add_argument("--criterion", default="variance", help="locality score: variance (the "
                    "paper), relative or fisher (default: variance)")
     p.add_argument("--tolerance", type=float, default=0.0,
-                   help="accuracy points the search may lose on the search split (default 0)")
+                   help="with --rule strict: accuracy points the search may lose on the "
+                   "search split (default 0)")
+    add_rule_args(p)
     p.add_argument("--json", type=Path, help="also write the result record as JSON")
     p.add_argument("--plan", type=Path, help="also write the plan (.npz)")
     add_ray_arg(p, "the profile and the search's candidate plans")
@@ -65,6 +68,29 @@ def register(sub) -> None:
     p.add_argument("--criteria", default="variance,relative,fisher",
                    help="comma-separated locality criteria (default variance,relative,fisher)")
     p.set_defaults(func=cmd_demo)
+
+
+def add_rule_args(p) -> None:
+    """``--rule`` and ``--level``: the search's acceptance rule."""
+    p.add_argument("--rule", default="strict", choices=RULES,
+                   help="acceptance of a candidate plan on the search split: strict "
+                   "(default) refuses any plan below the uncompressed model's accuracy "
+                   "minus --tolerance; mcnemar refuses a plan when the exact one-sided "
+                   "McNemar test finds it less accurate than the model at --level (of the "
+                   "b + c images where exactly one of them is right, b right only for the "
+                   "model: refused if P(Binomial(b + c, 1/2) >= b) < level)")
+    p.add_argument("--level", type=float, default=LEVEL,
+                   help=f"significance level of --rule mcnemar (default {LEVEL}); 0.5 is "
+                   "the strict rule up to ties, lower levels refuse fewer moves")
+
+
+def search_rule(args) -> dict:
+    """The search's ``rule`` and ``level`` options from ``--rule/--level``."""
+    if not 0 < args.level < 1:
+        raise PlanError(f"--level must be in (0, 1), not {args.level}")
+    if args.rule != "strict" and getattr(args, "tolerance", 0):
+        raise PlanError("--tolerance belongs to --rule strict; --rule mcnemar takes --level")
+    return {"rule": args.rule, "level": args.level}
 
 
 def cmd_train(args) -> None:
@@ -139,7 +165,7 @@ def cmd_compress(args) -> None:
         result = None
         if thresholds is None:
             result = run_search(setup, criterion, args.tolerance / 100, progress=True,
-                                **search_options(cluster))
+                                **search_rule(args), **search_options(cluster))
             thresholds = result.thresholds
     plan = compress(setup.profile, thresholds, criterion)
     plan.meta.update(task=task.name, classes=list(task.classes))

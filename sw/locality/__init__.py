@@ -14,6 +14,8 @@ conv-activation elements whose convolutions are skipped).
     Locality scores, per-layer percentile thresholds, plans and their application.
 ``search``
     The per-layer threshold search on the search split.
+``rules``
+    The search's acceptance rules (strict, McNemar).
 ``experiment``
     The split discipline end to end (profile, search, validate) and the demo.
 """

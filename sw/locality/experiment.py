@@ -114,7 +114,8 @@ def record(setup: TaskSetup, plan: Plan, baseline: float, seconds: float,
     if result is not None:
         out.update(search_accuracy=result.accuracy,
                    search_baseline_accuracy=result.baseline_accuracy,
-                   search_evaluations=result.evaluations)
+                   search_evaluations=result.evaluations, search_rule=result.rule,
+                   search_level=result.level)
     return out
 
 

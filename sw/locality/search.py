@@ -3,12 +3,24 @@
 The paper chose thresholds by trial and error. :func:`search` does it greedily: from
 ``T = 0`` it repeatedly tries raising each layer's threshold by a step and takes the
 move that raises the search-split cross-entropy the least per unit of ``C`` gained,
-among the moves that keep top-1 accuracy at or above ``baseline - tolerance``. The
-loss ranks moves where accuracy alone cannot: most small moves change no prediction
-at all, yet some of them bring many images closer to a wrong class than others. When
-no move is feasible the step halves, down to ``min_step`` percentile points. Every
-candidate is measured on the *search* split only; the validation split is never
-passed in.
+among the moves its acceptance rule admits. The loss ranks moves where accuracy
+alone cannot: most small moves change no prediction at all, yet some of them bring
+many images closer to a wrong class than others. When no move is admitted the step
+halves, down to ``min_step`` percentile points. Every candidate is measured on the
+*search* split only; the validation split is never passed in.
+
+Acceptance rules (:data:`RULES`):
+
+``strict``
+    top-1 accuracy on the search split at least ``baseline - tolerance``.
+``mcnemar``
+    the candidate is not significantly less accurate than the uncompressed model on
+    the search split: of the images where exactly one of the two is right, ``b`` are
+    right only for the model and ``c`` only for the candidate; the candidate is
+    refused when the exact one-sided McNemar test (binomial, ``b`` of ``b + c`` at
+    1/2) gives ``P(X >= b) < level``. Small samples of flips then no longer stop the
+    search on noise: at ``level`` 0.5 the rule is the strict one up to ties, and
+    lower levels need more evidence of a loss to refuse a move.
 
 Most candidates change one layer's threshold, so the search keeps the raw activation
 reaching every tap under the current plan and runs only the rest of the model from
@@ -29,6 +41,7 @@ from ..errors import PlanError
 from ..progress import progress as progress_bar
 from .plan import applied, check_thresholds, compress, plan_C, scores
 from .profile import Profile
+from .rules import LEVEL, RULES, mcnemar_p
 from .taps import Tapped
 
 CACHE_BYTES = 1 << 30
@@ -53,6 +66,8 @@ class SearchResult:
     baseline_accuracy: float
     evaluations: int
     path: list[SearchPoint] = field(default_factory=list)
+    rule: str = "strict"
+    level: float | None = None
 
 
 def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndarray,
@@ -60,8 +75,11 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
            min_step: float = 1.25, explore_moves: int = 6, explore_step: float = 5.0,
            explore_slack: float = 0.01, start: list[float] | None = None,
            max_C: float = 1.0, threads: int | None = None, evaluator=None,
-           progress: bool = False) -> SearchResult:
-    """Maximize C subject to ``accuracy(search images) >= baseline - tolerance``.
+           progress: bool = False, rule: str = "strict",
+           level: float = LEVEL) -> SearchResult:
+    """Maximize C subject to the acceptance ``rule`` on the search images (see the
+    module docstring): ``strict`` keeps ``accuracy >= baseline - tolerance``,
+    ``mcnemar`` refuses plans significantly less accurate than the model at ``level``.
 
     When the constrained descent is stuck, up to ``explore_moves`` unconstrained moves
     of ``explore_step`` points (cheapest in loss per C, as always) look past the
@@ -75,7 +93,8 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
     images, labels
         The search split (never the validation split).
     tolerance
-        Accuracy that may be lost, as a fraction (0.005 = half a point).
+        Accuracy that may be lost, as a fraction (0.005 = half a point): the strict
+        rule's (``mcnemar`` takes ``level`` instead).
     start
         Thresholds to start from (default: all zero); it must satisfy the constraint.
     max_C
@@ -92,13 +111,19 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
     """
     if not 0.0 <= tolerance < 1.0:
         raise PlanError(f"tolerance {tolerance} out of range [0, 1)")
+    if rule not in RULES:
+        raise PlanError(f"unknown acceptance rule {rule!r}; rules are {', '.join(RULES)}")
+    if not 0.0 < level < 1.0:
+        raise PlanError(f"level {level} out of range (0, 1)")
+    if rule != "strict" and tolerance:
+        raise PlanError(f"a tolerance is the strict rule's; the {rule} rule takes a level")
     if not 0 < min_step <= start_step <= 100:
         raise PlanError(f"steps must satisfy 0 < min_step <= start_step <= 100, "
                         f"not {min_step}, {start_step}")
     layer_scores = scores(profile, criterion)
     evaluator = (evaluator or Evaluator)(tapped, profile, criterion, layer_scores, images,
                                          labels, threads)
-    cache: dict[tuple[float, ...], tuple[float, float]] = {}
+    cache: dict[tuple[float, ...], tuple[float, float, bytes]] = {}
     bar = progress_bar(desc=f"search ({criterion})", unit="eval", enabled=progress)
 
     def measure_all(candidates):
@@ -130,22 +155,34 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
             moves.append((candidate, c))
         # The moves are independent of one another's figures: measure them together.
         best = None
-        for (candidate, c), (acc, loss) in zip(moves, measure_all([m for m, _ in moves]),
-                                               strict=True):
-            if constrained and acc < target:
+        for (candidate, c), (acc, loss, right) in zip(
+                moves, measure_all([m for m, _ in moves]), strict=True):
+            if constrained and not admitted(acc, right):
                 continue
-            move = _State(candidate, c, acc, loss, (loss - state.loss) / (c - state.C))
+            move = _State(candidate, c, acc, loss, (loss - state.loss) / (c - state.C),
+                          right)
             if best is None or (move.cost, -move.C) < (best.cost, -best.C):
                 best = move
         bar.set_postfix(C=f"{state.C:.3f}", step=step)
         return best
 
-    baseline, loss = measure([0.0] * len(profile.layers))
+    baseline, loss, base_right = measure([0.0] * len(profile.layers))
     target = baseline - tolerance
-    current = _State([0.0] * len(profile.layers), 0.0, baseline, loss)
+    base_bits = np.unpackbits(np.frombuffer(base_right, np.uint8))
+
+    def admitted(acc: float, right: bytes) -> bool:
+        if rule == "strict":
+            return acc >= target
+        bits = np.unpackbits(np.frombuffer(right, np.uint8))
+        b = int(np.sum(base_bits & ~bits & 1))
+        c = int(np.sum(bits & ~base_bits & 1))
+        return mcnemar_p(b, c) >= level
+
+    current = _State([0.0] * len(profile.layers), 0.0, baseline, loss, right=base_right)
     if start is not None:
         start = check_thresholds(start, profile.names)
-        current = _State(start, plan_C(profile, start, layer_scores), *measure(start))
+        acc, loss, right = measure(start)
+        current = _State(start, plan_C(profile, start, layer_scores), acc, loss, right=right)
     evaluator.rebase(current.thresholds)
     path = [SearchPoint(list(current.thresholds), current.C, current.accuracy)]
     while current.C < max_C:
@@ -164,7 +201,7 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
             if probe is None or probe.accuracy < target - explore_slack:
                 break
             evaluator.rebase(probe.thresholds)
-            if probe.accuracy >= target:
+            if admitted(probe.accuracy, probe.right):
                 found = probe
                 break
         if found is None:
@@ -174,7 +211,7 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
     bar.close()
     evaluator.close()
     return SearchResult(criterion, current.thresholds, current.C, current.accuracy, baseline,
-                        len(cache), path)
+                        len(cache), path, rule, level if rule == "mcnemar" else None)
 
 
 @dataclass
@@ -184,6 +221,7 @@ class _State:
     accuracy: float
     loss: float
     cost: float = 0.0
+    right: bytes = b""
 
 
 class Evaluator:
@@ -235,8 +273,9 @@ class Evaluator:
                 h.remove()
         self.base, self.raw = list(thresholds), raw
 
-    def measure_all(self, candidates: list[list[float]]) -> list[tuple[float, float]]:
-        """``(accuracy, mean cross-entropy)`` of every candidate, in order."""
+    def measure_all(self, candidates: list[list[float]]) -> list[tuple[float, float, bytes]]:
+        """``(accuracy, mean cross-entropy, which images are right)`` of every candidate,
+        in order; the last as ``np.packbits`` of the per-image hits, in image order."""
         with _threads(self.threads):
             return [self.measure(t) for t in candidates]
 
@@ -256,7 +295,8 @@ class Evaluator:
             else:
                 logits = torch.cat([self.tapped.module(x) for x in self.batches])
         loss = torch.nn.functional.cross_entropy(logits, self.labels).item()
-        return int((logits.argmax(1) == self.labels).sum()) / len(self.labels), loss
+        hits = (logits.argmax(1) == self.labels).numpy()
+        return int(hits.sum()) / len(self.labels), loss, np.packbits(hits).tobytes()
 
 
 @contextlib.contextmanager
