@@ -174,3 +174,35 @@ def plot_sweep(records: list[dict], baseline: float, path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
+
+
+def plot_table1(records: list[dict], path) -> None:
+    """One panel per network: validation accuracy minus the uncompressed model's, versus
+    C, one curve per task (the paper's Figure 2), the search's choice starred and the
+    paper's mean C for the network dashed."""
+    plt = _pyplot()
+    networks = list(dict.fromkeys(r["network"] for r in records))
+    fig, axes = plt.subplots(1, len(networks), figsize=(4.5 * len(networks), 3.8),
+                             squeeze=False)
+    for ax, network in zip(axes[0], networks, strict=True):
+        for rec in (r for r in records if r["network"] == network):
+            base = 100 * rec["baseline_accuracy"]
+            points = rec.get("curve") or [{"C": rec["C"], "accuracy": rec["accuracy"]}]
+            line, = ax.plot([100 * p["C"] for p in points],
+                            [100 * p["accuracy"] - base for p in points],
+                            marker="o", ms=3, label=rec["task"])
+            ax.plot([100 * rec["C"]], [100 * rec["accuracy"] - base], marker="*", ms=12,
+                    color=line.get_color(), ls="none")
+        paper = next(r["paper_C"] for r in records if r["network"] == network)
+        if paper is not None:
+            ax.axvline(100 * paper, color="gray", ls="--", lw=1, label="paper, mean C")
+        ax.axhline(0, color="black", lw=0.8, ls=":")
+        ax.set_title(f"{network} (star: search's choice)")
+        ax.set_xlabel("compression-saving ratio C (%)")
+        ax.set_ylabel("validation accuracy change (points)")
+        ax.set_ylim(-3, 1.5)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
