@@ -62,7 +62,6 @@ def cmd_table1(args) -> None:
             missing.append(f"{network} ({e})")
     if not models:
         raise ModelError("no network to measure: " + "; ".join(missing))
-    args.out.mkdir(parents=True, exist_ok=True)
     records = []
     with ray_cluster(args) as cluster:
         for network, model in models.items():
@@ -91,6 +90,7 @@ def cmd_table1(args) -> None:
         notes.append("Not measured: " + "; ".join(missing))
     text = table + "\n\n" + "\n".join(notes)
     print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
     write_text(args.out / "table1.txt", text + "\n")
     plot_table1(records, args.out / "table1_accuracy_vs_C.png")
     written = [args.out / "table1.txt", args.out / "table1_accuracy_vs_C.png"]

@@ -26,6 +26,7 @@ def test_bad_addresses_are_refused(spec):
 @pytest.mark.parametrize("argv", [
     ["profile", "--task", "footwear", "--ray", "local:2", "--out", "p.npz"],
     ["compress", "--task", "footwear", "--search", "--ray", "auto"],
+    ["table1", "--networks", "reference", "--tasks", "footwear", "--ray", "auto"],
     ["run", "--package", "x.velcro", "--workers", "2"]])
 def test_without_ray_the_commands_say_what_to_install(argv, monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
