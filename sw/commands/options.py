@@ -15,7 +15,8 @@ def add_task_args(parser: argparse.ArgumentParser, task_required: bool = True) -
     group.add_argument("--classes", help="ad-hoc task: comma-separated class indices or names")
     group.add_argument("--data", type=Path, help="image folder (one sub-folder per class) "
                        "instead of Fashion-MNIST")
-    group.add_argument("--image-size", help="resize the images (a folder's or Fashion-MNIST's) to H,W")
+    group.add_argument("--image-size",
+                       help="resize the images (a folder's or Fashion-MNIST's) to H,W")
     group.add_argument("--model", help="a shipped network (reference, small_resnet, "
                        "small_inverted_residual), your own model as 'package.module:callable' "
                        "or 'path/to/file.py:callable' with --weights, or an ONNX file "
