@@ -185,9 +185,11 @@ def plot_table1(records: list[dict], path) -> None:
     fig, axes = plt.subplots(1, len(networks), figsize=(4.5 * len(networks), 3.8),
                              squeeze=False)
     for ax, network in zip(axes[0], networks, strict=True):
+        tops = []
         for rec in (r for r in records if r["network"] == network):
             base = 100 * rec["baseline_accuracy"]
             points = rec.get("curve") or [{"C": rec["C"], "accuracy": rec["accuracy"]}]
+            tops.append(max(100 * p["accuracy"] - base for p in points))
             line, = ax.plot([100 * p["C"] for p in points],
                             [100 * p["accuracy"] - base for p in points],
                             marker="o", ms=3, label=rec["task"])
@@ -200,7 +202,8 @@ def plot_table1(records: list[dict], path) -> None:
         ax.set_title(f"{network} (star: search's choice)")
         ax.set_xlabel("compression-saving ratio C (%)")
         ax.set_ylabel("validation accuracy change (points)")
-        ax.set_ylim(-3, 1.5)
+        # Zoom on the region where the choice is made; steep falls leave it.
+        ax.set_ylim(-3, max([1.0, *tops]) + 0.3)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
