@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
-from ..locality.profile import Profile, TapMoments, accumulate, finish
+from ..data import iter_batches
+from ..locality.profile import Profile, TapMoments, accumulate, finish, shifts
 from ..locality.taps import tap
 from ..progress import progress as progress_bar
 from .engine import THREADS, import_ray, reraise_user_error, set_threads
@@ -36,11 +37,10 @@ def shard_ranges(n: int, shards: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def _profile_shard(tapped, source, start: int, stop: int, batch_size: int,
-                   sensitivity: bool, threads: int | None) -> TapMoments:
-    from ..data import iter_batches
-
+                   sensitivity: bool, threads: int | None, shift: TapMoments) -> TapMoments:
     set_threads(threads)
-    return accumulate(tapped, iter_batches(source, start, stop, batch_size), sensitivity)
+    return accumulate(tapped, iter_batches(source, start, stop, batch_size), sensitivity,
+                      shift=shift)
 
 
 def profile(model, images, batch_size: int = 250, sensitivity: bool = False,
@@ -70,8 +70,11 @@ def profile(model, images, batch_size: int = 250, sensitivity: bool = False,
     ranges = shard_ranges(n, shards, batch_size)
     task = ray.remote(num_cpus=1, max_retries=1)(_profile_shard)
     model_ref = ray.put(tapped)
+    # Every shard shifts its batches by the first image's activations, as one process does.
+    first = next(iter_batches(images, 0, 1, 1))
+    shift = ray.put(shifts(tapped, first, sensitivity))
     source = ray.put(images) if isinstance(images, np.ndarray) else images
-    pending = {task.remote(model_ref, source, a, b, batch_size, sensitivity, threads): i
+    pending = {task.remote(model_ref, source, a, b, batch_size, sensitivity, threads, shift): i
                for i, (a, b) in enumerate(ranges)}
     done: dict[int, TapMoments] = {}
     merged, following = None, 0

@@ -29,18 +29,22 @@ VERSION = 1
 class RunningMoments:
     """Count, mean and sum of squared deviations (M2) of a stream of tensors, in float64.
 
-    Each batch is shifted by the running mean (by its first sample for the first
-    batch) and reduced to its sum and sum of squares in float64, a few rows at a time
-    through a reused buffer small enough to stay in cache; Chan's update then merges
-    the batch. The shift keeps the sum of squares free of cancellation for elements
-    whose mean is large against their spread, exactly the elements VELCRO replaces.
+    Each batch is shifted by ``shift`` (default: the first sample of the stream) and
+    reduced to its sum and sum of squares in float64, a few rows at a time through a
+    reused buffer small enough to stay in cache; Chan's update then merges the batch.
+    The shift keeps the sum of squares free of cancellation for elements whose mean is
+    large against their spread, exactly the elements VELCRO replaces. A fixed shift
+    makes every batch's figures independent of the batches before it, so streams split
+    at batch boundaries and merged (:meth:`merge`) agree with one stream to the
+    rounding of the merges alone.
     """
 
     #: Bytes of the float64 work buffer; a block of rows of this size stays in L2/L3.
     BLOCK_BYTES = 4 << 20
 
-    def __init__(self, shape: tuple[int, ...]):
+    def __init__(self, shape: tuple[int, ...], shift: torch.Tensor | None = None):
         self.count = 0
+        self.shift = None if shift is None else shift.detach().reshape(-1).to(torch.float64)
         self.mean = torch.zeros(shape, dtype=torch.float64)
         self.m2 = torch.zeros(shape, dtype=torch.float64)
         size = int(np.prod(shape, dtype=np.int64))
@@ -65,8 +69,9 @@ class RunningMoments:
         if n_b == 0:
             return
         flat = batch.detach().reshape(n_b, -1)
-        shift = (self.mean.reshape(-1) if self.count
-                 else flat[0].to(torch.float64, copy=True))
+        if self.shift is None:
+            self.shift = flat[0].to(torch.float64, copy=True)
+        shift = self.shift
         if self._buffer.shape[0] < min(n_b, self._rows):
             self._buffer = torch.empty((min(n_b, self._rows), flat.shape[1]), dtype=torch.float64)
             self._ones = torch.ones(self._buffer.shape[0], dtype=torch.float64)
@@ -192,7 +197,7 @@ def profile(model: nn.Module | Tapped, images: np.ndarray, batch_size: int = 250
     try:
         moments = accumulate(tapped, (images[start:start + batch_size]
                                       for start in range(0, len(images), batch_size)),
-                             sensitivity, bar.update)
+                             sensitivity, bar.update, shifts(tapped, images[:1], sensitivity))
     finally:
         bar.close()
     return finish(tapped, moments)
@@ -223,11 +228,24 @@ class TapMoments:
         self.count += other.count
 
 
+def shifts(tapped: Tapped, image: np.ndarray, sensitivity: bool = False) -> TapMoments:
+    """The moments of one image (``uint8 [1, C, H, W]``), whose means shift every batch
+    of :func:`accumulate`: given to all the shards of a profile, they make the result
+    independent of the sharding up to the rounding of the merges."""
+    return accumulate(tapped, [image], sensitivity)
+
+
 def accumulate(tapped: Tapped, batches, sensitivity: bool = False,
-               update=None) -> TapMoments:
+               update=None, shift: TapMoments | None = None) -> TapMoments:
     """The running moments of every tap over ``batches`` (uint8 ``[B, C, H, W]`` arrays);
-    ``update(n)`` is called after each batch of ``n`` images."""
+    ``update(n)`` is called after each batch of ``n`` images. ``shift`` (:func:`shifts`)
+    gives the value each element's batches are shifted by (default: its first sample)."""
     moments = TapMoments(grads={} if sensitivity else None)
+
+    def start(kind: str, index: int, shape) -> RunningMoments:
+        fixed = getattr(shift, kind, None) or {}
+        return RunningMoments(tuple(shape), fixed[index].mean if index in fixed else None)
+
     outputs: dict[int, torch.Tensor] = {}
 
     def hook(index):
@@ -235,7 +253,7 @@ def accumulate(tapped: Tapped, batches, sensitivity: bool = False,
             if output.dim() < 2:
                 return
             if index not in moments.outputs:
-                moments.outputs[index] = RunningMoments(tuple(output.shape[1:]))
+                moments.outputs[index] = start("outputs", index, output.shape[1:])
             moments.outputs[index].update(output)
             if sensitivity:
                 output.retain_grad()
@@ -255,7 +273,8 @@ def accumulate(tapped: Tapped, batches, sensitivity: bool = False,
                                                        reduction="sum")
                     loss.backward()
                     for index, out in outputs.items():
-                        moments.grads.setdefault(index, RunningMoments(tuple(out.shape[1:])))
+                        if index not in moments.grads:
+                            moments.grads[index] = start("grads", index, out.shape[1:])
                         moments.grads[index].update(out.grad ** 2)
                 else:
                     with torch.inference_mode():
