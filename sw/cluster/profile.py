@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelError
 from ..data import iter_batches
+from ..errors import ModelError
 from ..locality.profile import Profile, TapMoments, accumulate, finish, shifts
 from ..locality.taps import tap
 from ..progress import progress as progress_bar
