@@ -113,6 +113,8 @@ def vq_section(section: Section, path: Path) -> None:
                     f"accuracy {_pct(baseline)}\u00a0%."]
     if "counted" in sweep:
         section.text.append(f"Counted: {sweep['counted']}.")
+    if "selection" in sweep:
+        section.text.append(f"Configurations meeting a target are {sweep['selection']}.")
     section.set_plot("accuracy versus compression rate per VQ method", plot_sweep, points, baseline)
     rows: dict[tuple, dict] = {}
     for p in points:
@@ -121,17 +123,26 @@ def vq_section(section: Section, path: Path) -> None:
         row["tuned" if p["finetune_epochs"] > 0 else "plain"] = p
     epochs = sorted({p["finetune_epochs"] for p in points if p["finetune_epochs"] > 0})
     tuned = bool(epochs)
+    held = all("heldout_accuracy" in p for p in points)
     header = ["method", "parameters", "compression rate (×)", "accuracy plain (%)"]
+    if held:
+        header.append("held-out plain (%)")
     if tuned:
         header.append(f"accuracy fine-tuned {'/'.join(map(str, epochs))} epoch(s) (%)")
+        if held:
+            header.append("held-out fine-tuned (%)")
     cells = []
     for row in sorted(rows.values(), key=lambda r: (METHODS.index(r["point"]["method"]),
                                                      r["point"]["compression_rate"])):
         p = row["point"]
         line = [p["method"], _vq_params(p["params"]), f"{p['compression_rate']:.2f}",
                 _pct(row["plain"]["accuracy"]) if row["plain"] else "—"]
+        if held:
+            line.append(_pct(row["plain"]["heldout_accuracy"]) if row["plain"] else "—")
         if tuned:
             line.append(_pct(row["tuned"]["accuracy"]) if row["tuned"] else "—")
+            if held:
+                line.append(_pct(row["tuned"]["heldout_accuracy"]) if row["tuned"] else "—")
         cells.append(line)
     section.tables = [Table("Every configuration of the sweep", header, cells, text_columns=2)]
 

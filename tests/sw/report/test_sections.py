@@ -160,3 +160,24 @@ def test_a_malformed_record_stops_the_report_naming_it(results, tmp_path, copy_r
     code, _, err = run_report(["--results", folder, "--out", tmp_path / "out"])
     assert code == 2
     assert f"{folder / 'run_golden.json'}: images must be a positive integer" in err
+
+
+def test_the_vq_table_shows_held_out_accuracy_and_the_selection_rule(tmp_path):
+    from velcro.sw.report.sections import Section, vq_section
+
+    points = [{"method": "km", "params": {"k": k}, "finetune_epochs": e,
+               "compression_rate": 32 / k, "accuracy": 0.9 - 0.01 * k - 0.001 * e,
+               "heldout_accuracy": 0.8 + 0.01 * k + 0.001 * e}
+              for k in (2, 4) for e in (0, 1)]
+    path = tmp_path / "vq_sweep.json"
+    path.write_text(json.dumps({"baseline_accuracy": 0.93, "points": points,
+                                "heldout_baseline_accuracy": 0.92,
+                                "selection": "chosen on held-out images"}))
+    section = Section("vq", "VQ", "velcro vq --sweep", [path])
+    vq_section(section, path)
+    (table,) = section.tables
+    assert table.header[3:] == ["accuracy plain (%)", "held-out plain (%)",
+                                "accuracy fine-tuned 1 epoch(s) (%)", "held-out fine-tuned (%)"]
+    row = next(r for r in table.rows if r[1] == "k=4")
+    assert [float(c) for c in row[3:]] == pytest.approx([86.0, 84.0, 85.9, 84.1], abs=0.005)
+    assert any("chosen on held-out images" in t for t in section.text)
