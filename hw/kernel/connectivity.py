@@ -14,6 +14,12 @@ answers a port only inside its channel.
 
 Every port gets a channel of its own, so the three streams (constants, dense
 indices, activations) never share a channel's bandwidth.
+
+A design can hold up to :data:`MAX_CUS` compute units: compute unit ``cu`` (counted from
+0) is :func:`instance` ``velcro_kernel_<cu + 1>`` and its ports reach the three channels
+after those of compute unit ``cu - 1`` (:func:`bank_of`): ``velcro_kernel_2`` is on
+``HBM[3..5]``. No two compute units share a channel, so each has the bandwidth one
+alone would have.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from types import MappingProxyType
 
 from .regmap import PORTS
 
-__all__ = ["BANKS", "CLOCK_HZ", "CONNECTIVITY", "INSTANCE", "KERNEL_NAME", "Bank", "bank_of"]
+__all__ = ["BANKS", "CLOCK_HZ", "CONNECTIVITY", "INSTANCE", "KERNEL_NAME", "MAX_CUS", "Bank",
+           "bank_of", "check_cus", "instance"]
 
 #: The kernel's top module, and its name in ``kernel.xml`` and the ``.xclbin``.
 KERNEL_NAME = "velcro_kernel"
-#: Name of the kernel's compute unit in the linked design.
+#: Name of the kernel's first compute unit in the linked design (:func:`instance`).
 INSTANCE = f"{KERNEL_NAME}_1"
 #: Kernel clock, in Hz.
 CLOCK_HZ = 300_000_000
@@ -74,9 +81,28 @@ CONNECTIVITY = MappingProxyType({"m_axi_program": 0, "m_axi_indices": 1, "m_axi_
 assert set(CONNECTIVITY) == set(PORTS)
 
 
-def bank_of(port: str) -> Bank:
-    """The bank ``port`` reaches."""
+#: Compute units one design can hold: every one takes a channel per port.
+MAX_CUS = HBM_CHANNELS // len(CONNECTIVITY)
+
+
+def check_cus(cus: int) -> int:
+    """``cus`` if a design can hold that many compute units, else :class:`ValueError`."""
+    if isinstance(cus, bool) or not isinstance(cus, int) or not 1 <= cus <= MAX_CUS:
+        raise ValueError(f"compute units must be 1 to {MAX_CUS} (each takes "
+                         f"{len(CONNECTIVITY)} of the {HBM_CHANNELS} HBM channels), not {cus!r}")
+    return cus
+
+
+def instance(cu: int = 0) -> str:
+    """The name of compute unit ``cu`` (from 0) in the linked design."""
+    check_cus(cu + 1)
+    return f"{KERNEL_NAME}_{cu + 1}"
+
+
+def bank_of(port: str, cu: int = 0) -> Bank:
+    """The bank ``port`` of compute unit ``cu`` reaches."""
+    check_cus(cu + 1)
     try:
-        return BANKS[CONNECTIVITY[port]]
+        return BANKS[CONNECTIVITY[port] + len(CONNECTIVITY) * cu]
     except KeyError:
         raise KeyError(f"no port {port!r}; ports: {', '.join(CONNECTIVITY)}") from None

@@ -91,8 +91,10 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def generate(out: Path, config: KernelConfig) -> BuildFolder:
-    """Write the Verilog, ``kernel.xml``, ``package_xo.tcl`` and ``link.cfg`` into ``out``."""
+def generate(out: Path, config: KernelConfig, cus: int = 1) -> BuildFolder:
+    """Write the Verilog, ``kernel.xml``, ``package_xo.tcl`` and ``link.cfg`` (``cus``
+    compute units) into ``out``. The XO file does not depend on ``cus``: another count
+    only rewrites ``link.cfg``, and the next link runs again."""
     from amaranth.back import verilog
 
     from velcro.hw.kernel.top import VelcroKernel
@@ -105,7 +107,7 @@ def generate(out: Path, config: KernelConfig) -> BuildFolder:
     write_if_changed(folder.kernel_xml, kernel_xml(config.data_width))
     write_if_changed(folder.package_tcl, package_tcl(
         [folder.verilog.name], kernel_xml=folder.kernel_xml.name, xo=folder.xo.name))
-    write_if_changed(folder.link_cfg, link_config())
+    write_if_changed(folder.link_cfg, link_config(cus))
     return folder
 
 

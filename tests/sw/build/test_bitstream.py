@@ -34,7 +34,7 @@ from velcro.sw.build.bitstream import (
     generate,
     write_if_changed,
 )
-from velcro.sw.build.vitis import PLATFORM
+from velcro.sw.build.vitis import PLATFORM, link_config
 from velcro.sw.cli import main
 from velcro.sw.errors import ToolError
 
@@ -207,6 +207,23 @@ def test_xclbin_runs_vivado_then_v_plus_plus_on_the_generated_files(small_kernel
     assert main(["build", "xclbin", "--out", str(out)]) == 0
     assert len(calls()) == 2
     assert capsys.readouterr().out.rstrip().endswith("velcro_u280.xclbin  (up to date)")
+
+
+def test_xclbin_of_n_compute_units_relinks_without_repackaging(small_kernel, tools, tmp_path,
+                                                               capsys):
+    calls = tools("vivado", "v++")
+    out = tmp_path / "out"
+    assert main(["build", "xclbin", "--out", str(out)]) == 0
+    assert main(["build", "xclbin", "--out", str(out), "--cus", "3"]) == 0
+    # The XO does not depend on the compute units: only v++ runs again, on 3 of them.
+    assert [c["tool"] for c in calls()] == ["vivado", "v++", "v++"]
+    config = calls()[-1]["config"]
+    assert config == BuildFolder(out).link_cfg.read_text() == link_config(3)
+    assert "nk=velcro_kernel:3:velcro_kernel_1.velcro_kernel_2.velcro_kernel_3" in config
+    capsys.readouterr()
+    assert main(["build", "xclbin", "--out", str(out), "--cus", "11"]) == 2
+    assert "--cus: compute units must be 1 to 10" in capsys.readouterr().err
+    assert BuildFolder(out).link_cfg.read_text() == link_config(3)
 
 
 def test_xo_needs_only_vivado(folder, tools):

@@ -8,7 +8,14 @@ import subprocess
 
 import pytest
 
-from velcro.hw.kernel.connectivity import CLOCK_HZ, CONNECTIVITY, INSTANCE, KERNEL_NAME, bank_of
+from velcro.hw.kernel.connectivity import (
+    CLOCK_HZ,
+    CONNECTIVITY,
+    INSTANCE,
+    KERNEL_NAME,
+    MAX_CUS,
+    bank_of,
+)
 from velcro.hw.kernel.regmap import PORTS, REGMAP
 from velcro.sw.build.kernel_xml import VLNV
 from velcro.sw.build.vitis import PART, link_config, package_tcl
@@ -159,4 +166,25 @@ def test_link_config_puts_one_compute_unit_and_each_port_on_its_hbm_channel():
 
 def test_link_config_instance_is_named_after_the_kernel():
     with pytest.raises(ValueError, match="named after the kernel"):
-        link_config(instance="other_1")
+        link_config(name="other")
+
+
+@pytest.mark.parametrize("cus", [2, MAX_CUS])
+def test_link_config_of_n_compute_units_gives_each_port_its_own_channel(cus):
+    lines = [line for line in link_config(cus).splitlines() if line and not line.startswith("#")]
+    names = [f"{KERNEL_NAME}_{n}" for n in range(1, cus + 1)]
+    assert lines[1] == f"nk={KERNEL_NAME}:{cus}:{'.'.join(names)}"
+    sp = [line.removeprefix("sp=").split(":") for line in lines[2:]]
+    assert len(sp) == cus * len(PORTS)
+    assert {target for target, _ in sp} == {f"{name}.{port}" for name in names for port in PORTS}
+    channels = [int(bank[4:-1]) for _, bank in sp]
+    assert len(set(channels)) == len(channels) and max(channels) < 32
+    # The second compute unit's ports follow the first one's channels, port by port.
+    second = {target.split(".")[1]: bank for target, bank in sp if target.startswith(names[1])}
+    assert second == {port: f"HBM[{CONNECTIVITY[port] + len(PORTS)}]" for port in PORTS}
+
+
+@pytest.mark.parametrize("cus", [0, MAX_CUS + 1, 1.5])
+def test_link_config_refuses_compute_units_the_channels_cannot_hold(cus):
+    with pytest.raises(ValueError, match=f"compute units must be 1 to {MAX_CUS}"):
+        link_config(cus)
