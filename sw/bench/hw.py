@@ -64,9 +64,9 @@ with a one-line :class:`~velcro.sw.errors.DeviceError` (exit code 2). Figures wi
     fetches and status block included).
 ``cus_that_fit``, ``cus_limited_by``
     Whole kernels (compute units) the XCU280 holds by the Yosys estimate of the
-    shipped kernel (:func:`velcro.sw.build.utilization.resources` of the
-    ``yosys_velcro_kernel`` figures), and the resource class that limits them;
-    ``None`` with ``--no-yosys``.
+    shipped kernel with every resource class under 80 % of the device and each unit
+    on its own HBM channels (:func:`velcro.sw.build.utilization.cus_that_fit`), and
+    the resource class (or ``HBM``) that limits them; ``None`` with ``--no-yosys``.
 ``card_images_per_s_300mhz``, ``..._velcro``
     ``cus_that_fit * 300e6 / cycles_per_image``: every compute unit at 300 MHz, none
     slowing another down (``None`` without the estimate).
@@ -306,18 +306,6 @@ def energy_estimate(record: dict, config) -> dict:
             "hbm_bytes": round(hbm_bytes)}
 
 
-def cus_that_fit(report: dict) -> tuple[int, str]:
-    """Whole kernels (compute units) the U280 holds by a :func:`velcro.sw.build.utilization
-    .estimate` report, and the resource class that limits them."""
-    best, limit = None, ""
-    for name, row in report["resources"].items():
-        if row["used"] > 0:
-            fit = int(row["available"] // row["used"])
-            if best is None or fit < best:
-                best, limit = fit, name
-    return best, limit
-
-
 def kernel_figures(packages: dict | None = None, *, config=None, images: np.ndarray | None = None,
                    latency: int | None = None, fit: int | None = None) -> dict:
     """Checked cycle, traffic and energy figures of the reference CNN on the kernel.
@@ -336,7 +324,8 @@ def kernel_figures(packages: dict | None = None, *, config=None, images: np.ndar
         :data:`~velcro.sim.backend.DEFAULT_LATENCY`; every package also runs without
         latency, where busy cycles must equal the cost model's.
     fit : int, optional
-        Compute units that fit the card (:func:`cus_that_fit`); ``None`` leaves the card
+        Compute units that fit the card
+        (:func:`velcro.sw.build.utilization.cus_that_fit`); ``None`` leaves the card
         throughput ``None``.
 
     Raises
@@ -461,6 +450,8 @@ def run(args) -> dict:
                 result["conv_multipliers"] = multipliers
                 result["conv_dsp_per_multiplier"] = round(figures["dsp48e2"] / multipliers, 3)
             if name == "velcro_kernel":
+                from velcro.sw.build.utilization import cus_that_fit
+
                 fit, result["cus_limited_by"] = cus_that_fit(
                     {"resources": utilization(figures)})
     if args.no_kernel:

@@ -16,6 +16,13 @@ shell takes a share that no open tool reports):
     URAM288 blocks; ``synth_xilinx`` maps memories to them only when asked
     (``-uram``), and the kernel's memories are sized for block RAM.
 
+``compute_units`` (:func:`compute_units`) is the estimate of ``N`` whole kernels, as
+``velcro build xclbin --cus N`` links them: ``N`` times every class, whether that keeps
+every class under :data:`BUDGET` of the device (the rest is left to the platform's
+shell and to routing), and ``cus_that_fit``, the most compute units that do
+(:func:`cus_that_fit`), limited by a resource class or by the HBM channels
+(:data:`~velcro.hw.kernel.connectivity.MAX_CUS` compute units of three channels each).
+
 ``conv_arrays_that_fit`` is how many conv arrays the device would hold next to one
 copy of the rest of the kernel (its DMAs, sequencer, dense engine, buffers), limited
 by the scarcest resource class (``conv_arrays_limited_by``). ``parts`` has the Yosys
@@ -29,9 +36,11 @@ import re
 import time
 from types import MappingProxyType
 
-__all__ = ["CONV", "DENSE", "U280", "conv_arrays_that_fit", "estimate", "lut_count", "resources",
-           "table"]
+__all__ = ["BUDGET", "CONV", "DENSE", "U280", "compute_units", "conv_arrays_that_fit",
+           "cus_that_fit", "estimate", "lut_count", "resources", "table"]
 
+#: The share of each resource class a design of several compute units may take.
+BUDGET = 0.8
 #: Resources of the XCU280 on the Alveo U280.
 U280 = MappingProxyType({"LUT": 1_303_680, "FF": 2_607_360, "DSP": 9_024, "BRAM36": 2_016,
                          "URAM": 960})
@@ -75,6 +84,36 @@ def resources(figures: dict) -> dict[str, dict]:
     return {name: {"used": used[name], "available": available,
                    "percent": round(100 * used[name] / available, 3)}
             for name, available in U280.items()}
+
+
+def cus_that_fit(report: dict, budget: float = BUDGET) -> tuple[int, str]:
+    """Compute units whose resources stay under ``budget`` of every class of the U280 by
+    an :func:`estimate` report, and what limits them: a resource class, or ``HBM`` when
+    the channels run out first."""
+    from velcro.hw.kernel.connectivity import MAX_CUS
+
+    best, limit = MAX_CUS, "HBM"
+    for name, row in report["resources"].items():
+        if row["used"] > 0:
+            fit = int(budget * row["available"] // row["used"])
+            if fit < best:
+                best, limit = fit, name
+    return best, limit
+
+
+def compute_units(report: dict, cus: int, budget: float = BUDGET) -> dict:
+    """The estimate of ``cus`` compute units: per class the resources they use (``cus``
+    times the kernel's) and their percent of the U280, whether every class stays under
+    ``budget`` and the HBM channels suffice (``fits``), and :func:`cus_that_fit`."""
+    from velcro.hw.kernel.connectivity import MAX_CUS
+
+    rows = {name: {"used": cus * row["used"],
+                   "percent": round(100 * cus * row["used"] / row["available"], 3)}
+            for name, row in report["resources"].items()}
+    fit, limit = cus_that_fit(report, budget)
+    return {"cus": cus, "resources": rows, "budget_percent": round(100 * budget, 1),
+            "fits": cus <= MAX_CUS and all(r["percent"] <= 100 * budget for r in rows.values()),
+            "cus_that_fit": fit, "cus_limited_by": limit}
 
 
 def conv_arrays_that_fit(kernel: dict, conv: dict) -> tuple[int, str]:
@@ -138,4 +177,13 @@ def table(report: dict) -> str:
     lines.append(f"conv arrays that fit beside the rest of the kernel: "
                  f"{report['conv_arrays_that_fit']} (limited by "
                  f"{report['conv_arrays_limited_by']})")
+    units = report.get("compute_units")
+    if units:
+        budget = units["budget_percent"]
+        lines.append(f"{units['cus']} compute unit(s): " + ", ".join(
+            f"{name} {row['percent']:.2f}%" for name, row in units["resources"].items()) +
+            f" -> {'fits' if units['fits'] else 'does NOT fit'} (every class under "
+            f"{budget:g}%)")
+        lines.append(f"compute units that fit, every class under {budget:g}%: "
+                     f"{units['cus_that_fit']} (limited by {units['cus_limited_by']})")
     return "\n".join(lines)

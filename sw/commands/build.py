@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from ..build.utilization import BUDGET
 from ..errors import VelcroError
 
 #: Where ``xo`` and ``xclbin`` write, relative to the working directory.
@@ -35,6 +36,7 @@ def register(sub) -> None:
                        help=f"build folder (default: {BUILD_FOLDER})")
         q.add_argument("--force", action="store_true", help="rebuild even if up to date")
         if target == "xclbin":
+            add_cus(q, "compute units to link, each with its own HBM channels")
             q.add_argument("--target", dest="link", choices=("hw", "hw_emu"), default="hw",
                            help="hw: the card (default); hw_emu: hardware emulation, "
                            "velcro_u280.hw_emu.xclbin and emconfig.json for XRT's emulator")
@@ -45,7 +47,26 @@ def register(sub) -> None:
     q.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="Yosys processes at a time, for the three parts synthesized "
                    "apart: dense engine, conv array, rest (default: %(default)s)")
+    add_cus(q, "also say whether this many compute units fit the U280, every resource "
+            f"class under {round(100 * BUDGET)} %%")
     q.set_defaults(func=cmd_estimate, needs_torch=False)
+
+
+def add_cus(parser, what: str) -> None:
+    from velcro.hw.kernel.connectivity import MAX_CUS
+
+    parser.add_argument("--cus", type=int, default=1, metavar="N",
+                        help=f"{what} (1 to {MAX_CUS}; default: 1)")
+
+
+def check_cus(cus: int) -> int:
+    """``--cus`` if a design can hold it, else a :class:`VelcroError`."""
+    from velcro.hw.kernel.connectivity import check_cus as check
+
+    try:
+        return check(cus)
+    except ValueError as e:
+        raise VelcroError(f"--cus: {e}") from None
 
 
 def cmd_verilog(args) -> None:
@@ -82,7 +103,7 @@ def cmd_vitis(args) -> None:
     from ..build.bitstream import build_xclbin, build_xo, generate
 
     start = time.perf_counter()
-    folder = generate(args.out, _shipped_kernel())
+    folder = generate(args.out, _shipped_kernel(), check_cus(getattr(args, "cus", 1)))
     for path in folder.inputs:
         print(path)
     print(f"[build] inputs written ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -95,19 +116,21 @@ def cmd_vitis(args) -> None:
 
 
 def cmd_estimate(args) -> None:
-    from ..build.utilization import estimate, table
+    from ..build.utilization import compute_units, estimate, table
     from ..build.yosys import YosysError
     from ..errors import ToolError
     from ..files import write_json
 
     if args.jobs < 1:
         raise VelcroError(f"--jobs must be at least 1, not {args.jobs}")
+    cus = check_cus(args.cus)
     try:
         report = estimate(_shipped_kernel(), jobs=args.jobs)
     except YosysError as e:
         # The first line names the step, the last one Yosys's own complaint.
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise ToolError(" ".join(dict.fromkeys((lines[0], lines[-1])))) from None
+    report["compute_units"] = compute_units(report, cus)
     print(table(report))
     print(f"[estimate] {report['seconds']:.0f} s")
     if args.json:

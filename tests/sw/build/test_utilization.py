@@ -12,7 +12,15 @@ import pytest
 
 from velcro.hw.kernel import config as kernel_config
 from velcro.sw.build import yosys as estimate_module
-from velcro.sw.build.utilization import U280, conv_arrays_that_fit, lut_count, resources, table
+from velcro.sw.build.utilization import (
+    U280,
+    compute_units,
+    conv_arrays_that_fit,
+    cus_that_fit,
+    lut_count,
+    resources,
+    table,
+)
 from velcro.sw.build.yosys import add_figures, parse_stat
 from velcro.sw.cli import main
 
@@ -116,7 +124,7 @@ def test_estimate_command_reports_the_kernel_and_its_conv_array(tmp_path, monkey
 
     monkeypatch.setattr(estimate_module, "synthesize", synthesize)
     path = tmp_path / "estimate.json"
-    assert main(["build", "estimate", "--json", str(path), "--jobs", "3"]) == 0
+    assert main(["build", "estimate", "--json", str(path), "--jobs", "3", "--cus", "9"]) == 0
     gc.collect()  # the kernel is in a reference cycle: free it while the filter applies
     assert calls == [("VelcroKernel", "velcro_kernel", ("dense", "conv"), 3)]
     report = json.loads(path.read_text())
@@ -132,6 +140,37 @@ def test_estimate_command_reports_the_kernel_and_its_conv_array(tmp_path, monkey
     assert report["kernel"] == kernel_config.SHIPPED.name
     out = capsys.readouterr().out
     assert "conv arrays that fit beside the rest of the kernel: 13 (limited by BRAM36)" in out
+    # Nine compute units: 9 x 163 = 1,467 BRAM36 (72.8 %), under 80 % of 2,016; ten would not.
+    units = report["compute_units"]
+    assert units["cus"] == 9 and units["fits"]
+    assert units["resources"]["BRAM36"] == {"used": 1467, "percent": round(146_700 / 2016, 3)}
+    assert (units["cus_that_fit"], units["cus_limited_by"]) == (9, "BRAM36")
+    assert "9 compute unit(s): LUT 25.82%, FF 10.70%, DSP 23.44%, BRAM36 72.77%, URAM 0.00% " \
+        "-> fits (every class under 80%)" in out
+    assert "compute units that fit, every class under 80%: 9 (limited by BRAM36)" in out
+    assert main(["build", "estimate", "--cus", "10"]) == 0
+    gc.collect()
+    assert "10 compute unit(s)" in (out := capsys.readouterr().out) and "does NOT fit" in out
+
+
+def test_compute_units_stay_under_the_budget_and_on_their_own_hbm_channels():
+    report = {"resources": resources(figures(lut=100_000, ff=31_000, dsp=235, ramb36=163))}
+    # BRAM36: 0.8 x 2016 // 163 = 9; LUT: 0.8 x 1303680 // 100000 = 10.
+    assert cus_that_fit(report) == (9, "BRAM36")
+    assert cus_that_fit(report, budget=1.0) == (10, "HBM")  # BRAM36 12, LUT 13; 10 by channels
+    small = {"resources": resources(figures(lut=1_000, dsp=2))}
+    assert cus_that_fit(small) == (10, "HBM")
+    assert compute_units(small, 10)["fits"]
+    units = compute_units(report, 2)
+    assert units["fits"] and units["resources"]["LUT"] == {
+        "used": 200_000, "percent": round(100 * 200_000 / 1_303_680, 3)}
+    assert not compute_units(report, 10)["fits"]  # BRAM36 80.85 %
+    assert compute_units(report, 10, budget=0.81)["fits"]
+
+
+def test_estimate_refuses_compute_units_the_card_cannot_link(capsys):
+    assert main(["build", "estimate", "--cus", "11"]) == 2
+    assert "--cus: compute units must be 1 to 10" in capsys.readouterr().err
 
 
 def test_estimate_needs_a_job(capsys):
