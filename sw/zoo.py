@@ -285,13 +285,26 @@ def _images(split: str, n: int | None, what: str) -> tuple[np.ndarray, np.ndarra
 
 def train_zoo(name: str, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, lr: float = LR,
               seed: int = 0, images: int | None = None, eval_images: int | None = None,
-              fresh: bool = False, progress: bool = True) -> dict:
+              fresh: bool = False, progress: bool = True, threads: int | None = None) -> dict:
     """Train (or resume) the zoo's ``name`` to ``epochs`` epochs; write a checkpoint per
     epoch, then the final weights and record. Returns the record.
 
     ``images`` caps the ``fit`` images (a seeded choice), ``eval_images`` the held-out
-    and test images (the first ones); ``fresh`` ignores an existing checkpoint.
+    and test images (the first ones); ``fresh`` ignores an existing checkpoint;
+    ``threads`` sets torch's threads for the run (default: torch's own).
     """
+    if threads is not None and threads < 1:
+        raise PlanError(f"--threads must be at least 1, not {threads}")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(name, epochs, batch_size, lr, seed, images, eval_images, fresh, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(name, epochs, batch_size, lr, seed, images, eval_images, fresh, progress) -> dict:
     check_name(name)
     if epochs < 1:
         raise PlanError(f"--epochs must be at least 1, not {epochs}")
@@ -323,6 +336,10 @@ def train_zoo(name: str, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE, lr:
         _load_state(checkpoint_path(name).parent / checkpoint["last"]["file"], model, optimizer)
         history, start_epoch = checkpoint["history"], checkpoint["epoch"]
         seconds = float(checkpoint.get("seconds", 0.0))
+        if checkpoint.get("torch_threads") != torch.get_num_threads():
+            log(f"{name}: the checkpoint ran on {checkpoint.get('torch_threads')} torch "
+                f"threads, this run on {torch.get_num_threads()}: the weights can differ "
+                "from a straight run's in the last bits (--threads)")
         log(f"{name}: resuming at epoch {start_epoch + 1}/{epochs} from {checkpoint_path(name)}")
     steps = math.ceil(n / batch_size)
     loss_fn = nn.CrossEntropyLoss()

@@ -27,6 +27,8 @@ def register(sub) -> None:
                    "choice; default all 50,000), for quick runs")
     q.add_argument("--eval-images", type=int, help="measure on the first this many held-out "
                    "and test images (default all 10,000 of each), for quick runs")
+    q.add_argument("--threads", type=int, help="torch threads (default: torch's, one per "
+                   "core); on a machine other jobs load, 1 can be much faster")
     q.add_argument("--fresh", action="store_true",
                    help="start from the initial weights, ignoring (and replacing) a checkpoint")
     q.set_defaults(func=cmd_zoo_train)
@@ -41,7 +43,8 @@ def cmd_zoo_train(args) -> None:
 
     check_name(args.name)
     record = train_zoo(args.name, args.epochs, args.batch_size, args.lr, args.seed,
-                       args.images, args.eval_images, args.fresh)
+                       args.images, args.eval_images, args.fresh,
+                       threads=args.threads)
     print(f"{args.name}: held-out {100 * record['heldout_accuracy']:.2f}% (epoch "
           f"{record['best_epoch']} of {record['epochs']}), test "
           f"{100 * record['test_accuracy']:.2f}%, {record['train_seconds']:.0f} s -> "
