@@ -273,7 +273,11 @@ def read_checkpoint(name: str, settings: dict) -> dict | None:
         if _sha256(tensors) != entry.get("sha256"):
             raise ModelError(f"{tensors}: does not match its checkpoint record {path} "
                              "(sha256); pass --fresh to start over")
-    _field(record["best"], "epoch", int, path)
+    best = _field(record["best"], "epoch", int, path)
+    if not 1 <= best <= epoch or _field(record["last"], "epoch", int, path) != epoch:
+        raise ModelError(f"{path}: best epoch {best} or last epoch does not fit epoch {epoch}")
+    if _field(record, "seconds", (int, float), path) < 0:
+        raise ModelError(f"{path}: seconds must not be negative")
     return record
 
 

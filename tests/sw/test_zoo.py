@@ -163,6 +163,18 @@ def test_a_checkpoint_of_another_network_is_refused(home, capsys):
              "'googlenet'")
 
 
+@pytest.mark.parametrize("change", [{"seconds": "soon"}, {"best": {"epoch": 7}},
+                                    {"history": []}, {"settings": None}, {"version": 9}])
+def test_a_checkpoint_record_of_the_wrong_shape_is_named(home, capsys, change):
+    path = home / "zoo" / "checkpoints" / "resnet18.json"
+    record = json.loads(path.read_text())
+    if "best" in change:
+        change = {"best": {**record["best"], **change["best"]}}
+    path.write_text(json.dumps({**record, **change}))
+    assert main(["zoo", "train", "resnet18", "--epochs", "2", *QUICK]) == 2
+    one_line(capsys, str(path))
+
+
 def test_fresh_ignores_a_corrupt_checkpoint(home):
     (home / "zoo" / "checkpoints" / "resnet18.json").write_text("{not json")
     assert main(["zoo", "train", "resnet18", "--epochs", "1", "--fresh", *QUICK]) == 0
