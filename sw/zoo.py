@@ -217,6 +217,12 @@ def _load_state(path: Path, model: nn.Module, optimizer) -> None:
         raise ModelError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); "
                          "pass --fresh to start over") from None
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state)
+    except RuntimeError as e:
+        first = " ".join(str(e).strip().splitlines()[:2])
+        raise ModelError(f"{path}: the checkpoint does not fit the network ({first}); "
+                         "pass --fresh to start over") from None
     params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict] = {}
     for key, value in tensors.items():
@@ -229,14 +235,18 @@ def _load_state(path: Path, model: nn.Module, optimizer) -> None:
         if field != "step" and value.shape != params[index].shape:
             raise ModelError(f"{path}: {key} has shape {list(value.shape)}, the network "
                              f"{list(params[index].shape)}; pass --fresh to start over")
+        if field == "step" and value.shape != ():
+            raise ModelError(f"{path}: {key} is not a scalar; pass --fresh to start over")
         state.setdefault(index, {})[field] = value
+    if any(len(fields) != 3 for fields in state.values()):
+        raise ModelError(f"{path}: the optimizer state of a parameter is incomplete; pass "
+                         "--fresh to start over")
     try:
-        model.load_state_dict(model_state)
         optimizer.load_state_dict({"state": state,
                                    "param_groups": optimizer.state_dict()["param_groups"]})
     except (RuntimeError, ValueError, KeyError) as e:
         first = " ".join(str(e).strip().splitlines()[:2])
-        raise ModelError(f"{path}: the checkpoint does not fit the network ({first}); "
+        raise ModelError(f"{path}: the optimizer state does not fit the network ({first}); "
                          "pass --fresh to start over") from None
 
 

@@ -175,6 +175,58 @@ def test_a_checkpoint_record_of_the_wrong_shape_is_named(home, capsys, change):
     one_line(capsys, str(path))
 
 
+def test_a_checkpoint_file_of_another_network_is_refused(home, capsys):
+    """Its record is consistent (name, settings, sha256), its tensors are resnet18's."""
+    folder = home / "zoo" / "checkpoints"
+    record = json.loads((folder / "resnet18.json").read_text())
+    shutil.copy(folder / "resnet18-epoch1.safetensors", folder / "googlenet-epoch1.safetensors")
+    entry = {"epoch": 1, "file": "googlenet-epoch1.safetensors",
+             "sha256": record["last"]["sha256"]}
+    (folder / "googlenet.json").write_text(json.dumps(
+        {**record, "name": "googlenet", "last": entry, "best": entry}))
+    assert main(["zoo", "train", "googlenet", "--epochs", "2", *QUICK]) == 2
+    one_line(capsys, f"{folder / 'googlenet-epoch1.safetensors'}: the checkpoint does not "
+             "fit the network")
+
+
+@pytest.mark.parametrize("drop", ["model.fc.bias", "optimizer.0.step"])
+def test_a_checkpoint_missing_a_tensor_is_refused(home, capsys, drop):
+    from safetensors.torch import save_file
+
+    folder = home / "zoo" / "checkpoints"
+    state = load_file(str(folder / "resnet18-epoch1.safetensors"))
+    del state[drop]
+    save_file(state, str(folder / "resnet18-epoch1.safetensors"))
+    record = json.loads((folder / "resnet18.json").read_text())
+    for key in ("last", "best"):
+        record[key]["sha256"] = zoo._sha256(folder / "resnet18-epoch1.safetensors")
+    (folder / "resnet18.json").write_text(json.dumps(record))
+    assert main(["zoo", "train", "resnet18", "--epochs", "2", *QUICK]) == 2
+    one_line(capsys, f"{folder / 'resnet18-epoch1.safetensors'}: ")
+
+
+def test_an_interrupted_epoch_leaves_the_last_checkpoint_to_resume(home, monkeypatch, capsys):
+    folder = home / "zoo" / "checkpoints"
+    before = snapshot(home)
+    calls = []
+
+    def interrupted(*args):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo, "accuracy", interrupted)
+    assert main(["zoo", "train", "resnet18", "--epochs", "2", *QUICK]) == 130
+    assert calls and snapshot(home) == before
+    monkeypatch.undo()
+    monkeypatch.setenv("VELCRO_HOME", str(home))
+    assert main(["zoo", "train", "resnet18", "--epochs", "2", *QUICK]) == 0
+    assert "resuming at epoch 2/2" in capsys.readouterr().err
+    record = json.loads((folder / "resnet18.json").read_text())
+    assert record["epoch"] == 2 and [h["epoch"] for h in record["history"]] == [1, 2]
+    assert {p.name for p in folder.iterdir()} <= {
+        "resnet18.json", "resnet18-epoch1.safetensors", "resnet18-epoch2.safetensors"}
+
+
 def test_fresh_ignores_a_corrupt_checkpoint(home):
     (home / "zoo" / "checkpoints" / "resnet18.json").write_text("{not json")
     assert main(["zoo", "train", "resnet18", "--epochs", "1", "--fresh", *QUICK]) == 0
