@@ -172,6 +172,11 @@ def learning_rate(lr: float, epoch: int, step: int, steps: int) -> float:
     return lr * LR_DECAY ** epoch * warm
 
 
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the ``n`` training images in ``epoch``: a function of (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch]).integers(1 << 62))
 
@@ -361,7 +366,7 @@ def _train(name, epochs, batch_size, lr, seed, images, eval_images, fresh, progr
     for epoch in range(start_epoch, epochs):
         began = time.perf_counter()
         torch.manual_seed(_epoch_seed(seed, epoch))
-        order = np.random.default_rng([seed, epoch]).permutation(n)
+        order = epoch_order(seed, epoch, n)
         model.train()
         total = 0.0
         bar = progress_bar(range(steps), desc=f"{name} epoch {epoch + 1}/{epochs}",

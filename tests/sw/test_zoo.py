@@ -320,3 +320,11 @@ def test_learning_rate_depends_on_the_epoch_not_on_the_total():
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
     assert rates[10] == pytest.approx(0.7e-3) and rates[20] == pytest.approx(0.49e-3)
     assert np.all(np.diff(rates[10:]) <= 0)
+
+
+def test_each_epoch_has_its_own_batch_order_a_function_of_seed_and_epoch():
+    orders = [zoo.epoch_order(0, e, 1000) for e in range(3)]
+    assert all(sorted(o) == list(range(1000)) for o in orders)
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    assert np.array_equal(orders[1], zoo.epoch_order(0, 1, 1000))
+    assert not np.array_equal(orders[1], zoo.epoch_order(1, 1, 1000))
