@@ -232,7 +232,15 @@ def load_reference() -> nn.Sequential:
 
 
 def load_network(name: str) -> nn.Module:
-    """A network of :data:`ARCHITECTURES` with its shipped trained weights, in eval mode."""
+    """A network of :data:`ARCHITECTURES` with its shipped trained weights, or of
+    :data:`TORCHVISION` with the model zoo's (:mod:`velcro.sw.zoo`), in eval mode."""
+    if name in TORCHVISION:
+        from .zoo import load_zoo_network
+
+        return load_zoo_network(name)
+    if name not in ARCHITECTURES:
+        raise ModelError(f"unknown network {name!r}; choose one of "
+                         f"{', '.join((*ARCHITECTURES, *TORCHVISION))}")
     path = WEIGHTS_DIR / f"{name}.safetensors"
     if not path.is_file():
         raise ModelError(f"weights {path} are missing; run 'velcro train --model {name}'")
@@ -240,7 +248,13 @@ def load_network(name: str) -> nn.Module:
 
 
 def reference_record(name: str = "reference") -> dict:
-    """What ``velcro train`` measured for the shipped weights (accuracy, seed, epochs)."""
+    """What ``velcro train`` measured for the shipped weights (accuracy, seed, epochs), or
+    for a :data:`TORCHVISION` name ``velcro zoo train`` for the zoo's (its ``image_size``
+    is the input side the network was trained at)."""
+    if name in TORCHVISION:
+        from .zoo import zoo_record
+
+        return zoo_record(name)
     return json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
 
 

@@ -5,4 +5,4 @@ of them share are in :mod:`velcro.sw.commands.options`.
 """
 
 #: The modules that register sub-commands, in the order ``velcro --help`` lists them.
-COMMANDS = ("bench", "build", "compression", "deploy", "doctor", "report", "table1", "vq")
+COMMANDS = ("bench", "build", "compression", "deploy", "doctor", "report", "table1", "vq", "zoo")

@@ -35,9 +35,22 @@ NETWORKS = ("reference", "resnet18", "googlenet", "mobilenet_v2")
 TASKS = ("footwear", "tops", "trousers-dresses")
 #: One class: a constant network is always right there, so its C says nothing.
 FOOTNOTE_TASKS = ("bags",)
-#: The input side of each network; the 28x28 images are resized for the others.
+#: The input side of each network before it is trained; the 28x28 images are resized for
+#: the others. A trained zoo network's record gives its own (:func:`input_size`).
 IMAGE_SIZE = {"reference": None, "resnet18": (64, 64), "googlenet": (64, 64),
               "mobilenet_v2": (64, 64)}
+
+
+def input_size(network: str) -> tuple[int, int] | None:
+    """The (H, W) the task's images are resized to for ``network``: the ``image_size`` a
+    trained zoo network was trained at (its record, :func:`~velcro.sw.zoo.zoo_record`),
+    else :data:`IMAGE_SIZE`'s (None: the 28x28 images as they are)."""
+    from ..zoo import NAMES, record_path, zoo_record
+
+    if network in NAMES and record_path(network).exists():
+        h, w = zoo_record(network)["image_size"]
+        return h, w
+    return IMAGE_SIZE.get(network)
 
 
 def paper_C(network: str) -> float | None:
@@ -55,7 +68,7 @@ def table1_cell(network: str, model: nn.Module, task_name: str, *, curve: bool =
     acceptance ``rule`` and ``level``, a Ray evaluator); ``profile_options`` to
     :func:`~velcro.sw.locality.experiment.prepare`.
     """
-    task = make_task(task_name, size=IMAGE_SIZE.get(network))
+    task = make_task(task_name, size=input_size(network))
     setup = prepare(model, task, sensitivity=False, progress=progress,
                     **(profile_options or {}))
     baseline = validation_accuracy(setup, None)
