@@ -20,6 +20,15 @@ quantizes the images like the golden model, sends them through the stages (host
 stages with the golden rules) and returns int32 logits. Counters of every
 descriptor accumulate over runs (:meth:`Accelerator.counters`,
 :mod:`velcro.sw.runtime.counters`).
+
+A design of several compute units (``Accelerator.open(spec, cus=N)``, a bitstream
+from ``velcro build xclbin --cus N``) holds every device program once per unit, in
+the unit's own banks. A run splits each device stage's batch into ``N`` contiguous
+shares (``numpy.array_split``), starts every unit on its share before waiting for
+any, and joins the outputs in image order; the counters of one descriptor add up
+over the units, as if one unit had run every image, and
+:attr:`Accelerator.last_unit_cycles` keeps each unit's cycles of the last run (the
+run takes as long as the largest).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import re
 import numpy as np
 
 from velcro.hw.kernel.config import SHIPPED, KernelConfig
+from velcro.hw.kernel.connectivity import check_cus
 
 from .. import golden
 from ..errors import DeviceError
@@ -63,13 +73,22 @@ class Accelerator:
         The configuration of the kernel behind ``platform``.
     name : str
         The device spec, for messages.
+    cus : int
+        Compute units of the design behind ``platform``.
     """
 
-    def __init__(self, platform: Platform, config: KernelConfig = SHIPPED, name: str = ""):
+    def __init__(self, platform: Platform, config: KernelConfig = SHIPPED, name: str = "",
+                 cus: int = 1):
         self.platform = platform
         self.config = config
         self.name = name
-        self.driver = KernelDriver(platform, config)
+        self.cus = check_cus(cus)
+        self.drivers = [KernelDriver(platform, config, cu) for cu in range(cus)]
+        self.driver = self.drivers[0]
+        #: Cycles of each compute unit in the last run, summed over its kernel calls, and
+        #: over every run.
+        self.last_unit_cycles: list[int] = []
+        self.unit_cycles = [0] * self.cus
         self.package: Package | None = None
         self.stages: list[Stage] = []
         self.programs: list[Program | None] = []
@@ -78,25 +97,30 @@ class Accelerator:
         self.images = 0
 
     @classmethod
-    def open(cls, spec: str, *, config: KernelConfig | None = None, **options):
-        """The accelerator named by ``spec`` (see the module docstring).
+    def open(cls, spec: str, *, config: KernelConfig | None = None, cus: int = 1, **options):
+        """The accelerator named by ``spec`` (see the module docstring), with ``cus``
+        compute units.
 
         ``options`` go to the backend: ``xclbin`` and ``backend`` for ``alveo``; ``simulator``,
         ``pause``, ``seed``, ``latency`` and friends for ``sim``.
         """
         kind, index = parse_device(spec)
         config = config or SHIPPED
+        try:
+            check_cus(cus)
+        except ValueError as e:
+            raise DeviceError(f"{spec}: {e}") from None
         if kind == "golden":
             from .backends.golden import GoldenPlatform
 
-            return cls(GoldenPlatform(config), config, spec)
+            return cls(GoldenPlatform(config, cus), config, spec, cus)
         if kind == "sim":
             from velcro.sim.backend import SimAccelerator
 
-            return SimAccelerator(config, **options)
+            return SimAccelerator(config, cus=cus, **options)
         from .backends.alveo import open_platform
 
-        return cls(open_platform(index, **options), config, spec)
+        return cls(open_platform(index, cus=cus, **options), config, spec, cus)
 
     def load(self, package: Package) -> None:
         """Partition and compile ``package`` and put its programs in device memory."""
@@ -107,15 +131,15 @@ class Accelerator:
             if stage.device:
                 program = compile_segment(list(stage.layers), self.config)
                 self.programs.append(program)
-                self._loaded.append(self.driver.load(program))
+                self._loaded.append([driver.load(program) for driver in self.drivers])
             else:
                 self.programs.append(None)
                 self._loaded.append(None)
 
     def unload(self) -> None:
         for loaded in self._loaded:
-            if loaded is not None:
-                self.driver.unload(loaded)
+            for driver, one in zip(self.drivers, loaded or (), strict=False):
+                driver.unload(one)
         self._loaded, self.programs, self.stages = [], [], []
 
     def run(self, images: np.ndarray, *, timeout: float | None = None) -> np.ndarray:
@@ -130,15 +154,20 @@ class Accelerator:
         values = {INPUT: golden.quantize_input(images)}
         last_read = {name: i for i, stage in enumerate(self.stages) for name in stage.inputs}
         self._counters.start()
+        self.last_unit_cycles = [0] * self.cus
         for index, (stage, loaded) in enumerate(zip(self.stages, self._loaded, strict=True)):
             xs = [values[name] for name in stage.inputs]
             if stage.device:
                 (x,) = xs
                 if self.programs[index].input_kind == "vector":
                     x = x.reshape(len(x), -1)
-                result = self.driver.run(loaded, x, timeout=timeout)
-                self._counters.add(result.steps, result.totals, stage=index)
-                x = result.outputs
+                results = self._run_units(loaded, x, timeout)
+                for cu, result in enumerate(results):
+                    self.last_unit_cycles[cu] += result.totals.get("cycles", 0)
+                    self.unit_cycles[cu] += result.totals.get("cycles", 0)
+                self._counters.add(*_summed(results), stage=index)
+                x = np.concatenate([result.outputs for result in results]) \
+                    if len(results) > 1 else results[0].outputs
             else:
                 (layer,) = stage.layers
                 x = host.run_layer(layer, *xs)
@@ -149,10 +178,35 @@ class Accelerator:
         self.images += len(images)
         return np.asarray(x, np.int32)
 
-    def buffers(self, stage: int = 0) -> dict:
-        """Device buffers of the ``stage``-th device stage, by kernel argument."""
+    def _run_units(self, loaded: list, x: np.ndarray, timeout: float | None) -> list:
+        """One device stage on the compute units, each on its share of ``x`` (units
+        without images sit out): all started, then every started one finished, also
+        when another fails; the first failure is raised, naming its unit."""
+        shares = [share for share in np.array_split(x, self.cus) if len(share)] or [x]
+        pending, results, failure = [], [], None
+        for cu, share in enumerate(shares):
+            try:
+                pending.append((cu, self.drivers[cu].start(loaded[cu], share, timeout=timeout)))
+            except BaseException as e:
+                failure = (cu, e)
+                break
+        for cu, started in pending:
+            try:
+                results.append(self.drivers[cu].finish(started))
+            except BaseException as e:
+                failure = failure or (cu, e)
+        if failure is not None:
+            cu, error = failure
+            if self.cus > 1 and isinstance(error, DeviceError):
+                raise type(error)(f"compute unit {cu + 1} of {self.cus}: {error}") from error
+            raise error
+        return results
+
+    def buffers(self, stage: int = 0, cu: int = 0) -> dict:
+        """Device buffers of the ``stage``-th device stage on compute unit ``cu``, by
+        kernel argument."""
         loaded = [item for item in self._loaded if item is not None]
-        return loaded[stage].buffers
+        return loaded[stage][cu].buffers
 
     @property
     def totals(self) -> dict:
@@ -180,3 +234,18 @@ class Accelerator:
     def close(self) -> None:
         self.unload()
         self.platform.close()
+
+
+def _summed(results: list) -> tuple[list[StepCounters], dict]:
+    """The descriptor counters and run totals of one stage's calls on every unit, added
+    up descriptor by descriptor."""
+    first, *rest = results
+    steps = [StepCounters(**vars(step)) for step in first.steps]
+    totals = dict(first.totals)
+    for result in rest:
+        for mine, theirs in zip(steps, result.steps, strict=True):
+            for name in ("cycles", "busy", "mac_cycles", "skipped", "stall_cycles"):
+                setattr(mine, name, getattr(mine, name) + getattr(theirs, name))
+        for name, value in result.totals.items():
+            totals[name] = totals.get(name, 0) + value
+    return steps, totals

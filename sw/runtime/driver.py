@@ -4,8 +4,9 @@ One driver serves the card, the RTL simulation and the golden model of the kerne
 A *platform* gives it PYNQ's objects, or objects that behave like them:
 
 ``platform.overlay``
-    The loaded design: ``overlay.HBM<n>`` memory banks and the kernel instance
-    ``overlay.velcro_kernel_1`` with ``start(**arguments)``, which returns a handle
+    The loaded design: ``overlay.HBM<n>`` memory banks and the kernel instances
+    ``overlay.velcro_kernel_1`` (and ``_2``, ... in a design of several compute
+    units) with ``start(**arguments)``, which returns a handle
     whose ``done`` says the run ended. A run needs nothing else of the instance: the
     kernel ends every run by writing its status block
     (:data:`~velcro.hw.kernel.config.STATUS_BLOCK`: error bits, where the first error
@@ -21,8 +22,14 @@ A *platform* gives it PYNQ's objects, or objects that behave like them:
     simulation), for the watchdog.
 
 Register offsets come from :data:`~velcro.hw.kernel.regmap.REGMAP` by name, buffers go to
-the bank their port is linked to (:mod:`velcro.hw.kernel.connectivity`), and formats come
-from the compiled :class:`~velcro.sw.runtime.program.Program`.
+the bank their port of the driver's compute unit is linked to
+(:mod:`velcro.hw.kernel.connectivity`), and formats come from the compiled
+:class:`~velcro.sw.runtime.program.Program`.
+
+A run is :meth:`KernelDriver.start` (buffers and the start) and
+:meth:`KernelDriver.finish` (the wait, the outcome, the buffers freed): drivers of
+several compute units start theirs one after another and then finish them, so the
+units compute at the same time.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from velcro.hw.kernel.config import COUNTERS, STATUS_BLOCK, STATUS_MAGIC, KernelConfig
-from velcro.hw.kernel.connectivity import CLOCK_HZ, INSTANCE, bank_of
+from velcro.hw.kernel.connectivity import CLOCK_HZ, bank_of, instance
 from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
 from velcro.hw.kernel.descriptor import Opcode
 from velcro.hw.kernel.regmap import REGMAP
@@ -40,7 +47,7 @@ from velcro.hw.kernel.regmap import REGMAP
 from ..errors import DeviceError
 from .program import Program
 
-__all__ = ["DeviceTimeout", "KernelDriver", "KernelError", "Platform", "RunResult",
+__all__ = ["DeviceTimeout", "KernelDriver", "KernelError", "Pending", "Platform", "RunResult",
            "StepCounters"]
 
 
@@ -117,6 +124,19 @@ def _expected_cycles(program: Program) -> int:
                if step.cost is not None) + END_FIXED
 
 
+@dataclass
+class Pending:
+    """A started kernel call (:meth:`KernelDriver.start`), until it is finished."""
+
+    loaded: Loaded
+    images: int
+    handle: object = None
+    buffers: tuple = ()
+    deadline: float = 0.0
+    timeout: float = 0.0
+    modelled: float = 0.0
+
+
 class KernelDriver:
     """Runs compiled programs on one ``velcro_kernel`` instance.
 
@@ -125,12 +145,15 @@ class KernelDriver:
     platform : Platform
     config : KernelConfig
         The configuration the kernel was built with.
+    cu : int
+        Which compute unit of the design (from 0): its instance and its banks.
     """
 
-    def __init__(self, platform: Platform, config: KernelConfig):
+    def __init__(self, platform: Platform, config: KernelConfig, cu: int = 0):
         self.platform = platform
         self.config = config
-        self.ip = getattr(platform.overlay, INSTANCE)
+        self.cu = cu
+        self.ip = getattr(platform.overlay, instance(cu))
         #: Cycles one descriptor may take before the kernel ends the run with an error;
         #: ``None``: eight times the longest modelled descriptor plus 65536, 0: no limit.
         self.watchdog: int | None = None
@@ -143,7 +166,7 @@ class KernelDriver:
         """A buffer for kernel ``argument`` in its port's bank, holding ``raw`` (or
         that many zero bytes)."""
         port = REGMAP[argument].port
-        bank = bank_of(port)
+        bank = bank_of(port, self.cu)
         size = raw if isinstance(raw, int) else len(raw)
         size = max(size, self.config.word_bytes)
         if size > bank.size:
@@ -190,33 +213,54 @@ class KernelDriver:
             ``ap_done`` did not come within ``timeout`` seconds of the platform's clock
             (default: four times the modelled time plus ``platform.min_timeout``).
         """
+        return self.finish(self.start(loaded, x, timeout=timeout))
+
+    def start(self, loaded: Loaded, x: np.ndarray, *, timeout: float | None = None) -> Pending:
+        """Start the program on every image of ``x`` and return at once; every call
+        started must be given to :meth:`finish`, which frees its buffers."""
         program = loaded.program
         n = len(x)
         if n == 0:
-            return RunResult(program.unpack_outputs(b"", 0), 0)
+            return Pending(loaded, 0)
         per_image = _expected_cycles(program)
         if timeout is None:
             timeout = 4 * (per_image * n + RUN_FIXED) / CLOCK_HZ + self.platform.min_timeout
         longest = max(step.cost.fixed + step.cost.busy for step in program.steps
                       if step.cost is not None)
-        inputs = self._buffer("inputs", program.pack_inputs(x))
-        outputs = self._buffer("outputs", n * program.output_stride)
-        counters = self._buffer("counters", program.counter_bytes)
+        buffers = (self._buffer("inputs", program.pack_inputs(x)),
+                   self._buffer("outputs", n * program.output_stride),
+                   self._buffer("counters", program.counter_bytes))
+        inputs, outputs, counters = buffers
         try:
             handle = self.ip.start(
                 program=loaded.buffers["program"], indices=loaded.buffers["indices"],
                 inputs=inputs, outputs=outputs, counters=counters, images=n,
                 watchdog=min(8 * longest + (1 << 16), (1 << 32) - 1)
                 if self.watchdog is None else self.watchdog)
-            deadline = self.platform.clock() + timeout
+        except BaseException:
+            for buf in buffers:
+                buf.freebuffer()
+            raise
+        return Pending(loaded, n, handle, buffers, self.platform.clock() + timeout, timeout,
+                       per_image * n / CLOCK_HZ)
+
+    def finish(self, pending: Pending) -> RunResult:
+        """Wait for a started call to end; its outputs and counters (see :meth:`run`)."""
+        program = pending.loaded.program
+        n = pending.images
+        if pending.handle is None:
+            return RunResult(program.unpack_outputs(b"", 0), 0)
+        handle = pending.handle
+        inputs, outputs, counters = pending.buffers
+        try:
             while not handle.done:
-                if self.platform.clock() > deadline:
+                if self.platform.clock() > pending.deadline:
                     # Give the card's adapter the chance to end the run before the
                     # buffers go: it keeps those of a run that is still going.
                     ended = handle.abort() if hasattr(handle, "abort") else True
                     raise DeviceTimeout(f"the kernel did not finish {n} image(s) within "
-                                        f"{timeout:.3g} s (modelled: "
-                                        f"{per_image * n / CLOCK_HZ:.3g} s)" +
+                                        f"{pending.timeout:.3g} s (modelled: "
+                                        f"{pending.modelled:.3g} s)" +
                                         ("" if ended else "; it is still running (xbutil "
                                          "reset stops it)"))
                 self.platform.sleep(self.platform.poll)
@@ -232,8 +276,9 @@ class KernelDriver:
                              ("cycles", "mac_cycles", "skipped", "stall_cycles", "images_done")}
             return result
         finally:
-            for buf in (inputs, outputs, counters):
+            for buf in pending.buffers:
                 buf.freebuffer()
+            pending.buffers = ()
 
     def _status_block(self, raw: bytes):
         """The status block at the start of the counter buffer ``raw``.

@@ -11,6 +11,10 @@
 * the kernel instance, whose registers are the model's and whose ``start`` runs the
   model to the end, so a run is done as soon as it starts and the platform's clock
   never has to move.
+
+``GoldenPlatform(config, cus=N)`` is a design of ``N`` compute units
+(``velcro_kernel_1`` ... ``velcro_kernel_N``), one model each over the one device
+memory, each reaching only its own banks.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from velcro.hw.kernel.config import KernelConfig
-from velcro.hw.kernel.connectivity import BANKS, INSTANCE
+from velcro.hw.kernel.connectivity import BANKS, check_cus, instance
 from velcro.hw.kernel.regmap import REGMAP
 
 from ..driver import Platform
@@ -101,10 +105,11 @@ class _Bank:
 
 
 class _Overlay:
-    def __init__(self, model: KernelModel):
+    def __init__(self, models: list[KernelModel]):
         for bank in BANKS:
             setattr(self, bank.name, _Bank(bank))
-        setattr(self, INSTANCE, GoldenIP(model))
+        for cu, model in enumerate(models):
+            setattr(self, instance(cu), GoldenIP(model))
 
 
 class GoldenPlatform(Platform):
@@ -112,10 +117,11 @@ class GoldenPlatform(Platform):
 
     min_timeout = 1.0
 
-    def __init__(self, config: KernelConfig):
+    def __init__(self, config: KernelConfig, cus: int = 1):
         self.memory = DeviceMemory()
-        self.model = KernelModel(config, self.memory)
-        self.overlay = _Overlay(self.model)
+        self.models = [KernelModel(config, self.memory, cu) for cu in range(check_cus(cus))]
+        self.model = self.models[0]
+        self.overlay = _Overlay(self.models)
 
     def allocate(self, shape, dtype, target: _Bank) -> GoldenBuffer:
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize

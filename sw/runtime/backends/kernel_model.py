@@ -100,17 +100,19 @@ class DeviceMemory:
 
 
 class KernelModel:
-    """The kernel's behaviour on a :class:`DeviceMemory`, one run per :meth:`run`."""
+    """The kernel's behaviour on a :class:`DeviceMemory`, one run per :meth:`run`; ``cu``
+    is the compute unit it models, whose banks its ports reach."""
 
-    def __init__(self, config: KernelConfig, memory: DeviceMemory):
+    def __init__(self, config: KernelConfig, memory: DeviceMemory, cu: int = 0):
         self.config = config
         self.memory = memory
+        self.cu = cu
         self.registers = dict.fromkeys((r.offset for r in REGMAP), 0)
 
     # --- memory through ports ---------------------------------------------------------------
     def _read(self, port: str, address: int, length: int, fault: tuple) -> np.ndarray:
         try:
-            if not bank_of(port).contains(address, length):
+            if not bank_of(port, self.cu).contains(address, length):
                 raise KeyError(address)
             return self.memory.view(address, length)
         except KeyError:
@@ -118,7 +120,7 @@ class KernelModel:
 
     def _write(self, port: str, address: int, data: np.ndarray, fault: tuple) -> None:
         try:
-            if not bank_of(port).contains(address, data.nbytes):
+            if not bank_of(port, self.cu).contains(address, data.nbytes):
                 raise KeyError(address)
             self.memory.view(address, data.nbytes)[:] = data.view(np.uint8).reshape(-1)
         except KeyError:
