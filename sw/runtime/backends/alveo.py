@@ -29,6 +29,12 @@ driver's and is tested against the RTL and the golden model. What they add:
 - ``pyxrt`` passes scalar arguments as C ``int``: 32-bit unsigned values are passed
   as the ``int`` with the same bits, anything wider is refused.
 
+A bitstream of several compute units (``velcro build xclbin --cus N``) is opened with
+``cus=N``: ``pyxrt`` opens each unit as its own kernel object by XRT's
+``kernel:{unit}`` name and takes each unit's banks from its arguments' memory groups;
+PYNQ takes the overlay's IP of each unit's name. A missing unit is a
+:class:`~velcro.sw.errors.DeviceError` that says which ``--cus`` to link.
+
 ``pyxrt`` cannot read or write a compute unit's registers (XRT 2.12 removed
 ``read_register``): through it the kernel's ``read`` raises a
 :class:`~velcro.sw.errors.DeviceError`.
@@ -49,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from velcro.hw.kernel.connectivity import BANKS, CONNECTIVITY, INSTANCE, KERNEL_NAME
+from velcro.hw.kernel.connectivity import KERNEL_NAME, bank_of, instance
 from velcro.hw.kernel.regmap import REGMAP
 from velcro.sw.errors import DeviceError
 
@@ -166,9 +172,10 @@ def choose_backend(requested: str, xrt: XrtInstall, why=probe) -> str:
 
 
 def open_platform(index: int = 0, *, xclbin: Path | str | None = None,
-                  backend: str | None = None) -> Platform:
+                  backend: str | None = None, cus: int = 1) -> Platform:
     """The platform of card ``index`` with ``xclbin`` (default :data:`DEFAULT_XCLBIN`)
-    through ``backend`` (default ``$VELCRO_BACKEND``, else ``auto``)."""
+    through ``backend`` (default ``$VELCRO_BACKEND``, else ``auto``), driving ``cus``
+    of its compute units."""
     path = Path(xclbin or os.environ.get("VELCRO_XCLBIN", DEFAULT_XCLBIN))
     where = f"alveo:{index}"
     if not path.is_file():
@@ -182,7 +189,7 @@ def open_platform(index: int = 0, *, xclbin: Path | str | None = None,
     platform, label = (XrtPlatform, "pyxrt") if name == "pyxrt" else (PynqPlatform,
                                                                       "PYNQ 3.0.1")
     try:
-        return platform(index, path)
+        return platform(index, path, cus)
     except DeviceError:
         raise
     except Exception as e:
@@ -258,9 +265,10 @@ def _c_int(name: str, value) -> int:
 
 # --- PYNQ 3.0.1 ------------------------------------------------------------------------------
 class PynqPlatform(Platform):
-    """Card ``index`` through PYNQ 3.0.1 (``Overlay``, ``allocate``, ERT-scheduled starts)."""
+    """Card ``index`` through PYNQ 3.0.1 (``Overlay``, ``allocate``, ERT-scheduled starts),
+    with ``cus`` compute units, each the overlay's IP of its instance name."""
 
-    def __init__(self, index: int, path: Path):
+    def __init__(self, index: int, path: Path, cus: int = 1):
         import pynq
 
         devices = pynq.Device.devices
@@ -268,10 +276,26 @@ class PynqPlatform(Platform):
             raise DeviceError(f"alveo:{index}: PYNQ finds {len(devices)} Alveo card(s)")
         self.device = devices[index]
         self._pynq = pynq
-        self._runs = runs = _Runs()
-        device = self.device
-        loaded = pynq.Overlay(str(path), device=device)
-        ip = getattr(loaded, INSTANCE)
+        self._runs = _Runs()
+        loaded = pynq.Overlay(str(path), device=self.device)
+
+        class Overlay:
+            def __getattr__(self, name):
+                return getattr(loaded, name)
+
+        self.overlay = Overlay()
+        for cu in range(cus):
+            try:
+                ip = getattr(loaded, instance(cu))
+            except AttributeError:
+                raise DeviceError(f"alveo:{index}: {path} has no compute unit "
+                                  f"{instance(cu)}; link {cus} with 'velcro build xclbin "
+                                  f"--cus {cus}'") from None
+            setattr(self.overlay, instance(cu), self._unit(ip))
+
+    def _unit(self, ip):
+        """The instance the driver starts runs on, over PYNQ's ``ip``."""
+        device, runs = self.device, self._runs
 
         class Kernel:
             read = staticmethod(ip.read)
@@ -298,12 +322,7 @@ class PynqPlatform(Platform):
                     device._handle_events(max(int(seconds * 1000), 1))
                 return _Handle(runs, state, wait)
 
-        class Overlay:
-            def __getattr__(self, name):
-                return getattr(loaded, name)
-
-        self.overlay = Overlay()
-        setattr(self.overlay, INSTANCE, Kernel())
+        return Kernel()
 
     def allocate(self, shape, dtype, target):
         buf = self._pynq.allocate(shape, dtype, target=target)
@@ -325,36 +344,45 @@ class PynqPlatform(Platform):
 
 # --- pyxrt -----------------------------------------------------------------------------------
 class XrtPlatform(Platform):
-    """Card ``index`` through ``pyxrt`` (XRT's native API, XRT 2.14 and later)."""
+    """Card ``index`` through ``pyxrt`` (XRT's native API, XRT 2.14 and later), with ``cus``
+    compute units, each opened by its name (``velcro_kernel:{velcro_kernel_2}``)."""
 
-    def __init__(self, index: int, path: Path):
+    def __init__(self, index: int, path: Path, cus: int = 1):
         import pyxrt
 
         self._pyxrt = pyxrt
-        self._runs = runs = _Runs()
+        self._runs = _Runs()
         self.device = pyxrt.device(index)
         uuid = self.device.load_xclbin(pyxrt.xclbin(str(path)))
-        kernel = pyxrt.kernel(self.device, uuid, KERNEL_NAME,
-                              pyxrt.kernel.cu_access_mode.exclusive)
-        arguments = [r.name for r in REGMAP.arguments]
-        states = {getattr(pyxrt.ert_cmd_state, name): value
-                  for value, name in TERMINAL.items()}
-
-        class Bank:
-            def __init__(self, group):
-                self.group = group
 
         class Overlay:
             pass
 
         self.overlay = Overlay()
-        for reg in REGMAP.arguments:
-            if reg.pointer:
-                bank = BANKS[CONNECTIVITY[reg.port]]
-                setattr(self.overlay, bank.name, Bank(kernel.group_id(arguments.index(reg.name))))
+        for cu in range(cus):
+            try:
+                kernel = pyxrt.kernel(self.device, uuid, f"{KERNEL_NAME}:{{{instance(cu)}}}",
+                                      pyxrt.kernel.cu_access_mode.exclusive)
+            except RuntimeError as e:
+                raise DeviceError(f"alveo:{index}: {path} has no compute unit "
+                                  f"{instance(cu)} ({e}); link {cus} with 'velcro build "
+                                  f"xclbin --cus {cus}'") from None
+            arguments = [r.name for r in REGMAP.arguments]
+            for reg in REGMAP.arguments:
+                if reg.pointer:
+                    setattr(self.overlay, bank_of(reg.port, cu).name,
+                            _XrtBank(kernel.group_id(arguments.index(reg.name))))
+            setattr(self.overlay, instance(cu), self._unit(kernel))
 
-        # No register access (pyxrt has none): the driver reads the status block, and
-        # anything that asks for a register gets an error saying so.
+    def _unit(self, kernel):
+        """The instance the driver starts runs on, over ``pyxrt``'s ``kernel``. No register
+        access (pyxrt has none): the driver reads the status block, and anything that asks
+        for a register gets an error saying so."""
+        pyxrt, runs = self._pyxrt, self._runs
+        arguments = [r.name for r in REGMAP.arguments]
+        states = {getattr(pyxrt.ert_cmd_state, name): value
+                  for value, name in TERMINAL.items()}
+
         class Kernel:
             @staticmethod
             def read(offset):
@@ -377,7 +405,7 @@ class XrtPlatform(Platform):
                 return _Handle(runs, lambda: states.get(run.state()),
                                lambda seconds: run.wait(max(int(seconds * 1000), 1)))
 
-        setattr(self.overlay, INSTANCE, Kernel())
+        return Kernel()
 
     def allocate(self, shape, dtype, target):
         pyxrt = self._pyxrt
@@ -396,6 +424,13 @@ class XrtPlatform(Platform):
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+
+class _XrtBank:
+    """A bank as ``pyxrt`` names it: the memory group of a kernel argument."""
+
+    def __init__(self, group):
+        self.group = group
 
 
 class _XrtBuffer(np.ndarray):

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from velcro.hw.kernel.connectivity import BANKS, INSTANCE
+from velcro.hw.kernel.connectivity import BANKS
 from velcro.hw.kernel.regmap import REGMAP
 
 #: ``ert_cmd_state`` values (PYNQ's ``_3rdparty/ert.py``, XRT's ``ert.h``).
@@ -185,10 +185,11 @@ def build(card) -> types.ModuleType:
     layout = "=" + "".join("Q" if r.pointer else "I" for r in REGMAP.arguments)
 
     class DefaultIP:
-        __slots__ = ("device", "_signature", "start", "start_ert", "start_sw", "call")
+        __slots__ = ("device", "cu", "_signature", "start", "start_ert", "start_sw", "call")
 
-        def __init__(self, device):
+        def __init__(self, device, cu=0):
             self.device = device
+            self.cu = cu
             self._signature = inspect.Signature(
                 [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
             self.start = self.start_ert = self._start_ert
@@ -205,7 +206,7 @@ def build(card) -> types.ModuleType:
                 card.events.append(("set_arg", index, value))
             card.events.append(("start",))
             if card.kernel is not None:
-                card.execute(dict(enumerate(args)))
+                card.execute(dict(enumerate(args)), self.cu)
             run = {"polled": 0}
             handle = ErtWaitHandle(run, Future(), self.device)
             self.device.active_bos.append((run, handle))
@@ -234,12 +235,13 @@ def build(card) -> types.ModuleType:
             self.device = device or Device.active_device
             self.bitfile_name = bitfile_name
             card.loaded = card.xclbins[bitfile_name]
-            self._ip = DefaultIP(self.device)
+            self._ip = {f"velcro_kernel_{cu + 1}": DefaultIP(self.device, cu)
+                        for cu in range(card.loaded.cus)}
             self._mems = {b.name: XrtMemory(self.device, b.index) for b in BANKS}
 
         def __getattr__(self, key):
-            if key == INSTANCE:
-                return self._ip
+            if key in self._ip:
+                return self._ip[key]
             if key in self._mems:
                 return self._mems[key]
             raise AttributeError(f"Could not find IP or hierarchy {key} in overlay")

@@ -47,6 +47,8 @@ class FakeXclbin:
 
     xsa: str = "xilinx_u280_gen3x16_xdma_1_202211_1"
     kernels: tuple = ((KERNEL_NAME, len(REGMAP.arguments)),)
+    #: Compute units of each kernel (``velcro_kernel_1`` ...).
+    cus: int = 1
     uuid: str = "00000000-0000-0000-0000-00000000beef"
 
 
@@ -84,12 +86,12 @@ class FakeCard:
                    if BANKS[group].contains(a, 1)), default=BANKS[group].base)
         return -(-top // 4096) * 4096
 
-    def execute(self, arguments: dict) -> None:
-        """Run the program the arguments name, in device memory, as the compute unit."""
+    def execute(self, arguments: dict, cu: int = 0) -> None:
+        """Run the program the arguments name, in device memory, as compute unit ``cu``."""
         memory = DeviceMemory()
         for address, array in self.device_memory.values():
             memory.add(address, array)
-        model = KernelModel(self.kernel, memory)
+        model = KernelModel(self.kernel, memory, cu)
         for index, value in arguments.items():
             reg = REGMAP.arguments[index]
             value = value & ((1 << reg.width) - 1)
@@ -283,7 +285,7 @@ def build(version: str = "2.20", card: FakeCard | None = None) -> types.ModuleTy
             self.device, self.uuid = args if which else (None, None)
 
     class kernel:
-        __slots__ = ("name",)
+        __slots__ = ("name", "cu")
         cu_access_mode = _enum("cu_access_mode", {"exclusive": 0, "shared": 1, "none": 2})
         exclusive, shared, none = (cu_access_mode.exclusive, cu_access_mode.shared,
                                    cu_access_mode.none)
@@ -294,8 +296,13 @@ def build(version: str = "2.20", card: FakeCard | None = None) -> types.ModuleTy
                 signatures.append((hw_context, str))
             _overload("kernel", args, *signatures)
             self.name = args[-2] if len(args) == 4 else args[-1]
-            if card.loaded is None or self.name not in [n for n, _ in card.loaded.kernels]:
+            # XRT's "kernel:{cu}" names one compute unit of the kernel.
+            name, _, unit = self.name.partition(":")
+            cus = [f"{name}_{n}" for n in range(1, card.loaded.cus + 1)] if card.loaded else []
+            if card.loaded is None or name not in [n for n, _ in card.loaded.kernels] or \
+                    unit and unit.strip("{}") not in cus:
                 raise RuntimeError(f"No compute units matching '{self.name}'")
+            self.cu = cus.index(unit.strip("{}")) if unit else 0
 
         def __call__(self, *args):
             r = run(self)
@@ -307,7 +314,7 @@ def build(version: str = "2.20", card: FakeCard | None = None) -> types.ModuleTy
         def group_id(self, argnum):
             _overload("group_id", (argnum,), (int,))
             reg = REGMAP.arguments[argnum]
-            return CONNECTIVITY[reg.port] if reg.pointer else -1
+            return CONNECTIVITY[reg.port] + len(CONNECTIVITY) * self.cu if reg.pointer else -1
 
     class run:
         __slots__ = ("kernel", "polled", "started", "arguments")
@@ -321,7 +328,7 @@ def build(version: str = "2.20", card: FakeCard | None = None) -> types.ModuleTy
             card.events.append(("start",))
             self.started = True
             if card.kernel is not None:
-                card.execute(self.arguments)
+                card.execute(self.arguments, self.kernel.cu)
 
         def set_arg(self, index, item):
             which = _overload("set_arg", (index, item), (int, bo), (int, int))

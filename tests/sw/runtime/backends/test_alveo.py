@@ -127,7 +127,7 @@ def test_alveo_backend_failures_are_device_errors(tmp_path, bindings, xrt_instal
     bindings(pyxrt=None, pynq=True)
     xrt_install("2.14.354")
 
-    def broken(index, path):
+    def broken(index, path, cus):
         raise OSError("no card")
 
     monkeypatch.setattr(alveo, "PynqPlatform", broken)
@@ -331,3 +331,30 @@ def test_footwear_on_the_card_matches_golden(footwear_package, golden_accelerato
     np.testing.assert_array_equal(logits, golden.run(images))
     assert [(c.mac_cycles, c.skipped) for c in device.counters()] == \
         [(c.mac_cycles, c.skipped) for c in golden.counters()]
+
+
+@pytest.mark.parametrize("backend", ["pyxrt", "pynq"])
+def test_two_compute_units_through_the_adapter_are_bit_exact_with_golden(
+        backend, footwear_package, bindings, xrt_install, card, golden_accelerator, tmp_path):
+    """A bitstream of two compute units: each unit is opened by its name, its buffers go
+    to its own channels, both run their share, and the logits come back in order."""
+    package = load(footwear_package)
+    images = make_task("footwear").split("validation").images[:9]
+    card.kernel = SHIPPED
+    xclbin = card.write_xclbin(tmp_path / "two.xclbin", cus=2)
+    bindings(pyxrt="2.20" if backend == "pyxrt" else None, pynq=backend == "pynq")
+    xrt_install("2.16.204")
+    with pytest.raises(DeviceError, match=r"has no compute unit velcro_kernel_3.*--cus 3"):
+        Accelerator.open("alveo:0", xclbin=xclbin, backend=backend, cus=3)
+    device = Accelerator.open("alveo:0", xclbin=xclbin, backend=backend, cus=2)
+    device.load(package)
+    logits = device.run(images)
+    golden = golden_accelerator(package)
+    np.testing.assert_array_equal(logits, golden.run(images))
+    assert device.counters() == golden.counters()
+    stages = sum(1 for stage in device.stages if stage.device)
+    assert len(card.of("start")) == 2 * stages
+    # Every unit's buffers in its own three channels: HBM[0..2] and HBM[3..5].
+    assert {event[-1] for event in card.of("bo")} == set(range(2 * len(CONNECTIVITY)))
+    first, second = device.last_unit_cycles
+    assert first > 0 and second > 0
