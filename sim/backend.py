@@ -343,15 +343,23 @@ class SimAccelerator:
         Memory latency in cycles, for reads and write responses (see the module
         docstring); default :func:`default_latency`.
     jobs : int
-        Simulator processes per run: the images are split into this many contiguous
-        parts, each simulated as a kernel run of its own (seed ``seed + part``), and the
-        logits joined in order. The counters add up over the parts, so they include one
-        run's fixed cycles per part.
+        Simulator processes per run and compute unit: the images are split into this
+        many contiguous parts, each simulated as a kernel run of its own (seed ``seed +
+        part``), and the logits joined in order. The counters add up over the parts, so
+        they include one run's fixed cycles per part.
+    cus : int
+        Compute units of the design: the images are first split into this many
+        contiguous shares (``numpy.array_split``, as on the card), one per unit, and
+        each unit's share is simulated in its own processes, all at once. The units
+        share nothing on the card but the host (each has its own HBM channels), so each
+        is a simulation of the one kernel; :attr:`last_unit_cycles` has every unit's
+        cycles of the last run.
     """
 
     def __init__(self, config: KernelConfig = SHIPPED, *, simulator: str | None = None,
                  pause: float = 0.0, seed: int = 0, latency: int | None = None,
-                 jobs: int = 1):
+                 jobs: int = 1, cus: int = 1):
+        from velcro.hw.kernel.connectivity import check_cus
         from velcro.sw.errors import DeviceError
 
         from . import runner
@@ -363,6 +371,13 @@ class SimAccelerator:
             raise DeviceError(f"sim: {e}") from None
         if not isinstance(jobs, int) or jobs < 1:
             raise DeviceError(f"sim: jobs must be a positive integer, not {jobs!r}")
+        try:
+            self.cus = check_cus(cus)
+        except ValueError as e:
+            raise DeviceError(f"sim: {e}") from None
+        #: Cycles of each compute unit in the last run, and over every run.
+        self.last_unit_cycles: list[int] = []
+        self.unit_cycles = [0] * self.cus
         if not isinstance(latency, int) or latency < 0:
             raise DeviceError(f"sim: latency must be a non-negative number of cycles, "
                               f"not {latency!r}")
@@ -408,7 +423,12 @@ class SimAccelerator:
         except runner.SimulationError as e:
             raise DeviceError(f"sim: {str(e).splitlines()[0]}") from None
         self.sim["build_seconds"] += time.perf_counter() - start
-        parts = np.array_split(images, min(self.jobs, len(images))) if len(images) else [images]
+        shares = [share for share in np.array_split(images, self.cus) if len(share)] or [images]
+        parts, unit_of = [], []
+        for cu, share in enumerate(shares):
+            for part in np.array_split(share, max(1, min(self.jobs, len(share)))):
+                parts.append(part)
+                unit_of.append(cu)
 
         def simulate(part: int):
             try:
@@ -428,7 +448,10 @@ class SimAccelerator:
             if "error" in outcome:
                 raise outcome["error"]
         self._counters.start()
-        for result, outcome in zip(results, outcomes, strict=True):
+        self.last_unit_cycles = [0] * self.cus
+        for cu, result, outcome in zip(unit_of, results, outcomes, strict=True):
+            self.last_unit_cycles[cu] += outcome["totals"].get("cycles", 0)
+            self.unit_cycles[cu] += outcome["totals"].get("cycles", 0)
             self._counters.add(outcome["counters"], outcome["totals"])
             self.sim["cycles"] += result["sim_cycles"]
             self.sim["seconds"] += result["sim_seconds"]

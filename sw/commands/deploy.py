@@ -91,8 +91,12 @@ def register(sub) -> None:
                    help="sim, golden: the kernel configuration (small: half the conv lanes, "
                    "256-bit ports; what Icarus simulates in reasonable time)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="sim: simulator processes, each running a contiguous part of the "
-                   "images (default 1)")
+                   help="sim: simulator processes per compute unit, each running a "
+                   "contiguous part of the images (default 1)")
+    p.add_argument("--cus", type=int, default=1, metavar="N",
+                   help="compute units of the design (alveo: a bitstream linked with "
+                   "'velcro build xclbin --cus N'; golden, sim: simulated): each run's "
+                   "images are split over them and run at once (default 1)")
     p.add_argument("--axi-pause", type=float, default=0.0,
                    help="sim: probability of a random pause per AXI channel and cycle")
     p.add_argument("--xclbin", type=Path, help="alveo: the bitstream (default: "
@@ -224,6 +228,7 @@ def device_options(spec: str, args=None) -> dict:
         raise DeviceError(f"alveo runs the shipped kernel; --kernel {kernel} is for sim "
                           "and golden")
     options["config"] = CONFIGS[kernel]
+    options["cus"] = getattr(args, "cus", 1)
     if args is not None and kind == "sim":
         if not 0 <= args.axi_pause < 1:
             raise DeviceError(f"--axi-pause must be in [0, 1), not {args.axi_pause}")
@@ -434,6 +439,7 @@ def _run(args, specs: list[str]) -> None:
         "package": str(args.package),
         "device": args.device,
         "workers": len(specs),
+        "cus": args.cus,
         "kernel": args.kernel,
         "task": task.name,
         "C": package.C,
@@ -455,6 +461,9 @@ def _run(args, specs: list[str]) -> None:
             with applied(tapped, plan):
                 float_predictions = predict(tapped.module, images)
         record["float_accuracy"] = float(np.mean(float_predictions == labels))
+    units = getattr(device, "unit_cycles", None)
+    if units is not None and args.cus > 1:
+        record["unit_cycles"] = list(units)
     if args.device == "sim":
         record["cycles"] = cycle_record(device, n)
         record["build_seconds"], record["run_seconds"] = round(build, 2), round(seconds, 2)
@@ -471,6 +480,11 @@ def _run(args, specs: list[str]) -> None:
     if "build_seconds" in record:
         print(f"simulator: {record['build_seconds']} s to generate the Verilog and compile it, "
               f"{record['run_seconds']} s to run", flush=True)
+    if "unit_cycles" in record:
+        units = record["unit_cycles"]
+        print(f"{len(units)} compute units: {', '.join(f'{c:,}' for c in units)} cycles; "
+              f"they run at once, so the run takes the largest, {max(units) / n:,.1f} "
+              f"per image", flush=True)
     if "kernel_counters" in record:
         counted = record["kernel_counters"]
         print(f"kernel counted {counted['mac_cycles']} MAC cycles and {counted['skipped']} "

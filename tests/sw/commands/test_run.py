@@ -92,3 +92,37 @@ def test_counters_that_differ_from_the_golden_model_fail_the_run_after_reporting
     assert f"skipped elements in {name} (CONV)" in captured.err.splitlines()[-1]
     counted = json.loads(out.read_text())["kernel_counters"]
     assert not counted["match"] and counted["skipped"] == counted["skipped_expected"] + 1
+
+
+def test_compute_units_split_the_images_and_predict_as_one(footwear_package, tmp_path, capsys):
+    """``--cus N`` on golden and sim: the same predictions as one unit, each unit's cycles
+    recorded and adding up to the run's."""
+    records = {}
+    for device, cus, images in (("golden", 1, 5), ("golden", 3, 5), ("sim", 2, 2)):
+        out = tmp_path / f"{device}-{cus}.json"
+        assert main(["run", "--package", str(footwear_package), "--device", device,
+                     "--images", str(images), "--cus", str(cus), "--json", str(out)]) == 0
+        records[device, cus] = json.loads(out.read_text())
+        printed = capsys.readouterr().out
+        assert records[device, cus]["cus"] == cus
+        if cus > 1:
+            units = records[device, cus]["unit_cycles"]
+            assert len(units) == cus and min(units) > 0
+            assert f"{cus} compute units: " in printed
+            assert f"the run takes the largest, {max(units) / images:,.1f} per image" in printed
+        else:
+            assert "unit_cycles" not in records[device, cus]
+    one, three = records["golden", 1], records["golden", 3]
+    assert one["predictions_sha256"] == three["predictions_sha256"]
+    package = load(footwear_package)
+    x = make_task("footwear").split("validation").images[:2]
+    assert records["sim", 2]["predictions_sha256"] == predictions_sha256(
+        golden.run(package, x).argmax(1))
+    sim = records["sim", 2]
+    assert sim["kernel_counters"]["match"]
+    assert sum(sim["unit_cycles"]) == sim["cycles"]["total"]
+
+
+def test_compute_units_out_of_range_are_refused(footwear_package, capsys):
+    assert main(["run", "--package", str(footwear_package), "--cus", "0"]) == 2
+    assert "compute units must be 1 to 10" in capsys.readouterr().err
