@@ -359,7 +359,12 @@ def _train(name, epochs, batch_size, lr, seed, images, eval_images, fresh, progr
             log(f"{name}: the checkpoint ran on {checkpoint.get('torch_threads')} torch "
                 f"threads, this run on {torch.get_num_threads()}: the weights can differ "
                 "from a straight run's in the last bits (--threads)")
-        log(f"{name}: resuming at epoch {start_epoch + 1}/{epochs} from {checkpoint_path(name)}")
+        if start_epoch < epochs:
+            log(f"{name}: resuming at epoch {start_epoch + 1}/{epochs} from "
+                f"{checkpoint_path(name)}")
+        else:
+            log(f"{name}: {checkpoint_path(name)} has all {epochs} epochs; its best one "
+                "becomes the final weights")
     steps = math.ceil(n / batch_size)
     loss_fn = nn.CrossEntropyLoss()
     run_seconds = []
