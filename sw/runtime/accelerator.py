@@ -165,7 +165,7 @@ class Accelerator:
                 for cu, result in enumerate(results):
                     self.last_unit_cycles[cu] += result.totals.get("cycles", 0)
                     self.unit_cycles[cu] += result.totals.get("cycles", 0)
-                self._counters.add(*_summed(results), stage=index)
+                self._counters.add_units([(r.steps, r.totals) for r in results], stage=index)
                 x = np.concatenate([result.outputs for result in results]) \
                     if len(results) > 1 else results[0].outputs
             else:
@@ -235,17 +235,3 @@ class Accelerator:
         self.unload()
         self.platform.close()
 
-
-def _summed(results: list) -> tuple[list[StepCounters], dict]:
-    """The descriptor counters and run totals of one stage's calls on every unit, added
-    up descriptor by descriptor."""
-    first, *rest = results
-    steps = [StepCounters(**vars(step)) for step in first.steps]
-    totals = dict(first.totals)
-    for result in rest:
-        for mine, theirs in zip(steps, result.steps, strict=True):
-            for name in ("cycles", "busy", "mac_cycles", "skipped", "stall_cycles"):
-                setattr(mine, name, getattr(mine, name) + getattr(theirs, name))
-        for name, value in result.totals.items():
-            totals[name] = totals.get(name, 0) + value
-    return steps, totals

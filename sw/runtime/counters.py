@@ -27,6 +27,11 @@ def _copy(step: StepCounters) -> StepCounters:
     return StepCounters(**vars(step))
 
 
+def _accumulate(into: StepCounters, step: StepCounters) -> None:
+    for name in _SUMMED:
+        setattr(into, name, getattr(into, name) + getattr(step, name))
+
+
 class Counters:
     """Per-descriptor counters and run totals, summed over runs.
 
@@ -74,6 +79,20 @@ class Counters:
         for position, step in enumerate(steps):
             self._sum((stage, position), step)
 
+    def add_units(self, calls: list[tuple[list[StepCounters], dict]], stage: int = 0) -> None:
+        """Add the counters of one kernel call per compute unit, each unit running the
+        same program on its share of the images: as one call, descriptor by descriptor
+        (see :meth:`add`)."""
+        (steps, totals), *rest = calls
+        steps = [_copy(step) for step in steps]
+        totals = dict(totals)
+        for more_steps, more_totals in rest:
+            for mine, theirs in zip(steps, more_steps, strict=True):
+                _accumulate(mine, theirs)
+            for name in TOTALS:
+                totals[name] = totals.get(name, 0) + more_totals.get(name, 0)
+        self.add(steps, totals, stage)
+
     def merge(self, other: Counters) -> None:
         """Add the counters of another device that ran the same program (its share of
         the images): per descriptor and in total, as if one device had run them all."""
@@ -87,8 +106,7 @@ class Counters:
         if old is None:
             self._steps[key] = _copy(step)
         else:
-            for name in _SUMMED:
-                setattr(old, name, getattr(old, name) + getattr(step, name))
+            _accumulate(old, step)
 
     def steps(self) -> list[StepCounters]:
         """Counters of every descriptor, stage by stage, summed over every run so far."""
