@@ -23,6 +23,10 @@ shell and to routing), and ``cus_that_fit``, the most compute units that do
 (:func:`cus_that_fit`), limited by a resource class or by the HBM channels
 (:data:`~velcro.hw.kernel.connectivity.MAX_CUS` compute units of three channels each).
 
+``max_lut_levels`` is the deepest logic between registers in any part
+(:func:`velcro.sw.build.depth.lut_levels` states how levels are counted); ``parts``
+holds each part's ``depth`` with its deepest paths.
+
 ``conv_arrays_that_fit`` is how many conv arrays the device would hold next to one
 copy of the rest of the kernel (its DMAs, sequencer, dense engine, buffers), limited
 by the scarcest resource class (``conv_arrays_limited_by``). ``parts`` has the Yosys
@@ -162,6 +166,7 @@ def estimate(config, *, jobs: int = 1) -> dict:
         "conv_arrays_limited_by": limit,
         "conv_array": resources(conv),
         "parts": parts,
+        "max_lut_levels": max(part["depth"]["lut_levels"] for part in parts.values()),
         "kernel": config.name,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -177,6 +182,21 @@ def table(report: dict) -> str:
     lines.append(f"conv arrays that fit beside the rest of the kernel: "
                  f"{report['conv_arrays_that_fit']} (limited by "
                  f"{report['conv_arrays_limited_by']})")
+    if "max_lut_levels" in report:
+        from velcro.hw.kernel.connectivity import KERNEL_NAME
+
+        lines.append(f"logic depth (LUT levels between registers), deepest "
+                     f"{report['max_lut_levels']}:")
+        for name, part in report["parts"].items():
+            if name == KERNEL_NAME or "depth" not in part:
+                continue
+            depth = part["depth"]
+            lines.append(f"  {name:8s} {depth['lut_levels']:>3d} levels, {depth['carry']} carry "
+                         f"cells on the deepest path")
+            for path in depth["paths"][:3]:
+                lines.append(f"           {path['lut_levels']:>3d}  {path['from']} -> "
+                             f"{path['to']}" + (f" ({path['carry']} carry)" if path["carry"]
+                                                 else ""))
     units = report.get("compute_units")
     if units:
         budget = units["budget_percent"]

@@ -19,6 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .depth import lut_levels
+
 __all__ = ["YosysError", "add_figures", "parse_stat", "synthesize"]
 
 
@@ -47,7 +49,9 @@ def synthesize(component, name: str, *, family: str = "xcup", apart: tuple[str, 
     dict
         ``lut``, ``ff``, ``dsp48e2``, ``bram36`` (RAMB36E2 plus half the RAMB18E2),
         ``lutram`` (distributed-RAM cells), ``uram``, ``carry`` and ``cells`` (the
-        full cell histogram), plus ``yosys_seconds`` (wall time); with ``apart``, also
+        full cell histogram), ``depth`` (the logic depth,
+        :func:`~velcro.sw.build.depth.lut_levels`; of a design in parts, that of its
+        deepest part) and ``yosys_seconds`` (wall time); with ``apart``, also
         ``parts``: the figures of each part and of the ``rest``.
     """
     from amaranth.back import rtlil
@@ -86,8 +90,11 @@ def synthesize(component, name: str, *, family: str = "xcup", apart: tuple[str, 
 def _synth_xilinx(folder: str, tag: str, top: str, prepare: str, family: str) -> dict:
     """Run ``prepare`` then ``synth_xilinx`` on ``top`` in ``folder``; its figures."""
     stat = Path(folder) / f"stat_{tag}.txt"
+    netlist = Path(folder) / f"netlist_{tag}.json"
+    # Source locations are dropped before the netlist is written: they are most of it.
     script = (f"{prepare}; proc; splitnets; synth_xilinx -family {family} -top {top} "
-              f"-flatten; tee -q -o {stat.name} stat")
+              f"-flatten; tee -q -o {stat.name} stat; attrmap -remove src; "
+              f"write_json {netlist.name}")
     start = time.perf_counter()
     result = subprocess.run([*_yosys_command(), "-q", "-p", script], capture_output=True,
                             text=True, cwd=folder)
@@ -95,6 +102,8 @@ def _synth_xilinx(folder: str, tag: str, top: str, prepare: str, family: str) ->
         raise YosysError(f"yosys synth_xilinx failed on {top} (exit {result.returncode}):\n"
                          f"{(result.stderr + result.stdout)[-3000:]}")
     figures = parse_stat(stat.read_text())
+    figures["depth"] = lut_levels(netlist, top)
+    netlist.unlink()
     figures["yosys_seconds"] = round(time.perf_counter() - start, 1)
     return figures
 
@@ -107,6 +116,9 @@ def add_figures(*parts: dict) -> dict:
             if key == "cells":
                 for cell, n in value.items():
                     total["cells"][cell] = total["cells"].get(cell, 0) + n
+            elif key == "depth":
+                if value["lut_levels"] > total.get("depth", {"lut_levels": -1})["lut_levels"]:
+                    total["depth"] = value
             elif key not in ("parts", "yosys_seconds"):
                 total[key] = total.get(key, 0) + value
     total["cells"] = dict(sorted(total["cells"].items()))

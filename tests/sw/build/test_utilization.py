@@ -115,6 +115,10 @@ def test_estimate_command_reports_the_kernel_and_its_conv_array(tmp_path, monkey
     conv = figures(lut=9_000, ff=7_000, dsp=145, ramb36=144)
     dense = figures(lut=20_000, ff=8_000, dsp=83, ramb36=2, ram64m=100)
     rest = figures(lut=8_000, ff=16_000, dsp=7, ramb36=17)
+    for part, levels in ((conv, 8), (dense, 11), (rest, 6)):
+        part["depth"] = {"lut_levels": levels, "carry": 1, "paths": [
+            {"from": "a", "to": f"b{n}", "lut_levels": levels - n, "carry": 1}
+            for n in range(4)]}
     calls = []
 
     def synthesize(component, name, *, apart=(), jobs=1):
@@ -138,7 +142,12 @@ def test_estimate_command_reports_the_kernel_and_its_conv_array(tmp_path, monkey
         (20_400, 400)
     assert list(report["parts"]) == ["velcro_kernel", "dense", "conv", "rest"]
     assert report["kernel"] == kernel_config.SHIPPED.name
+    # The deepest part sets the kernel's depth; each part keeps its own paths.
+    assert report["max_lut_levels"] == 11 and report["parts"]["conv"]["depth"]["lut_levels"] == 8
     out = capsys.readouterr().out
+    assert "logic depth (LUT levels between registers), deepest 11:" in out
+    assert "  dense     11 levels, 1 carry cells on the deepest path" in out
+    assert "             9  a -> b2 (1 carry)" in out and "b3" not in out
     assert "conv arrays that fit beside the rest of the kernel: 13 (limited by BRAM36)" in out
     # Nine compute units: 9 x 163 = 1,467 BRAM36 (72.8 %), under 80 % of 2,016; ten would not.
     units = report["compute_units"]
