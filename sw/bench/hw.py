@@ -79,8 +79,11 @@ with a one-line :class:`~velcro.sw.errors.DeviceError` (exit code 2). Figures wi
 ``kernel_sim_verilator_cycles_per_s``
     Simulated cycles per second of the kernel with its bus models.
 
-A ``max_lut_levels`` figure (logic depth) is not given: no Yosys run of the code
-base reports the longest path (``ltp``).
+``max_lut_levels``, ``lut_levels``
+    The logic depth of the synthesized engines: the most LUT levels between registers
+    in any of them, and per engine (:func:`velcro.sw.build.depth.lut_levels` states the
+    rule: carry chains, wide muxes and DSP-internal paths count no level). Each
+    engine's deepest paths are in its ``yosys_<engine>`` record under ``depth``.
 """
 
 from __future__ import annotations
@@ -439,7 +442,10 @@ def run(args) -> dict:
     if not args.no_yosys:
         from ..build.utilization import resources as utilization
 
-        for name, figures in resources().items():
+        engines = resources()
+        result["lut_levels"] = {name: f["depth"]["lut_levels"] for name, f in engines.items()}
+        result["max_lut_levels"] = max(result["lut_levels"].values())
+        for name, figures in engines.items():
             result[f"yosys_{name}"] = {key: value for key, value in figures.items()
                                        if key != "cells"}
             if name == "conv_array":
