@@ -35,13 +35,14 @@ def test_shards_are_whole_batches(n, shards, batch, expected):
 
 def test_four_shards_equal_one_process_with_sensitivity(ray_local):
     model = load_reference()
-    images = load_fashion_mnist("test").images[:1000]
-    want = profile(model, images, sensitivity=True)
-    got = ray_profile(model, images, sensitivity=True, shards=4)
+    images = load_fashion_mnist("test").images[:400]
+    want = profile(model, images, batch_size=100, sensitivity=True)
+    got = ray_profile(model, images, batch_size=100, sensitivity=True, shards=4)
     assert_same_profile(got, want)
     assert got.has_sensitivity
     # A different sharding: the same profile, up to rounding.
-    assert_same_profile(ray_profile(model, images, shards=3), profile(model, images))
+    assert_same_profile(ray_profile(model, images, batch_size=100, shards=3),
+                        profile(model, images, batch_size=100))
 
 
 def test_workers_read_their_own_range_of_an_idx_file(ray_local):

@@ -14,12 +14,13 @@ def footwear():
     task = make_task("footwear")
     data = task.split("search")
     setup = prepare(load_reference(), task, sensitivity=False)
-    return setup, data.images[:500], data.labels[:500]
+    return setup, data.images[:300], data.labels[:300]
 
 
 def test_parallel_search_is_identical_to_the_serial_search(ray_local, footwear):
     setup, images, labels = footwear
-    options = {"min_step": 10.0, "explore_moves": 1, "explore_step": 10.0}
+    options = {"start_step": 20.0, "min_step": 20.0, "explore_moves": 1,
+               "explore_step": 20.0}
     serial = search(setup.tapped, setup.profile, images, labels, threads=1, **options)
     parallel = ray_search(setup.tapped, setup.profile, images, labels, threads=1, actors=2,
                           **options)
@@ -34,7 +35,8 @@ def test_parallel_search_is_identical_to_the_serial_search(ray_local, footwear):
 
 def test_the_mcnemar_rule_on_ray_equals_the_serial_search(ray_local, footwear):
     setup, images, labels = footwear
-    options = {"min_step": 10.0, "explore_moves": 0, "rule": "mcnemar", "level": 0.2}
+    options = {"start_step": 20.0, "min_step": 20.0, "explore_moves": 0, "rule": "mcnemar",
+               "level": 0.2}
     serial = search(setup.tapped, setup.profile, images, labels, threads=1, **options)
     parallel = ray_search(setup.tapped, setup.profile, images, labels, threads=1, actors=2,
                           **options)
