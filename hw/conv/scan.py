@@ -80,6 +80,45 @@ def _window_tables(stride: int):
     return offsets, phases
 
 
+def _pending(m: Module, todo, stride2, name: str) -> dict:
+    """What the issue logic needs of a block's pending elements ``todo``: the lowest one
+    ``k``, whether none or at most one is left, and for ``k``'s window centre the bank
+    routing (``route_row``/``route_col``: centre mod 3) and the word offsets of each bank
+    row and column (``row_sel``/``col_sel``, -1/0/+1 as 0/1/2). Computed on the value
+    ``todo`` takes next, so that the issue logic reads them from registers."""
+    k = Signal(range(TAPS), name=f"{name}_k")
+    for n in reversed(range(TAPS)):
+        with m.If(todo[n]):
+            m.d.comb += k.eq(n)
+    found = {"k": k, "empty": todo == 0, "single": (todo & (todo - 1)) == 0}
+    coords = {"row": Array(Const(n // 3, 2) for n in range(TAPS))[k],
+              "col": Array(Const(n % 3, 2) for n in range(TAPS))[k]}
+    for axis, coord in coords.items():
+        route = found[f"route_{axis}"] = Signal(range(3), name=f"{name}_route_{axis}")
+        sel = found[f"{axis}_sel"] = [Signal(range(3), name=f"{name}_{axis}_word{r}")
+                                      for r in range(3)]
+        for stride_bit, stride in ((0, 1), (1, 2)):
+            offsets, phases = _window_tables(stride)
+            with m.If(stride2 == stride_bit):
+                with m.Switch(coord):
+                    for n in range(3):
+                        with m.Case(n):
+                            m.d.comb += route.eq(phases[n])
+                            m.d.comb += [sel[r].eq(offsets[n][r] + 1) for r in range(3)]
+    return found
+
+
+def _take(state: dict, values: dict) -> list:
+    """Assignments of every ``state`` register from ``values`` (as :func:`_pending`)."""
+    out = []
+    for name, reg in state.items():
+        if isinstance(reg, list):
+            out += [r.eq(v) for r, v in zip(reg, values[name], strict=True)]
+        else:
+            out.append(reg.eq(values[name]))
+    return out
+
+
 class SkipScanner(wiring.Component):
     """Walks the output blocks of a layer, consumes skip masks, issues MAC work.
 
@@ -167,24 +206,26 @@ class SkipScanner(wiring.Component):
         cur_half = Signal()
         cur_yc = Signal.like(nxt_yc)
         cur_xc = Signal.like(nxt_xc)
-        cur_in_row = Signal.like(nxt_in_row)
-        cur_in_col = Signal.like(nxt_in_col)
+        # The block's window words one row or column back, at, and one ahead.
+        cur_in_row = [Signal(range(-cb, 2 * c.row_blocks * cb + 3 * cb), name=f"in_row{n}")
+                      for n in range(3)]
+        cur_in_col = [Signal(range(-1, 2 * cb + 3), name=f"in_col{n}") for n in range(3)]
         cur_chan_end = Signal()                      # last block of its output channel
         cur_layer_end = Signal()                     # last block of the layer
 
-        # Lowest pending element.
-        k = Signal(range(TAPS))
-        for n in reversed(range(TAPS)):
-            with m.If(todo[n]):
-                m.d.comb += k.eq(n)
-        k_i = Signal(range(3))
-        k_j = Signal(range(3))
-        m.d.comb += [k_i.eq(Array(Const(n // 3, 2) for n in range(TAPS))[k]),
-                     k_j.eq(Array(Const(n % 3, 2) for n in range(TAPS))[k])]
-
-        last_group = group == self.groups - 1
-        single = (todo & (todo - 1)) == 0
-        empty = todo == 0
+        # Of the pending elements, registered beside ``todo`` (:func:`_pending`): the
+        # lowest, whether none or one is left, how its window reads the banks; and whether
+        # ``group`` is the last, which lanes it fills, its plane in the input buffer. Each
+        # is set with ``todo`` and ``group`` from that branch's own next value, so every
+        # path from them starts at a register instead of behind a priority encoder.
+        state = {"k": Signal(range(TAPS)), "empty": Signal(init=1), "single": Signal(init=1),
+                 "route_row": Signal(range(3)), "route_col": Signal(range(3)),
+                 "row_sel": [Signal(range(3), name=f"row_word{r}") for r in range(3)],
+                 "col_sel": [Signal(range(3), name=f"col_word{r}") for r in range(3)]}
+        k, empty, single = state["k"], state["empty"], state["single"]
+        last_group = Signal()
+        lanes_on = Signal(c.lanes)
+        plane = Signal(range(c.planes))
         finishing = have & (empty | (single & last_group))
 
         # --- issue record ---------------------------------------------------------
@@ -200,33 +241,27 @@ class SkipScanner(wiring.Component):
             iss.half.eq(cur_half),
             iss.kernel.eq(Mux(cur_half, c.max_groups, 0) + group),
         ]
-        # Lanes beyond c_in in the last group carry no channel.
-        remaining = Signal(range(-c.max_groups * c.lanes, c.max_channels + 1))
-        m.d.comb += remaining.eq(self.c_in - group_base)
-        m.d.comb += [iss.lanes_on[lane].eq(remaining > lane) for lane in range(c.lanes)]
-
-        # Window centre, padding and bank words: per stride, tables over (i, bank row).
-        plane = Mux(self.buf, c.max_groups, 0) + group
-        row_sel = [Signal(range(3), name=f"row_word{r}") for r in range(3)]   # -1,0,1 -> 0,1,2
-        col_sel = [Signal(range(3), name=f"col_word{r}") for r in range(3)]
-        for stride2, stride in ((0, 1), (1, 2)):
-            offsets, phases = _window_tables(stride)
-            with m.If(self.stride2 == stride2):
-                for sel, coord, route in ((row_sel, k_i, iss.route_row),
-                                          (col_sel, k_j, iss.route_col)):
-                    with m.Switch(coord):
-                        for n in range(3):
-                            with m.Case(n):
-                                m.d.comb += route.eq(phases[n])
-                                m.d.comb += [sel[r].eq(offsets[n][r] + 1) for r in range(3)]
+        m.d.comb += [iss.lanes_on.eq(lanes_on), iss.route_row.eq(state["route_row"]),
+                     iss.route_col.eq(state["route_col"])]
+        # Lanes beyond c_in in the last group carry no channel: for the first group and
+        # for the one after this.
+        first_lanes, next_lanes = Signal(c.lanes), Signal(c.lanes)
+        after = Signal(range(-(c.max_groups + 1) * c.lanes, c.max_channels + 1))
+        m.d.comb += [after.eq(self.c_in - group_base - c.lanes),
+                     *(first_lanes[lane].eq(self.c_in > lane) for lane in range(c.lanes)),
+                     *(next_lanes[lane].eq(after > lane) for lane in range(c.lanes))]
+        first_plane = Mux(self.buf, c.max_groups, 0)
+        k_i = Array(Const(n // 3, 2) for n in range(TAPS))[k]
+        k_j = Array(Const(n % 3, 2) for n in range(TAPS))[k]
+        row_sel, col_sel = state["row_sel"], state["col_sel"]
         # Strides are 1 or 2: multiples of the stride are muxed shifts, not multipliers.
         yc = cur_yc + Mux(self.stride2, k_i << 1, k_i)
         xc = cur_xc + Mux(self.stride2, k_j << 1, k_j)
         pad_rows = [yc == 0, Const(0), yc + 1 >= self.height]
         pad_cols = [xc == 0, Const(0), xc + 1 >= self.width]
         m.d.comb += iss.pad.eq(Cat(pad_rows[t // 3] | pad_cols[t % 3] for t in range(TAPS)))
-        row_words = Array([cur_in_row - cb, cur_in_row, cur_in_row + cb])
-        col_words = Array([cur_in_col - 1, cur_in_col, cur_in_col + 1])
+        row_words = Array(cur_in_row)
+        col_words = Array(cur_in_col)
         for bank in range(TAPS):
             r, cc = divmod(bank, 3)
             word = row_words[row_sel[r]] + col_words[col_sel[cc]]
@@ -238,6 +273,11 @@ class SkipScanner(wiring.Component):
         m.d.comb += load.eq(want & ~nxt_done & self.chan_ready.bit_select(nxt_half, 1) &
                             (~self.skip | self.mask.valid) & self.desc.ready)
         skip_bits = Mux(self.skip, self.mask.payload.skip, 0) & inside
+        loaded_todo, cleared_todo = Signal(TAPS), Signal(TAPS)
+        m.d.comb += [loaded_todo.eq(inside & ~skip_bits),
+                     cleared_todo.eq(todo & ~(Const(1, TAPS) << k))]
+        loaded = _pending(m, loaded_todo, self.stride2, "loaded")
+        cleared = _pending(m, cleared_todo, self.stride2, "cleared")
         desc = self.desc.payload
         m.d.comb += [
             self.mask.ready.eq(load & self.skip),
@@ -256,10 +296,14 @@ class SkipScanner(wiring.Component):
                          nxt_xc.eq(0), nxt_in_row.eq(0), nxt_in_col.eq(0),
                          nxt_out_row.eq(0), nxt_bc.eq(0), have.eq(0)]
         with m.Elif(load):
-            m.d.sync += [have.eq(1), todo.eq(inside & ~skip_bits), group.eq(0),
-                         group_base.eq(0), cur_half.eq(nxt_half), cur_yc.eq(nxt_yc),
-                         cur_xc.eq(nxt_xc), cur_in_row.eq(nxt_in_row),
-                         cur_in_col.eq(nxt_in_col), cur_chan_end.eq(col_last & row_last),
+            m.d.sync += [todo.eq(loaded_todo), group.eq(0), group_base.eq(0),
+                         last_group.eq(self.groups == 1), lanes_on.eq(first_lanes),
+                         plane.eq(first_plane), *_take(state, loaded)]
+            m.d.sync += [have.eq(1), cur_half.eq(nxt_half), cur_yc.eq(nxt_yc),
+                         cur_xc.eq(nxt_xc),
+                         *(cur_in_row[n].eq(nxt_in_row + (n - 1) * cb) for n in range(3)),
+                         *(cur_in_col[n].eq(nxt_in_col + (n - 1)) for n in range(3)),
+                         cur_chan_end.eq(col_last & row_last),
                          cur_layer_end.eq(col_last & row_last & chan_last)]
             with m.If(~col_last):
                 m.d.sync += [nxt_xo.eq(nxt_xo + 3), nxt_xc.eq(nxt_xc + Mux(self.stride2, 6, 3)),
@@ -284,10 +328,13 @@ class SkipScanner(wiring.Component):
             m.d.sync += have.eq(0)
         with m.Elif(have & ~empty):
             with m.If(last_group):
-                m.d.sync += [todo.eq(todo & ~(Const(1, TAPS) << k)), group.eq(0),
-                             group_base.eq(0)]
+                m.d.sync += [todo.eq(cleared_todo), group.eq(0), group_base.eq(0),
+                             last_group.eq(self.groups == 1), lanes_on.eq(first_lanes),
+                             plane.eq(first_plane), *_take(state, cleared)]
             with m.Else():
-                m.d.sync += [group.eq(group + 1), group_base.eq(group_base + c.lanes)]
+                m.d.sync += [group.eq(group + 1), group_base.eq(group_base + c.lanes),
+                             last_group.eq(group + 2 == self.groups), lanes_on.eq(next_lanes),
+                             plane.eq(first_plane + group + 1)]
 
         m.d.comb += self.release.eq(Mux(finishing & cur_chan_end,
                                         Mux(cur_half, 0b10, 0b01), 0))
