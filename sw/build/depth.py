@@ -36,6 +36,8 @@ __all__ = ["DEEPEST", "lut_levels"]
 
 #: Paths reported per netlist, deepest first.
 DEEPEST = 5
+#: Named nets listed along a path, at most.
+THROUGH = 12
 
 _LUT = re.compile(r"LUT[1-6]")
 _REGISTER = re.compile(r"FD[CPRS]E|RAMB\w*|URAM\w*")
@@ -96,7 +98,8 @@ def lut_levels(netlist: dict | str | Path, top: str | None = None,
 
     Returns ``{"lut_levels", "carry", "paths"}``: the most LUT levels on any path, the
     carry cells on that path, and the ``deepest`` paths as ``{"from", "to",
-    "lut_levels", "carry"}`` (net names of the start and end points), deepest first.
+    "lut_levels", "carry", "through"}`` (net names of the start and end points, and
+    the named nets between them in order), deepest first.
     Raises ``ValueError`` for a netlist without the module or with a combinational loop.
     """
     if not isinstance(netlist, dict):
@@ -132,6 +135,7 @@ def lut_levels(netlist: dict | str | Path, top: str | None = None,
     # Arrival at each combinational cell's outputs: (LUT levels, carry cells, source bit),
     # by an iterative depth-first walk (paths run to thousands of cells).
     arrival: dict[int, tuple[int, int, int]] = {}
+    via: dict[int, int | None] = {}     # the input bit each cell's deepest path comes by
     state: dict[int, int] = {}          # 1 = on the walk's stack, 2 = done
 
     def at_bit(bit: int) -> tuple[int, int, int]:
@@ -158,22 +162,33 @@ def lut_levels(netlist: dict | str | Path, top: str | None = None,
                     stack.append(p)
                 if pending:
                     continue
-            best = max((at_bit(b) for b in comb_inputs[n]), default=(0, 0, -1),
-                       key=lambda a: a[:2])
+            best_bit = max(comb_inputs[n], default=None, key=lambda b: at_bit(b)[:2])
+            best = (0, 0, -1) if best_bit is None else at_bit(best_bit)
+            via[n] = best_bit
             lut = kinds[n] in ("lut", "memory")
             arrival[n] = (best[0] + lut, best[1] + (kinds[n] == "carry"), best[2])
             state[n] = 2
             stack.pop()
 
     names = _names(module)
-    ends: dict[str, tuple[int, int, int]] = {}
+    ends: dict[str, tuple[int, int, int, int]] = {}
 
     def end(label: str, bits) -> None:
         for bit in bits:
             if isinstance(bit, int):
                 got = at_bit(bit)
-                if got[:2] > ends.get(label, (-1, -1, -1))[:2]:
-                    ends[label] = got
+                if got[:2] > ends.get(label, (-1, -1))[:2]:
+                    ends[label] = (*got, bit)
+
+    def through(bit: int) -> list[str]:
+        """The public net names a path passes, from its start to its end."""
+        seen: list[str] = []
+        while bit is not None and bit in driver:
+            label = names.get(bit)
+            if label and not label.startswith("$") and label not in seen:
+                seen.append(label)
+            bit = via[driver[bit]]
+        return seen[::-1][:THROUGH]
 
     for cell, kind in zip(cells, kinds, strict=True):
         directions = cell.get("port_directions", {})
@@ -192,7 +207,7 @@ def lut_levels(netlist: dict | str | Path, top: str | None = None,
             end(name, port["bits"])
     ranked = sorted(ends.items(), key=lambda item: (-item[1][0], -item[1][1], item[0]))
     paths = [{"from": names.get(source, "input") if source >= 0 else "constant", "to": to,
-              "lut_levels": levels, "carry": carry}
-             for to, (levels, carry, source) in ranked[:deepest]]
-    worst = ranked[0][1] if ranked else (0, 0, -1)
+              "lut_levels": levels, "carry": carry, "through": through(bit)}
+             for to, (levels, carry, source, bit) in ranked[:deepest]]
+    worst = ranked[0][1] if ranked else (0, 0)
     return {"lut_levels": worst[0], "carry": worst[1], "paths": paths}

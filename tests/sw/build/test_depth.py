@@ -35,8 +35,8 @@ class Netlist:
                   {"Q": q})
         return q
 
-    def lut(self, *inputs):
-        out = self.bit()
+    def lut(self, *inputs, name=None):
+        out = self.bit(name)
         self.cell(f"LUT{len(inputs)}", {f"I{n}": b for n, b in enumerate(inputs)}, {"O": out})
         return out
 
@@ -49,11 +49,12 @@ class Netlist:
 def test_levels_are_luts_between_registers_and_the_deepest_path_is_named():
     n = Netlist()
     a, b = n.register(n.bit(), "a"), n.register(n.bit(), "b")
-    n.register(n.lut(n.lut(a, b), a), "two")       # a -> LUT -> LUT -> two
+    n.register(n.lut(n.lut(a, b, name="mid"), a), "two")       # a -> LUT -> LUT -> two
     n.register(n.lut(b), "one")
     depth = lut_levels(n.json())
     assert depth["lut_levels"] == 2 and depth["carry"] == 0
-    assert depth["paths"][0] == {"from": "a", "to": "two", "lut_levels": 2, "carry": 0}
+    assert depth["paths"][0] == {"from": "a", "to": "two", "lut_levels": 2, "carry": 0,
+                                 "through": ["mid"]}
     assert [p["to"] for p in depth["paths"]] == ["two", "one", "a", "b"]
 
 
@@ -104,7 +105,7 @@ def test_module_ports_start_and_end_paths():
     n.ports = {"x": {"direction": "input", "bits": [x]}, "y": {"direction": "output",
                                                              "bits": [y]}}
     assert lut_levels(n.json())["paths"][0] == {"from": "x", "to": "y", "lut_levels": 2,
-                                                "carry": 0}
+                                                "carry": 0, "through": []}
 
 
 def test_a_combinational_loop_or_a_missing_top_is_refused():
@@ -140,3 +141,11 @@ def test_synthesis_reports_the_depth_of_the_mapped_luts():
     two = synthesize(_parity(7), "parity")["depth"]
     assert two["lut_levels"] == 2
     assert two["paths"][0]["from"].startswith("a") and two["paths"][0]["to"] == "p"
+
+
+def test_the_shipped_scanner_stays_within_eight_lut_levels():
+    from velcro.hw.conv.config import SHIPPED
+    from velcro.hw.conv.scan import SkipScanner
+
+    depth = synthesize(SkipScanner(SHIPPED), "scanner")["depth"]
+    assert depth["lut_levels"] <= 8, depth["paths"]
