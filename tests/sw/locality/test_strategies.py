@@ -1,7 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 
 from velcro.sw import data as data_module
+from velcro.sw.cli import main
 from velcro.sw.data import make_task
 from velcro.sw.errors import PlanError
 from velcro.sw.evaluate import accuracy
@@ -123,3 +126,61 @@ def test_evolution_is_deterministic_in_its_seed(setup):
 def test_bad_strategy_options_are_refused(setup, options, message):
     with pytest.raises(PlanError, match=message):
         limited(setup, **options)
+
+
+def image_folder(root, per_class):
+    """Two classes of random 28x28 images: enough for a preprocessing split."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(
+                root / name / f"{i}.png")
+    return root
+
+
+def test_compress_records_the_strategy_its_seconds_and_evaluations(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    folder = image_folder(tmp_path / "imgs", 210)
+    assert main(["compress", "--data", str(folder), "--search",
+                 "--strategy", "evolution", "--budget", "12", "--seed", "1",
+                 "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["search_strategy"] == "evolution" and rec["search_evaluations"] <= 12
+    assert 0 < rec["search_seconds"] <= rec["seconds"]
+    assert rec["search_accuracy"] >= rec["search_baseline_accuracy"]
+    assert f"search: evolution, {rec['search_evaluations']} evaluations in" in (
+        capsys.readouterr().out)
+    assert main(["compress", "--task", "footwear", "--search", "--budget", "12"]) == 2
+    assert "--budget belongs to --strategy evolution, not greedy" in capsys.readouterr().err
+    assert main(["compress", "--task", "footwear", "--search", "--strategy", "evolution",
+                 "--budget", "1"]) == 2
+    assert "--budget must be at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compress", "--task", "footwear", "--search", "--strategy", "annealing"])
+    assert "invalid choice: 'annealing'" in capsys.readouterr().err
+
+
+def test_the_strategy_options_are_documented(capsys):
+    for command in ("compress", "table1"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--strategy {greedy,coordinate,evolution}" in text
+        assert "--budget" in text and "--seed" in text
+
+
+def test_table1_runs_and_records_the_strategy(small_task, tmp_path, monkeypatch):
+    from velcro.sw.locality import table1
+
+    monkeypatch.setattr(table1, "make_task", lambda name, size=None: small_task)
+    out = tmp_path / "t1"
+    assert main(["table1", "--networks", "reference", "--tasks", "footwear", "--no-integer",
+                 "--no-curve", "--strategy", "evolution", "--seed", "2", "--budget", "20",
+                 "--json", str(out / "t1.json"), "--out", str(out)]) == 0
+    [rec] = json.loads((out / "t1.json").read_text())
+    assert rec["search_strategy"] == "evolution" and rec["search_evaluations"] <= 20
+    assert rec["search_seconds"] > 0
+    assert "Search rule: strict, strategy evolution (seed 2)" in (out / "table1.txt").read_text()
