@@ -20,11 +20,11 @@ is the choice.
     Every generation each of ``LAMBDA`` children copies a parent drawn from the ``MU``
     best, and moves each layer's threshold with probability ``1 / layers`` (at least
     one layer) by a normal step of ``sigma`` points, rounded to ``GRID`` and clipped to
-    [0, 100]. ``sigma`` starts at ``start_step / 2`` and halves after a generation that
-    does not raise the best C; the search ends below ``min_step``, or when the
-    ``budget`` of evaluations (the baseline included) is spent. The random numbers
-    come from ``numpy.random.default_rng(seed)`` alone, so one seed gives one result
-    for the same figures.
+    [0, 100]. ``sigma`` starts at ``start_step / 2`` and halves after ``PATIENCE``
+    generations in a row that do not raise the best C; the search ends when ``sigma``
+    falls below ``min_step``, or when the ``budget`` of evaluations (the baseline
+    included) is spent. The random numbers come from ``numpy.random.default_rng(seed)``
+    alone, so one seed gives one result for the same figures.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 STRATEGIES = ("greedy", "coordinate", "evolution")
 #: The evolution's parents, children per generation and default evaluation budget.
 MU, LAMBDA, BUDGET = 4, 8, 240
+#: Generations without a better C before the evolution halves its mutation step.
+PATIENCE = 3
 #: The grid of the evolution's thresholds, in percentile points (repeats hit the cache).
 GRID = 0.25
 
@@ -138,7 +140,7 @@ def evolution(session: Session, current: _State, start_step: float, min_step: fl
     population = [current]
     best = current
     path = [session.point(current)]
-    sigma = start_step / 2
+    sigma, stale = start_step / 2, 0
     while sigma >= min_step and best.C < max_C:
         room = budget - session.evaluations
         if room <= 0:
@@ -158,10 +160,12 @@ def evolution(session: Session, current: _State, start_step: float, min_step: fl
         population = sorted(population + offspring, key=rank, reverse=True)[:MU]
         leader = population[0]
         if rank(leader) > rank(best) and leader.C > best.C:
-            best = leader
+            best, stale = leader, 0
             session.rebase(best.thresholds)
             path.append(session.point(best))
         else:
-            sigma /= 2
+            stale += 1
+            if stale == PATIENCE:
+                sigma, stale = sigma / 2, 0
         session.bar.set_postfix(C=f"{best.C:.3f}", sigma=sigma)
     return path
