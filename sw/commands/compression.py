@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import PlanError, printable
 from ..files import write_json, write_text
 from ..locality.rules import LEVEL, RULES
+from ..locality.strategies import BUDGET, STRATEGIES
 from .options import (
     add_ray_arg,
     add_task_args,
@@ -19,6 +20,9 @@ from .options import (
     resolve_task,
 )
 
+#: The search strategy of ``compress --search`` and ``table1``: of the three, the highest
+#: mean C on the search splits of footwear, tops and trousers-dresses (README, Table 1).
+DEFAULT_STRATEGY = "coordinate"
 #: ``bags`` (one class: a constant network is always right there) is left out.
 DEMO_TASKS = ("footwear", "tops", "trousers-dresses")
 
@@ -83,15 +87,36 @@ def add_rule_args(p) -> None:
     p.add_argument("--level", type=float, default=LEVEL,
                    help=f"significance level of --rule mcnemar (default {LEVEL}); 0.5 is "
                    "the strict rule up to ties, lower levels refuse fewer moves")
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES,
+                   help="how the search explores thresholds: greedy raises the layer whose "
+                   "move costs the least search-split cross-entropy per unit of C; "
+                   "coordinate (default: the highest mean search-split C of the three on "
+                   "footwear, tops and trousers-dresses) pushes each layer in turn as far "
+                   "as the rule admits, for up to 3 sweeps; evolution runs a (mu+lambda) "
+                   "evolution of threshold vectors from --seed within --budget evaluations")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of --strategy evolution's random numbers (default 0)")
+    p.add_argument("--budget", type=int,
+                   help=f"most plans --strategy evolution measures, the uncompressed one "
+                   f"included (default {BUDGET})")
 
 
 def search_rule(args) -> dict:
-    """The search's ``rule`` and ``level`` options from ``--rule/--level``."""
+    """The search's ``rule``, ``level`` and ``strategy`` options (with the evolution's
+    ``seed`` and ``budget``) from ``--rule/--level/--strategy/--seed/--budget``."""
     if not 0 < args.level < 1:
         raise PlanError(f"--level must be in (0, 1), not {args.level}")
     if args.rule != "strict" and getattr(args, "tolerance", 0):
         raise PlanError("--tolerance belongs to --rule strict; --rule mcnemar takes --level")
-    return {"rule": args.rule, "level": args.level}
+    options = {"rule": args.rule, "level": args.level, "strategy": args.strategy}
+    if args.strategy == "evolution":
+        if args.budget is not None and args.budget < 2:
+            raise PlanError(f"--budget must be at least 2 (the uncompressed plan and one "
+                            f"candidate), not {args.budget}")
+        options.update(seed=args.seed, budget=args.budget)
+    elif args.budget is not None:
+        raise PlanError(f"--budget belongs to --strategy evolution, not {args.strategy}")
+    return options
 
 
 def cmd_train(args) -> None:
@@ -155,6 +180,7 @@ def cmd_compress(args) -> None:
     thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
     if not 0 <= args.tolerance < 100:
         raise PlanError(f"--tolerance must be in [0, 100) accuracy points, not {args.tolerance}")
+    rule = search_rule(args)
     model = resolve_model(args)
     if thresholds is not None:
         check_thresholds(thresholds, tap(model).names)
@@ -166,18 +192,24 @@ def cmd_compress(args) -> None:
         result = None
         if thresholds is None:
             result = run_search(setup, criterion, args.tolerance / 100, progress=True,
-                                **search_rule(args), **search_options(cluster))
+                                **rule, **search_options(cluster))
             thresholds = result.thresholds
     plan = compress(setup.profile, thresholds, criterion)
     plan.meta.update(task=task.name, classes=list(task.classes))
     rec = record(setup, plan, validation_accuracy(setup, None),
                  time.perf_counter() - start, result)
+    if result is not None:
+        rec.update(search_strategy=result.strategy,
+                   search_seconds=round(result.seconds, 3))
     if cluster is not None:
         rec["ray_cpus"] = cluster.cpus
     print(f"{printable(task.name)}: C = {100 * rec['C']:.2f}% with thresholds "
           f"{rec['thresholds']} ({criterion}); validation accuracy "
           f"{100 * rec['accuracy']:.2f}% (uncompressed {100 * rec['baseline_accuracy']:.2f}%)",
           flush=True)
+    if result is not None:
+        print(f"search: {result.strategy}, {result.evaluations} evaluations in "
+              f"{result.seconds:.1f} s", flush=True)
     if args.json:
         write_json(args.json, rec)
         print(f"wrote {args.json}")

@@ -74,12 +74,15 @@ def cmd_table1(args) -> None:
                 records.append(rec)
                 delta = 100 * (rec["accuracy"] - rec["baseline_accuracy"])
                 print(f"{network} on {task}: C = {100 * rec['C']:.2f}%, validation "
-                      f"{100 * rec['accuracy']:.2f}% ({delta:+.2f} points), search "
-                      f"{rec['search_seconds']} s, {rec['search_evaluations']} evaluations "
+                      f"{100 * rec['accuracy']:.2f}% ({delta:+.2f} points), "
+                      f"{rec['search_strategy']} search {rec['search_seconds']} s, "
+                      f"{rec['search_evaluations']} evaluations "
                       f"({time.perf_counter() - start:.1f} s in all)", flush=True)
     table = format_table1(records)
     notes = [f"Search rule: {options['rule']}"
              + (f" at level {options['level']}" if options["rule"] == "mcnemar" else "")
+             + f", strategy {options['strategy']}"
+             + (f" (seed {options['seed']})" if options["strategy"] == "evolution" else "")
              + "; thresholds chosen on the search split (held-out training images), "
              "accuracy measured on the validation split (the task's test images).",
              "Paper mean C: the VELCRO paper's Table 1 over its cats, dogs and cars tasks, "

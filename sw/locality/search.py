@@ -31,6 +31,7 @@ in memory and no residual connection crosses the tap.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,9 +40,11 @@ import torch
 from ..data import to_float
 from ..errors import PlanError
 from ..progress import progress as progress_bar
+from . import strategies
 from .plan import applied, check_thresholds, compress, plan_C, scores
 from .profile import Profile
 from .rules import LEVEL, RULES, mcnemar_p
+from .strategies import STRATEGIES
 from .taps import Tapped
 
 CACHE_BYTES = 1 << 30
@@ -68,6 +71,8 @@ class SearchResult:
     path: list[SearchPoint] = field(default_factory=list)
     rule: str = "strict"
     level: float | None = None
+    strategy: str = "greedy"
+    seconds: float = 0.0
 
 
 def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndarray,
@@ -75,18 +80,24 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
            min_step: float = 1.25, explore_moves: int = 6, explore_step: float = 5.0,
            explore_slack: float = 0.01, start: list[float] | None = None,
            max_C: float = 1.0, threads: int | None = None, evaluator=None,
-           progress: bool = False, rule: str = "strict",
-           level: float = LEVEL) -> SearchResult:
+           progress: bool = False, rule: str = "strict", level: float = LEVEL,
+           strategy: str = "greedy", seed: int = 0, budget: int | None = None,
+           sweeps: int = 3) -> SearchResult:
     """Maximize C subject to the acceptance ``rule`` on the search images (see the
     module docstring): ``strict`` keeps ``accuracy >= baseline - tolerance``,
     ``mcnemar`` refuses plans significantly less accurate than the model at ``level``.
 
-    When the constrained descent is stuck, up to ``explore_moves`` unconstrained moves
-    of ``explore_step`` points (cheapest in loss per C, as always) look past the
-    obstacle: accuracy on a finite split is not monotonic in C, and a point a few
-    moves further may again satisfy the constraint. Exploration stops early once
-    accuracy falls ``explore_slack`` below the target; the result is always a point
-    that satisfies the constraint.
+    ``strategy`` chooses how (:data:`~velcro.sw.locality.strategies.STRATEGIES`):
+    ``greedy`` (below); ``coordinate``, each layer in turn pushed as far as the rule
+    admits, up to ``sweeps`` sweeps; or ``evolution``, a (mu+lambda) evolution of
+    threshold vectors from ``seed`` within ``budget`` evaluations
+    (:mod:`~velcro.sw.locality.strategies`). Each result is a point the rule admits.
+
+    Greedy: when the constrained descent is stuck, up to ``explore_moves``
+    unconstrained moves of ``explore_step`` points (cheapest in loss per C, as always)
+    look past the obstacle: accuracy on a finite split is not monotonic in C, and a
+    point a few moves further may again satisfy the constraint. Exploration stops early
+    once accuracy falls ``explore_slack`` below the target.
 
     Parameters
     ----------
@@ -120,24 +131,114 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
     if not 0 < min_step <= start_step <= 100:
         raise PlanError(f"steps must satisfy 0 < min_step <= start_step <= 100, "
                         f"not {min_step}, {start_step}")
-    layer_scores = scores(profile, criterion)
-    evaluator = (evaluator or Evaluator)(tapped, profile, criterion, layer_scores, images,
-                                         labels, threads)
-    cache: dict[tuple[float, ...], tuple[float, float, bytes]] = {}
-    bar = progress_bar(desc=f"search ({criterion})", unit="eval", enabled=progress)
+    if strategy not in STRATEGIES:
+        raise PlanError(f"unknown search strategy {strategy!r}; strategies are "
+                        f"{', '.join(STRATEGIES)}")
+    if budget is not None and strategy != "evolution":
+        raise PlanError(f"an evaluation budget is the evolution strategy's, not {strategy}'s")
+    if sweeps < 1:
+        raise PlanError(f"sweeps must be at least 1, not {sweeps}")
+    began = time.perf_counter()
+    session = Session(tapped, profile, images, labels, criterion, rule, level, tolerance,
+                      threads, evaluator, progress, f"search ({criterion}, {strategy})")
+    try:
+        current = session.start(start)
+        if strategy == "greedy":
+            path = _greedy(session, current, start_step, min_step, explore_moves,
+                           explore_step, explore_slack, max_C)
+        elif strategy == "coordinate":
+            path = strategies.coordinate(session, current, start_step, min_step, max_C,
+                                         sweeps)
+        else:
+            path = strategies.evolution(session, current, start_step, min_step, max_C,
+                                        seed, budget)
+    finally:
+        session.close()
+    best = path[-1]
+    return SearchResult(criterion, list(best.thresholds), best.C, best.accuracy,
+                        session.baseline, session.evaluations, path, rule,
+                        level if rule == "mcnemar" else None, strategy,
+                        time.perf_counter() - began)
 
-    def measure_all(candidates):
+
+class Session:
+    """What every strategy shares: the evaluator, the cache of measured plans (the
+    number of evaluations is its size), the baseline and the acceptance rule."""
+
+    def __init__(self, tapped: Tapped, profile: Profile, images: np.ndarray,
+                 labels: np.ndarray, criterion: str, rule: str, level: float,
+                 tolerance: float, threads: int | None, evaluator, progress: bool,
+                 desc: str):
+        self.profile, self.rule, self.level = profile, rule, level
+        self.layer_scores = scores(profile, criterion)
+        self.evaluator = (evaluator or Evaluator)(tapped, profile, criterion,
+                                                  self.layer_scores, images, labels, threads)
+        self.cache: dict[tuple[float, ...], tuple[float, float, bytes]] = {}
+        self.bar = progress_bar(desc=desc, unit="eval", enabled=progress)
+        self.baseline, loss, self.base_right = self.measure([0.0] * len(profile.layers))
+        self.base_loss = loss
+        self.target = self.baseline - tolerance
+        self.base_bits = np.unpackbits(np.frombuffer(self.base_right, np.uint8))
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.cache)
+
+    def measure_all(self, candidates):
         """Measure every candidate not measured yet (together), then look all up."""
+        cache = self.cache
         new = list(dict.fromkeys(tuple(t) for t in candidates if tuple(t) not in cache))
         if new:
-            for key, figures in zip(new, evaluator.measure_all([list(k) for k in new]),
-                                    strict=True):
-                cache[key] = figures
-            bar.update(len(new))
+            figures = self.evaluator.measure_all([list(k) for k in new])
+            for key, value in zip(new, figures, strict=True):
+                cache[key] = value
+            self.bar.update(len(new))
         return [cache[tuple(t)] for t in candidates]
 
-    def measure(thresholds):
-        return measure_all([thresholds])[0]
+    def measure(self, thresholds):
+        return self.measure_all([thresholds])[0]
+
+    def C(self, thresholds) -> float:
+        return plan_C(self.profile, thresholds, self.layer_scores)
+
+    def admitted(self, acc: float, right: bytes) -> bool:
+        if self.rule == "strict":
+            return acc >= self.target
+        bits = np.unpackbits(np.frombuffer(right, np.uint8))
+        b = int(np.sum(self.base_bits & ~bits & 1))
+        c = int(np.sum(bits & ~self.base_bits & 1))
+        return mcnemar_p(b, c) >= self.level
+
+    def state(self, thresholds: list[float]) -> _State:
+        """The measured state of ``thresholds``."""
+        acc, loss, right = self.measure(thresholds)
+        return _State(list(thresholds), self.C(thresholds), acc, loss, right=right)
+
+    def start(self, start: list[float] | None) -> _State:
+        """The starting state (all zero unless ``start``), with the evaluator based on it."""
+        if start is None:
+            current = _State([0.0] * len(self.profile.layers), 0.0, self.baseline,
+                             self.base_loss, right=self.base_right)
+        else:
+            current = self.state(check_thresholds(start, self.profile.names))
+        self.evaluator.rebase(current.thresholds)
+        return current
+
+    def point(self, state: _State) -> SearchPoint:
+        return SearchPoint(list(state.thresholds), state.C, state.accuracy)
+
+    def rebase(self, thresholds: list[float]) -> None:
+        self.evaluator.rebase(thresholds)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.evaluator.close()
+
+
+def _greedy(session: Session, current: _State, start_step: float, min_step: float,
+            explore_moves: int, explore_step: float, explore_slack: float,
+            max_C: float) -> list[SearchPoint]:
+    """The greedy search (the module docstring); returns its path, the choice last."""
 
     def best_move(state: _State, step: float, constrained: bool) -> _State | None:
         """The cheapest move of one layer by ``step`` points (free tie moves are taken)."""
@@ -147,43 +248,27 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
                 continue
             candidate = list(state.thresholds)
             candidate[k] = min(100.0, candidate[k] + step)
-            c = plan_C(profile, candidate, layer_scores)
+            c = session.C(candidate)
             if c <= state.C:
                 # Percentile ties: the mask did not grow, so the move is free.
-                state = _State(candidate, state.C, state.accuracy, state.loss)
+                state = _State(candidate, state.C, state.accuracy, state.loss,
+                               right=state.right)
                 continue
             moves.append((candidate, c))
         # The moves are independent of one another's figures: measure them together.
         best = None
         for (candidate, c), (acc, loss, right) in zip(
-                moves, measure_all([m for m, _ in moves]), strict=True):
-            if constrained and not admitted(acc, right):
+                moves, session.measure_all([m for m, _ in moves]), strict=True):
+            if constrained and not session.admitted(acc, right):
                 continue
             move = _State(candidate, c, acc, loss, (loss - state.loss) / (c - state.C),
                           right)
             if best is None or (move.cost, -move.C) < (best.cost, -best.C):
                 best = move
-        bar.set_postfix(C=f"{state.C:.3f}", step=step)
+        session.bar.set_postfix(C=f"{state.C:.3f}", step=step)
         return best
 
-    baseline, loss, base_right = measure([0.0] * len(profile.layers))
-    target = baseline - tolerance
-    base_bits = np.unpackbits(np.frombuffer(base_right, np.uint8))
-
-    def admitted(acc: float, right: bytes) -> bool:
-        if rule == "strict":
-            return acc >= target
-        bits = np.unpackbits(np.frombuffer(right, np.uint8))
-        b = int(np.sum(base_bits & ~bits & 1))
-        c = int(np.sum(bits & ~base_bits & 1))
-        return mcnemar_p(b, c) >= level
-
-    current = _State([0.0] * len(profile.layers), 0.0, baseline, loss, right=base_right)
-    if start is not None:
-        start = check_thresholds(start, profile.names)
-        acc, loss, right = measure(start)
-        current = _State(start, plan_C(profile, start, layer_scores), acc, loss, right=right)
-    evaluator.rebase(current.thresholds)
+    target = session.target
     path = [SearchPoint(list(current.thresholds), current.C, current.accuracy)]
     while current.C < max_C:
         step = start_step
@@ -193,25 +278,22 @@ def search(tapped: Tapped, profile: Profile, images: np.ndarray, labels: np.ndar
                 step /= 2
                 continue
             current = move
-            evaluator.rebase(current.thresholds)
+            session.rebase(current.thresholds)
             path.append(SearchPoint(list(current.thresholds), current.C, current.accuracy))
         probe, found = current, None
         for _ in range(explore_moves):
             probe = best_move(probe, explore_step, constrained=False)
             if probe is None or probe.accuracy < target - explore_slack:
                 break
-            evaluator.rebase(probe.thresholds)
-            if admitted(probe.accuracy, probe.right):
+            session.rebase(probe.thresholds)
+            if session.admitted(probe.accuracy, probe.right):
                 found = probe
                 break
         if found is None:
             break
         current = found
         path.append(SearchPoint(list(current.thresholds), current.C, current.accuracy))
-    bar.close()
-    evaluator.close()
-    return SearchResult(criterion, current.thresholds, current.C, current.accuracy, baseline,
-                        len(cache), path, rule, level if rule == "mcnemar" else None)
+    return path
 
 
 @dataclass

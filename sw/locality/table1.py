@@ -65,7 +65,7 @@ def table1_cell(network: str, model: nn.Module, task_name: str, *, curve: bool =
     """Profile, search and validate ``model`` on ``task_name``: one record of the table.
 
     ``search_options`` go to :func:`~velcro.sw.locality.experiment.run_search` (the
-    acceptance ``rule`` and ``level``, a Ray evaluator); ``profile_options`` to
+    acceptance ``rule`` and ``level``, the ``strategy``, a Ray evaluator); ``profile_options`` to
     :func:`~velcro.sw.locality.experiment.prepare`.
     """
     task = make_task(task_name, size=input_size(network))
@@ -87,6 +87,7 @@ def table1_cell(network: str, model: nn.Module, task_name: str, *, curve: bool =
         "search_seconds": round(seconds, 2),
         "search_evaluations": result.evaluations,
         "search_rule": result.rule,
+        "search_strategy": result.strategy,
         "search_level": result.level,
         "search_accuracy": result.accuracy,
         "search_baseline_accuracy": result.baseline_accuracy,

@@ -7,6 +7,7 @@ from velcro.sw.errors import PlanError
 from velcro.sw.evaluate import accuracy
 from velcro.sw.locality.experiment import prepare, run_search
 from velcro.sw.locality.plan import applied, compress
+from velcro.sw.locality.strategies import STRATEGIES
 from velcro.sw.models import load_reference
 
 
@@ -21,7 +22,9 @@ def small_task():
                             validation=validation)
 
 
-def test_search_keeps_search_accuracy_and_never_reads_validation(small_task, monkeypatch):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_search_keeps_search_accuracy_and_never_reads_validation(small_task, monkeypatch,
+                                                                  strategy):
     model = load_reference()
     validation = set(small_task.splits().validation.tolist())
     read = []
@@ -34,7 +37,7 @@ def test_search_keeps_search_accuracy_and_never_reads_validation(small_task, mon
 
     monkeypatch.setattr(data_module.Dataset, "subset", spy)
     setup = prepare(model, small_task, sensitivity=False)
-    result = run_search(setup, "variance", coarse=True)
+    result = run_search(setup, "variance", coarse=True, strategy=strategy)
     monkeypatch.undo()
 
     assert read and all(not (r & validation) for r in read)
@@ -49,6 +52,7 @@ def test_search_keeps_search_accuracy_and_never_reads_validation(small_task, mon
     assert result.baseline_accuracy == accuracy(model, search.images, search.labels)
     cs = [p.C for p in result.path]
     assert cs == sorted(cs) and cs[-1] == result.C
+    assert result.strategy == strategy and 0 < result.seconds
 
 
 def test_search_tolerance_allows_more_compression(small_task):
