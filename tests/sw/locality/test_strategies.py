@@ -154,7 +154,7 @@ def test_compress_records_the_strategy_its_seconds_and_evaluations(tmp_path, cap
     assert f"search: evolution, {rec['search_evaluations']} evaluations in" in (
         capsys.readouterr().out)
     assert main(["compress", "--task", "footwear", "--search", "--budget", "12"]) == 2
-    assert "--budget belongs to --strategy evolution, not coordinate" in (
+    assert "--budget belongs to --strategy evolution, not greedy" in (
         capsys.readouterr().err)
     assert main(["compress", "--task", "footwear", "--search", "--strategy", "evolution",
                  "--budget", "1"]) == 2
@@ -171,7 +171,8 @@ def test_the_strategy_options_are_documented(capsys):
         text = " ".join(capsys.readouterr().out.split())
         assert "--strategy {greedy,coordinate,evolution}" in text
         assert "--budget" in text and "--seed" in text
-        assert "coordinate (default: the highest mean search-split C" in text
+        assert "greedy (default, as in export --search and the demo)" in text
+        assert "coordinate (the highest mean search" in text
 
 
 def test_table1_runs_and_records_the_strategy(small_task, tmp_path, monkeypatch):
