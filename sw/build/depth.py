@@ -32,6 +32,8 @@ import json
 import re
 from pathlib import Path
 
+from .utilization import LUT_MEMORY_CELL
+
 __all__ = ["DEEPEST", "lut_levels"]
 
 #: Paths reported per netlist, deepest first.
@@ -41,7 +43,6 @@ THROUGH = 12
 
 _LUT = re.compile(r"LUT[1-6]")
 _REGISTER = re.compile(r"FD[CPRS]E|RAMB\w*|URAM\w*")
-_LUT_MEMORY = re.compile(r"RAM(16|32|64|128|256|512)[XM]\w*|SRL\w*")
 _MEMORY_ADDRESS = re.compile(r"A(DDR)?[A-H]?\d*|DPRA\d*")
 _CARRY = re.compile(r"CARRY[48]")
 _WIRE = re.compile(r"MUXF[789]|INV|[IO]BUF\w*|BUFG\w*|GND|VCC|DSP48E2")
@@ -59,7 +60,7 @@ def _kind(cell: dict) -> str:
         return "register"
     if _LUT.fullmatch(kind):
         return "lut"
-    if _LUT_MEMORY.fullmatch(kind):
+    if LUT_MEMORY_CELL.fullmatch(kind):
         return "memory"
     if _CARRY.fullmatch(kind):
         return "carry"
@@ -71,14 +72,16 @@ def _kind(cell: dict) -> str:
 
 def _names(module: dict) -> dict[int, str]:
     """A readable name for each bit: a public net name where there is one."""
-    names: dict[int, tuple[int, str]] = {}
+    # Per bit (rank, length, label): public names first, then the shortest.
+    names: dict[int, tuple[int, int, str]] = {}
     for name, net in module.get("netnames", {}).items():
         rank = 1 if net.get("hide_name") or name.startswith("$") else 0
         for i, bit in enumerate(net["bits"]):
             if isinstance(bit, int):
                 label = name if len(net["bits"]) == 1 else f"{name}[{i}]"
-                if bit not in names or (rank, len(label)) < names[bit][:1] + (len(names[bit][1]),):
-                    names[bit] = (rank, label)
+                key = (rank, len(label))
+                if bit not in names or key < names[bit][:2]:
+                    names[bit] = (*key, label)
     # A buffer's two sides are one signal: a register behind an output buffer takes the
     # port's name.
     for cell in module.get("cells", {}).values():
@@ -89,7 +92,7 @@ def _names(module: dict) -> dict[int, str]:
             for bit in ends:
                 if named and names.get(bit, (1,))[0] == 1:
                     names[bit] = named[0]
-    return {bit: label for bit, (_, label) in names.items()}
+    return {bit: label for bit, (_, _, label) in names.items()}
 
 
 def lut_levels(netlist: dict | str | Path, top: str | None = None,

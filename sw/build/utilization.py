@@ -59,7 +59,8 @@ _LUTS_PER_MEMORY_CELL = MappingProxyType({
 #: The engines' names inside ``velcro_kernel``, synthesized apart from the rest.
 CONV, DENSE = "conv", "dense"
 
-_MEMORY_CELL = re.compile(r"RAM(16|32|64|128|256|512)[XM]\w*|SRL\w*")
+#: Distributed-RAM and shift-register primitives: LUTs used as memory.
+LUT_MEMORY_CELL = re.compile(r"RAM(16|32|64|128|256|512)[XM]\w*|SRL\w*")
 
 
 def lut_count(cells: dict[str, int]) -> tuple[int, int]:
@@ -67,7 +68,7 @@ def lut_count(cells: dict[str, int]) -> tuple[int, int]:
     logic = sum(n for cell, n in cells.items() if re.fullmatch(r"LUT[1-6]", cell))
     memory = 0
     for cell, n in cells.items():
-        if _MEMORY_CELL.fullmatch(cell):
+        if LUT_MEMORY_CELL.fullmatch(cell):
             if cell not in _LUTS_PER_MEMORY_CELL:
                 raise ValueError(f"unknown LUT-memory primitive {cell}; known: "
                                  f"{', '.join(_LUTS_PER_MEMORY_CELL)}")
