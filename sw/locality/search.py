@@ -269,7 +269,7 @@ def _greedy(session: Session, current: _State, start_step: float, min_step: floa
         return best
 
     target = session.target
-    path = [SearchPoint(list(current.thresholds), current.C, current.accuracy)]
+    path = [session.point(current)]
     while current.C < max_C:
         step = start_step
         while step >= min_step and current.C < max_C:
@@ -279,7 +279,7 @@ def _greedy(session: Session, current: _State, start_step: float, min_step: floa
                 continue
             current = move
             session.rebase(current.thresholds)
-            path.append(SearchPoint(list(current.thresholds), current.C, current.accuracy))
+            path.append(session.point(current))
         probe, found = current, None
         for _ in range(explore_moves):
             probe = best_move(probe, explore_step, constrained=False)
@@ -292,7 +292,7 @@ def _greedy(session: Session, current: _State, start_step: float, min_step: floa
         if found is None:
             break
         current = found
-        path.append(SearchPoint(list(current.thresholds), current.C, current.accuracy))
+        path.append(session.point(current))
     return path
 
 
