@@ -80,6 +80,12 @@ def _window_tables(stride: int):
     return offsets, phases
 
 
+def _row_col(k):
+    """Row and column within its block of element ``k`` (``3 * i + j``)."""
+    return (Array(Const(n // 3, 2) for n in range(TAPS))[k],
+            Array(Const(n % 3, 2) for n in range(TAPS))[k])
+
+
 def _pending(m: Module, todo, stride2, name: str) -> dict:
     """What the issue logic needs of a block's pending elements ``todo``: the lowest one
     ``k``, whether none or at most one is left, and for ``k``'s window centre the bank
@@ -91,8 +97,7 @@ def _pending(m: Module, todo, stride2, name: str) -> dict:
         with m.If(todo[n]):
             m.d.comb += k.eq(n)
     found = {"k": k, "empty": todo == 0, "single": (todo & (todo - 1)) == 0}
-    coords = {"row": Array(Const(n // 3, 2) for n in range(TAPS))[k],
-              "col": Array(Const(n % 3, 2) for n in range(TAPS))[k]}
+    coords = dict(zip(("row", "col"), _row_col(k), strict=True))
     for axis, coord in coords.items():
         route = found[f"route_{axis}"] = Signal(range(3), name=f"{name}_route_{axis}")
         sel = found[f"{axis}_sel"] = [Signal(range(3), name=f"{name}_{axis}_word{r}")
@@ -251,8 +256,7 @@ class SkipScanner(wiring.Component):
                      *(first_lanes[lane].eq(self.c_in > lane) for lane in range(c.lanes)),
                      *(next_lanes[lane].eq(after > lane) for lane in range(c.lanes))]
         first_plane = Mux(self.buf, c.max_groups, 0)
-        k_i = Array(Const(n // 3, 2) for n in range(TAPS))[k]
-        k_j = Array(Const(n % 3, 2) for n in range(TAPS))[k]
+        k_i, k_j = _row_col(k)
         row_sel, col_sel = state["row_sel"], state["col_sel"]
         # Strides are 1 or 2: multiples of the stride are muxed shifts, not multipliers.
         yc = cur_yc + Mux(self.stride2, k_i << 1, k_i)
