@@ -14,7 +14,7 @@ additions in fabric (written out, so that synthesis does not give it a DSP slice
 of its own).
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -27,11 +27,13 @@ LOW_BITS = 26   # accumulator bits multiplied in the DSP slice (27-bit signed po
 class Requantizer(wiring.Component):
     """``acc``/``mult``/``shift``/``relu`` in, ``y`` out :attr:`LATENCY` cycles later.
 
-    Both partial products are registered before the rounding add and the shift, which
-    lets the low one map onto a DSP slice with its output register.
+    Three register stages, so that no path between registers is deeper than a few
+    LUTs: the partial products (the low one maps onto a DSP slice with its output
+    register), then their sum with the rounding term shifted by the multiple of 8 in
+    ``shift``, then the rest of the shift and the clamp.
     """
 
-    LATENCY = 2
+    LATENCY = 3
 
     acc: In(signed(ACC_BITS))
     mult: In(unsigned(MULT_BITS))
@@ -53,11 +55,18 @@ class Requantizer(wiring.Component):
                      high.eq(sum(terms[:-1]) - terms[-1]),
                      shift.eq(self.shift), relu.eq(self.relu)]
 
-        product = (high << LOW_BITS) + low
-        # (1 << shift) >> 1 is 1 << (shift - 1), and 0 for shift == 0.
+        # (1 << shift) >> 1 is 1 << (shift - 1), and 0 for shift == 0. The shift is split:
+        # by its multiple of 8 after the sum, by the rest before the clamp.
         rounding = (Const(1, unsigned(2 ** SHIFT_BITS)) << shift) >> 1
-        shifted = Signal(signed(ACC_BITS + MULT_BITS + 2))
-        m.d.comb += shifted.eq((product + rounding) >> shift)
-        lo = Mux(relu, 0, -128)
+        total = (high << LOW_BITS) + low + rounding
+        coarse = Signal(signed(ACC_BITS + MULT_BITS + 2))
+        fine = Signal(3)
+        coarse_relu = Signal()
+        m.d.sync += [coarse.eq(total >> Cat(Const(0, 3), shift[3:])), fine.eq(shift[:3]),
+                     coarse_relu.eq(relu)]
+
+        shifted = Signal.like(coarse)
+        m.d.comb += shifted.eq(coarse >> fine)
+        lo = Mux(coarse_relu, 0, -128)
         m.d.sync += self.y.eq(Mux(shifted > 127, 127, Mux(shifted < lo, lo, shifted)))
         return m

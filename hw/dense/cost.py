@@ -12,9 +12,10 @@ from .config import DenseConfig, DenseLayer
 
 __all__ = ["DRAIN_LATENCY", "expected_cycles", "index_bound", "stream_beats"]
 
-#: Cycles from a row read of the accumulators to its output beat being offered
-#: (read, bias add, multiply, round/shift/clamp).
-DRAIN_LATENCY = 4
+#: Cycles from a row read of the accumulators to its output beat being offered: the
+#: read, the bias add and :attr:`velcro.hw.requant.Requantizer.LATENCY` (partial
+#: products, rounding sum, shift and clamp).
+DRAIN_LATENCY = 5
 
 
 def stream_beats(layer: DenseLayer, config: DenseConfig) -> dict[str, int]:
