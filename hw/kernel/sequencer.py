@@ -260,6 +260,9 @@ class Sequencer(wiring.Component):
         # --- state ----------------------------------------------------------------------
         desc = Signal(DESCRIPTOR)
         op = desc.opcode
+        # One flag per opcode, registered beside the descriptor: the decode of every
+        # state reads a flip-flop, not a comparison of the opcode field.
+        op_flag = {code: Signal(name=f"op_{code.name.lower()}") for code in Opcode}
         mp, cv, dn, vc = desc.args.map, desc.args.conv, desc.args.dense, desc.args.vec
         pc = Signal(16)
         end_pc = Signal(16)
@@ -268,6 +271,7 @@ class Sequencer(wiring.Component):
                 for name in ("program", "indices", "inputs", "outputs", "counters")}
         images = Signal(32)
         watchdog = Signal(32)
+        watchdog_on = Signal()
         image_offset = Signal(64)
         io_addr = Signal(64)
         addr = {name: Signal(64, name=f"addr_{name}")
@@ -299,25 +303,24 @@ class Sequencer(wiring.Component):
             return records * per_record
 
         def is_op(*opcodes):
-            return Cat(op == code for code in opcodes).any()
+            return Cat(op_flag[code] for code in opcodes).any()
 
         dense_beats = (dn.n_out + dense_cfg.lanes - 1) >> exact_log2(dense_cfg.lanes)
-        half = {"src": Mux(dn.src, vw, 0), "dst": Mux(Mux(op == Opcode.DENSE, dn.dst,
-                                                          Mux(op == Opcode.FLATTEN, mp.dst,
+        half = {"src": Mux(dn.src, vw, 0), "dst": Mux(Mux(is_op(Opcode.DENSE), dn.dst,
+                                                          Mux(is_op(Opcode.FLATTEN), mp.dst,
                                                               vc.dst)), vw, 0)}
 
         # --- engine settings and starts -----------------------------------------------------
         layer = conv.layer
         pool_load = Signal()
-        with m.Switch(op):
-            with m.Case(Opcode.CONV):
+        with m.If(is_op(Opcode.CONV)):
                 m.d.comb += [layer.op.eq(Op.CONV), layer.buf.eq(cv.buf),
                              layer.c_in.eq(cv.c_in), layer.c_out.eq(cv.c_out),
                              layer.height.eq(cv.height), layer.width.eq(cv.width),
                              layer.stride.eq(cv.stride), layer.relu.eq(cv.relu),
                              layer.skip.eq(cv.skip)]
-            with m.Case(Opcode.LOAD_MAP, Opcode.POOL, Opcode.FLATTEN, Opcode.STORE_MAP):
-                loading = (op == Opcode.LOAD_MAP) | pool_load
+        with m.Elif(is_op(Opcode.LOAD_MAP, Opcode.POOL, Opcode.FLATTEN, Opcode.STORE_MAP)):
+                loading = is_op(Opcode.LOAD_MAP) | pool_load
                 m.d.comb += [layer.op.eq(Mux(loading, Op.LOAD, Op.DRAIN)),
                              layer.buf.eq(mp.buf), layer.c_in.eq(mp.channels),
                              layer.height.eq(Mux(pool_load, mp.height >> 1, mp.height)),
@@ -326,14 +329,14 @@ class Sequencer(wiring.Component):
                                                Opcode.FLATTEN, Opcode.STORE_MAP))
         groups = sum(mp.channels > g * lanes for g in range(cfg.conv.max_groups))
         m.d.comb += [pool.groups.eq(groups), pool.height.eq(mp.height),
-                     pool.width.eq(mp.width), pool.start.eq(kick & (op == Opcode.POOL) &
+                     pool.width.eq(mp.width), pool.start.eq(kick & is_op(Opcode.POOL) &
                                                            ~pool_load),
                      flat.channels.eq(mp.channels), flat.height.eq(mp.height),
-                     flat.width.eq(mp.width), flat.start.eq(kick & (op == Opcode.FLATTEN))]
+                     flat.width.eq(mp.width), flat.start.eq(kick & is_op(Opcode.FLATTEN))]
         cmd = dense.cmd.payload
         m.d.comb += [cmd.n_seg.eq(dn.n_seg), cmd.s.eq(dn.s), cmd.index_bits.eq(dn.index_bits),
                      cmd.n_out.eq(dn.n_out), cmd.relu.eq(dn.relu), cmd.logits.eq(dn.logits),
-                     dense.cmd.valid.eq(kick & (op == Opcode.DENSE))]
+                     dense.cmd.valid.eq(kick & is_op(Opcode.DENSE))]
         if dense_cfg.int8:
             m.d.comb += cmd.int8.eq(dn.int8)
         out_taken = self.out_taken
@@ -341,23 +344,21 @@ class Sequencer(wiring.Component):
             m.d.sync += out_seen.eq(out_seen + 1)
 
         # --- stream selects -----------------------------------------------------------------
-        m.d.comb += [route.ifmap_pooled.eq(op == Opcode.POOL), route.to_memory.eq(dn.to_memory),
+        m.d.comb += [route.ifmap_pooled.eq(is_op(Opcode.POOL)), route.to_memory.eq(dn.to_memory),
                      route.vector_base.eq(half["dst"])]
-        with m.Switch(op):
-            with m.Case(Opcode.POOL):
-                m.d.comb += route.ofmap.eq(Ofmap.POOL)
-            with m.Case(Opcode.FLATTEN):
-                m.d.comb += [route.ofmap.eq(Ofmap.FLATTEN), route.vector.eq(VectorWrite.FLATTEN)]
-            with m.Case(Opcode.STORE_MAP):
-                m.d.comb += [route.ofmap.eq(Ofmap.STORE), route.write.eq(WriteData.MAP)]
-            with m.Case(Opcode.LOAD_VEC):
-                m.d.comb += route.vector.eq(VectorWrite.LOAD)
-            with m.Case(Opcode.DENSE):
-                m.d.comb += route.vector.eq(VectorWrite.DENSE)
+        for code, routes in (
+                (Opcode.POOL, [route.ofmap.eq(Ofmap.POOL)]),
+                (Opcode.FLATTEN, [route.ofmap.eq(Ofmap.FLATTEN),
+                                  route.vector.eq(VectorWrite.FLATTEN)]),
+                (Opcode.STORE_MAP, [route.ofmap.eq(Ofmap.STORE), route.write.eq(WriteData.MAP)]),
+                (Opcode.LOAD_VEC, [route.vector.eq(VectorWrite.LOAD)]),
+                (Opcode.DENSE, [route.vector.eq(VectorWrite.DENSE)])):
+            with m.If(is_op(code)):
+                m.d.comb += routes
 
         # --- faults -----------------------------------------------------------------------------
         axi_read = Cat(r.error for r in readers).any()
-        over_time = (watchdog != 0) & (op_cycles >= watchdog)
+        over_time = watchdog_on & (op_cycles >= watchdog)
         status_reg = REGMAP["status"]
         fault = Signal(status_reg.width)
         for name, cause in (("AXI_READ", axi_read), ("AXI_WRITE", wr.error),
@@ -375,20 +376,18 @@ class Sequencer(wiring.Component):
             Opcode.LOAD_VEC: unpack["vec"].busy,
             Opcode.FLATTEN: flat.overflow,
         }
-        # The DMA commands each op issues, and the addresses they use.
+        # The DMA commands each op issues, and the addresses they use. Set in DECODE,
+        # like ``misaligned`` in ADDR, so that ISSUE and PREFETCH read registers.
+        no_codebook = Signal()
         needs = {
             "act": is_op(Opcode.LOAD_MAP, Opcode.LOAD_VEC),
-            "bulk": (op == Opcode.CONV) | ((op == Opcode.DENSE) & (dn.codebook.records != 0)),
+            "bulk": is_op(Opcode.CONV) | (is_op(Opcode.DENSE) & ~no_codebook),
             "small": is_op(Opcode.CONV, Opcode.DENSE),
-            "mask": (op == Opcode.CONV) & cv.skip,
-            "indices": op == Opcode.DENSE,
-            "write": (op == Opcode.STORE_MAP) | ((op == Opcode.DENSE) & dn.to_memory),
+            "mask": is_op(Opcode.CONV) & cv.skip,
+            "indices": is_op(Opcode.DENSE),
+            "write": is_op(Opcode.STORE_MAP) | (is_op(Opcode.DENSE) & dn.to_memory),
         }
-        used_addr = {"act": io_addr, "bulk": addr["bulk"], "small": addr["small"],
-                     "mask": addr["mask"], "indices": addr["indices"], "write": io_addr}
         misaligned = Signal()
-        m.d.comb += misaligned.eq(
-            Cat(needs[k] & (used_addr[k][:exact_log2(wb)] != 0) for k in needs).any())
 
         # Descriptor checks, each in the state that makes it (registered inputs only).
         def beyond(value, limit, low=1):
@@ -410,17 +409,21 @@ class Sequencer(wiring.Component):
             Opcode.LOAD_VEC: beyond(vc.io.records, vw, 0),
             Opcode.END: Const(0, 1),
         }
+        # The checks of DECODE, ADDR and CHECK end the run one state later, from a
+        # register set for that one cycle: their comparators and the fault logic behind
+        # them would otherwise make one path.
         decode_bad = Signal()
-        with m.Switch(op):
-            for code, check in decode_checks.items():
-                with m.Case(code):
-                    m.d.comb += decode_bad.eq(check)
-            with m.Default():
-                m.d.comb += decode_bad.eq(1)
+        decode_bad_late = Signal()
+        check_bad_late = Signal()
+        m.d.sync += [decode_bad_late.eq(0), misaligned.eq(0), check_bad_late.eq(0)]
+        # An unknown opcode raises no flag.
+        m.d.comb += decode_bad.eq(~is_op(*Opcode) |
+                                  Cat(is_op(code) & check
+                                      for code, check in decode_checks.items()).any())
         check_bad = Signal()
         left = Const(0, 1)
         for code, busy in streams_left.items():
-            left = left | ((op == code) & busy)
+            left = left | (is_op(code) & busy)
         m.d.comb += check_bad.eq(left | (is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL,
                                                Opcode.FLATTEN, Opcode.STORE_MAP) & conv.error))
 
@@ -442,6 +445,7 @@ class Sequencer(wiring.Component):
                         [wr.clear.eq(1)]
                     m.d.sync += [base[name].eq(args[name]) for name in base]
                     m.d.sync += [images.eq(args.images), watchdog.eq(args.watchdog),
+                                 watchdog_on.eq(args.watchdog != 0),
                                  image.eq(0), pc.eq(0), end_pc.eq(0), status.eq(0),
                                  error_pc.eq(0), error_op.eq(0), images_done.eq(0),
                                  op_cycles.eq(0)]
@@ -463,33 +467,41 @@ class Sequencer(wiring.Component):
             with active("WAIT_DESC"):
                 m.d.comb += [in_stall.eq(1), unpack["desc"].records.ready.eq(1)]
                 with m.If(unpack["desc"].records.valid):
-                    m.d.sync += desc.eq(unpack["desc"].records.payload[:DESCRIPTOR.size])
+                    fetched = DESCRIPTOR(unpack["desc"].records.payload[:DESCRIPTOR.size])
+                    m.d.sync += [desc.eq(fetched)] + \
+                        [op_flag[code].eq(fetched.opcode == code) for code in Opcode]
                     m.next = "DECODE"
 
             with active("DECODE"):
-                stride = Mux(op == Opcode.DENSE, dn.out.stride,
-                             Mux(op == Opcode.LOAD_VEC, vc.io.stride, mp.io.stride))
-                m.d.sync += image_offset.eq(image * stride)
-                with m.If(op == Opcode.END):
+                stride = Mux(is_op(Opcode.DENSE), dn.out.stride,
+                             Mux(is_op(Opcode.LOAD_VEC), vc.io.stride, mp.io.stride))
+                m.d.sync += [image_offset.eq(image * stride),
+                             no_codebook.eq(dn.codebook.records == 0),
+                             decode_bad_late.eq(decode_bad)]
+                with m.If(is_op(Opcode.END)):
                     m.next = "END_IMAGE"
                 with m.Else():
                     m.next = "ADDR"
 
             with active("ADDR"):
-                io = Mux(op == Opcode.DENSE, dn.out.offset,
-                         Mux(op == Opcode.LOAD_VEC, vc.io.offset, mp.io.offset))
+                io = Mux(is_op(Opcode.DENSE), dn.out.offset,
+                         Mux(is_op(Opcode.LOAD_VEC), vc.io.offset, mp.io.offset))
                 io_base = Mux(is_op(Opcode.LOAD_MAP, Opcode.LOAD_VEC), base["inputs"],
                               base["outputs"])
-                m.d.sync += [
-                    io_addr.eq(io_base + io + image_offset),
-                    addr["bulk"].eq(base["program"] + Mux(op == Opcode.CONV, cv.weights.offset,
-                                                          dn.codebook.offset)),
-                    addr["small"].eq(base["program"] + Mux(op == Opcode.CONV,
-                                                           cv.requant.offset,
-                                                           dn.params.offset)),
-                    addr["mask"].eq(base["program"] + cv.mask.offset),
-                    addr["indices"].eq(base["indices"] + dn.indices.offset),
-                ]
+                new = {
+                    "io": io_base + io + image_offset,
+                    "bulk": base["program"] + Mux(is_op(Opcode.CONV), cv.weights.offset,
+                                                  dn.codebook.offset),
+                    "small": base["program"] + Mux(is_op(Opcode.CONV), cv.requant.offset,
+                                                   dn.params.offset),
+                    "mask": base["program"] + cv.mask.offset,
+                    "indices": base["indices"] + dn.indices.offset,
+                }
+                m.d.sync += [io_addr.eq(new["io"])] + \
+                    [addr[name].eq(new[name]) for name in addr]
+                uses = {"act": "io", "write": "io"}
+                m.d.sync += misaligned.eq(Cat(
+                    needs[k] & (new[uses.get(k, k)][:exact_log2(wb)] != 0) for k in needs).any())
                 m.next = "ISSUE"
 
             with active("ISSUE"):
@@ -497,11 +509,11 @@ class Sequencer(wiring.Component):
                             "small": rd_prog.small_cmd, "mask": rd_prog.mask_cmd,
                             "indices": rd_idx.indices_cmd, "write": wr.cmd}
                 all_ready = Cat(~needs[k] | commands[k].ready for k in needs).all()
-                conv_op = op == Opcode.CONV
-                act_records = Mux(op == Opcode.LOAD_VEC, vc.io.records, mp.io.records)
+                conv_op = is_op(Opcode.CONV)
+                act_records = Mux(is_op(Opcode.LOAD_VEC), vc.io.records, mp.io.records)
                 m.d.comb += [
                     rd_data.act_cmd.payload.addr.eq(io_addr),
-                    rd_data.act_cmd.payload.words.eq(Mux(op == Opcode.LOAD_VEC,
+                    rd_data.act_cmd.payload.words.eq(Mux(is_op(Opcode.LOAD_VEC),
                                                          words("x", vc.io.records),
                                                          words("act", mp.io.records))),
                     rd_prog.bulk_cmd.payload.addr.eq(addr["bulk"]),
@@ -517,30 +529,30 @@ class Sequencer(wiring.Component):
                     rd_idx.indices_cmd.payload.addr.eq(addr["indices"]),
                     rd_idx.indices_cmd.payload.words.eq(words("indices", dn.indices.records)),
                     wr.cmd.payload.addr.eq(io_addr),
-                    wr.cmd.payload.words.eq(Mux(op == Opcode.STORE_MAP,
+                    wr.cmd.payload.words.eq(Mux(is_op(Opcode.STORE_MAP),
                                                 words("act", mp.io.records),
                                                 words("out", dense_beats))),
                 ]
                 with m.If(all_ready & ~misaligned):
                     m.d.comb += [commands[k].valid.eq(needs[k]) for k in needs]
                     starts = {
-                        "act": (op == Opcode.LOAD_MAP, act_records),
-                        "vec": (op == Opcode.LOAD_VEC, act_records),
+                        "act": (is_op(Opcode.LOAD_MAP), act_records),
+                        "vec": (is_op(Opcode.LOAD_VEC), act_records),
                         "weights": (conv_op, cv.weights.records),
                         "requant": (conv_op, cv.requant.records),
                         "mask": (conv_op & cv.skip, cv.mask.records),
-                        "indices": (op == Opcode.DENSE, dn.indices.records),
-                        "codebook": (op == Opcode.DENSE, dn.codebook.records),
-                        "params": (op == Opcode.DENSE, dn.params.records),
+                        "indices": (is_op(Opcode.DENSE), dn.indices.records),
+                        "codebook": (is_op(Opcode.DENSE), dn.codebook.records),
+                        "params": (is_op(Opcode.DENSE), dn.params.records),
                     }
                     for name, (when, count) in starts.items():
                         m.d.comb += [unpack[name].start.eq(when), unpack[name].count.eq(count)]
                     m.d.comb += [
-                        pack["map"].start.eq(op == Opcode.STORE_MAP),
+                        pack["map"].start.eq(is_op(Opcode.STORE_MAP)),
                         pack["map"].count.eq(mp.io.records),
-                        pack["out"].start.eq((op == Opcode.DENSE) & dn.to_memory),
+                        pack["out"].start.eq(is_op(Opcode.DENSE) & dn.to_memory),
                         pack["out"].count.eq(dense_beats),
-                        x_reader.start.eq(op == Opcode.DENSE),
+                        x_reader.start.eq(is_op(Opcode.DENSE)),
                         x_reader.base.eq(half["src"]), x_reader.count.eq(dn.x_records),
                         self.issue.eq(1),
                     ]
@@ -555,41 +567,35 @@ class Sequencer(wiring.Component):
             with active("PREFETCH"):
                 m.d.comb += in_stall.eq(1)
                 weights_ready = self.weights_full | ~unpack["weights"].busy
-                ready = Mux(op == Opcode.LOAD_MAP, offered.act,
-                        Mux(op == Opcode.LOAD_VEC, offered.vec,
-                        Mux(op == Opcode.CONV,
+                ready = Mux(is_op(Opcode.LOAD_MAP), offered.act,
+                        Mux(is_op(Opcode.LOAD_VEC), offered.vec,
+                        Mux(is_op(Opcode.CONV),
                             weights_ready & offered.requant & (~cv.skip | offered.mask),
                             offered.x & offered.indices & offered.params &
-                            ((dn.codebook.records == 0) | offered.codebook))))
+                            (no_codebook | offered.codebook))))
                 with m.If(ready):
-                    m.d.sync += kick.eq(op != Opcode.LOAD_VEC)
+                    m.d.sync += kick.eq(~is_op(Opcode.LOAD_VEC))
                     m.next = "RUN"
 
             with active("RUN"):
                 m.d.comb += in_busy.eq(1)
                 m.d.sync += kick.eq(0)
                 last_out = out_taken & (out_seen == dense_beats - 1)
-                with m.Switch(op):
-                    with m.Case(Opcode.LOAD_MAP, Opcode.CONV):
-                        with m.If(conv.done):
-                            m.next = "CHECK"
-                    with m.Case(Opcode.POOL):
-                        with m.If(conv.done):
-                            m.next = "POOL_TAIL"
-                    with m.Case(Opcode.FLATTEN):
-                        with m.If(conv.done):
-                            m.next = "FLATTEN_TAIL"
-                    with m.Case(Opcode.STORE_MAP):
-                        with m.If(conv.done):
-                            m.next = "FINISH"
-                    with m.Case(Opcode.DENSE):
-                        with m.If(last_out & dn.to_memory):
-                            m.next = "FINISH"
-                        with m.Elif(last_out):
-                            m.next = "CHECK"
-                    with m.Case(Opcode.LOAD_VEC):
-                        with m.If(~unpack["vec"].busy):
-                            m.next = "CHECK"
+                with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV) & conv.done):
+                    m.next = "CHECK"
+                with m.If(is_op(Opcode.POOL) & conv.done):
+                    m.next = "POOL_TAIL"
+                with m.If(is_op(Opcode.FLATTEN) & conv.done):
+                    m.next = "FLATTEN_TAIL"
+                with m.If(is_op(Opcode.STORE_MAP) & conv.done):
+                    m.next = "FINISH"
+                with m.If(is_op(Opcode.DENSE) & last_out):
+                    with m.If(dn.to_memory):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.next = "CHECK"
+                with m.If(is_op(Opcode.LOAD_VEC) & ~unpack["vec"].busy):
+                    m.next = "CHECK"
 
             with active("POOL_TAIL"):
                 with m.If(~pool.busy):
@@ -618,11 +624,12 @@ class Sequencer(wiring.Component):
                     m.next = "CHECK"
 
             with active("CHECK"):
+                m.d.sync += check_bad_late.eq(check_bad)
                 m.next = "ACCOUNT"
 
             with active("ACCOUNT"):
                 first = image == 0
-                is_conv = op == Opcode.CONV
+                is_conv = is_op(Opcode.CONV)
                 record = {
                     "cycles": op_cycles + 1,
                     "busy": op_busy,
@@ -707,9 +714,7 @@ class Sequencer(wiring.Component):
 
         m.d.comb += bad.eq(
             (fsm.ongoing("FETCH") & (pc >= cfg.max_program)) |
-            (fsm.ongoing("DECODE") & decode_bad) |
-            (fsm.ongoing("ISSUE") & misaligned) |
-            (fsm.ongoing("CHECK") & check_bad) |
+            decode_bad_late | misaligned | check_bad_late |
             (fsm.ongoing("COUNTERS") & counters_misaligned))
 
         # --- counters and status ------------------------------------------------------------
