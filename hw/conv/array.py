@@ -209,6 +209,12 @@ class ConvArray(wiring.Component):
                 out_width.eq(Mux(p.stride == 2, (p.width + 1) >> 1, p.width)),
             ]
 
+        # The scanner starts a cycle after the layer is accepted, from a register and
+        # with the layer's settings in place; no block can load before the next cycle,
+        # when the first kernel arrives.
+        scan_start = Signal()
+        m.d.sync += scan_start.eq(start_conv)
+
         # --- units -------------------------------------------------------------
         m.submodules.walker = walker = PlaneWalker(c)
         m.submodules.scanner = scan = SkipScanner(c)
@@ -230,7 +236,7 @@ class ConvArray(wiring.Component):
         m.d.comb += [
             walker.start.eq(accept), walker.channels.eq(c_in), walker.groups.eq(groups),
             walker.height.eq(height), walker.width.eq(width), walker.buf.eq(buf),
-            scan.start.eq(start_conv), scan.groups.eq(groups), scan.c_in.eq(c_in),
+            scan.start.eq(scan_start), scan.groups.eq(groups), scan.c_in.eq(c_in),
             scan.c_out.eq(c_out), scan.height.eq(height), scan.width.eq(width),
             scan.out_height.eq(out_height), scan.out_width.eq(out_width),
             scan.stride2.eq(stride2), scan.skip.eq(skip), scan.buf.eq(buf),

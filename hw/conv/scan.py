@@ -23,7 +23,7 @@ the work down the pipeline. Each block yields one *descriptor* for the writer.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -91,25 +91,33 @@ def _pending(m: Module, todo, stride2, name: str) -> dict:
     ``k``, whether none or at most one is left, and for ``k``'s window centre the bank
     routing (``route_row``/``route_col``: centre mod 3) and the word offsets of each bank
     row and column (``row_sel``/``col_sel``, -1/0/+1 as 0/1/2). Computed on the value
-    ``todo`` takes next, so that the issue logic reads them from registers."""
-    k = Signal(range(TAPS), name=f"{name}_k")
-    for n in reversed(range(TAPS)):
-        with m.If(todo[n]):
-            m.d.comb += k.eq(n)
-    found = {"k": k, "empty": todo == 0, "single": (todo & (todo - 1)) == 0}
-    coords = dict(zip(("row", "col"), _row_col(k), strict=True))
-    for axis, coord in coords.items():
-        route = found[f"route_{axis}"] = Signal(range(3), name=f"{name}_route_{axis}")
-        sel = found[f"{axis}_sel"] = [Signal(range(3), name=f"{name}_{axis}_word{r}")
-                                      for r in range(3)]
-        for stride_bit, stride in ((0, 1), (1, 2)):
-            offsets, phases = _window_tables(stride)
-            with m.If(stride2 == stride_bit):
-                with m.Switch(coord):
-                    for n in range(3):
-                        with m.Case(n):
-                            m.d.comb += route.eq(phases[n])
-                            m.d.comb += [sel[r].eq(offsets[n][r] + 1) for r in range(3)]
+    ``todo`` takes next, so that the issue logic reads them from registers.
+
+    Each figure is a table lookup by the lowest pending element, isolated as one hot
+    (``todo & -todo``), so that every output bit is an OR of the table rows that set it
+    rather than the end of a priority chain. With none pending, the figures are those
+    of element 0."""
+    lowest = Signal(TAPS, name=f"{name}_lowest")
+    m.d.comb += lowest.eq((todo & (~todo + 1)) | (todo == 0))
+
+    def lookup(values, width: int, label: str):
+        out = Signal(width, name=f"{name}_{label}")
+        m.d.comb += out.eq(Cat(Cat(lowest[n] for n in range(TAPS) if values[n] >> b & 1).any()
+                               for b in range(width)))
+        return out
+
+    found = {"k": lookup(range(TAPS), Shape.cast(range(TAPS)).width, "k"),
+             "empty": todo == 0, "single": (todo & (todo - 1)) == 0}
+    for axis, coord_of in (("row", lambda n: n // 3), ("col", lambda n: n % 3)):
+        tables = [_window_tables(stride) for stride in (1, 2)]
+        route = [lookup([t[1][coord_of(n)] for n in range(TAPS)], 2, f"route_{axis}{s}")
+                 for s, t in enumerate(tables)]
+        found[f"route_{axis}"] = Mux(stride2, route[1], route[0])
+        found[f"{axis}_sel"] = []
+        for r in range(3):
+            sel = [lookup([t[0][coord_of(n)][r] + 1 for n in range(TAPS)], 2,
+                          f"{axis}_word{r}_{s}") for s, t in enumerate(tables)]
+            found[f"{axis}_sel"].append(Mux(stride2, sel[1], sel[0]))
     return found
 
 
@@ -197,11 +205,20 @@ class SkipScanner(wiring.Component):
         col_last = nxt_xo + 3 >= self.out_width
         row_last = nxt_yo + 3 >= self.out_height
         chan_last = nxt_o == self.c_out - 1
+        # Which rows and columns of the next block lie inside the output map, registered
+        # beside its position and set wherever the position moves.
+        row_in, col_in = Signal(3), Signal(3)
+
+        def rows_in(yo):
+            return Cat(yo + i < self.out_height for i in range(3))
+
+        def cols_in(xo):
+            return Cat(xo + j < self.out_width for j in range(3))
+
         inside = Signal(TAPS)
         for k in range(TAPS):
             i, j = divmod(k, 3)
-            m.d.comb += inside[k].eq((nxt_yo + i < self.out_height) &
-                                     (nxt_xo + j < self.out_width))
+            m.d.comb += inside[k].eq(row_in[i] & col_in[j])
 
         # --- current block ------------------------------------------------------
         have = Signal()
@@ -298,7 +315,8 @@ class SkipScanner(wiring.Component):
             m.d.sync += [nxt_done.eq(0), nxt_o.eq(0), nxt_half.eq(0), nxt_lane.eq(0),
                          nxt_slot.eq(0), nxt_yo.eq(0), nxt_xo.eq(0), nxt_yc.eq(0),
                          nxt_xc.eq(0), nxt_in_row.eq(0), nxt_in_col.eq(0),
-                         nxt_out_row.eq(0), nxt_bc.eq(0), have.eq(0)]
+                         nxt_out_row.eq(0), nxt_bc.eq(0), have.eq(0),
+                         row_in.eq(rows_in(0)), col_in.eq(cols_in(0))]
         with m.Elif(load):
             m.d.sync += [todo.eq(loaded_todo), group.eq(0), group_base.eq(0),
                          last_group.eq(self.groups == 1), lanes_on.eq(first_lanes),
@@ -312,16 +330,18 @@ class SkipScanner(wiring.Component):
             with m.If(~col_last):
                 m.d.sync += [nxt_xo.eq(nxt_xo + 3), nxt_xc.eq(nxt_xc + Mux(self.stride2, 6, 3)),
                              nxt_in_col.eq(nxt_in_col + Mux(self.stride2, 2, 1)),
-                             nxt_bc.eq(nxt_bc + 1)]
+                             nxt_bc.eq(nxt_bc + 1), col_in.eq(cols_in(nxt_xo + 3))]
             with m.Else():
-                m.d.sync += [nxt_xo.eq(0), nxt_xc.eq(0), nxt_in_col.eq(0), nxt_bc.eq(0)]
+                m.d.sync += [nxt_xo.eq(0), nxt_xc.eq(0), nxt_in_col.eq(0), nxt_bc.eq(0),
+                             col_in.eq(cols_in(0))]
                 with m.If(~row_last):
-                    m.d.sync += [nxt_yo.eq(nxt_yo + 3),
+                    m.d.sync += [nxt_yo.eq(nxt_yo + 3), row_in.eq(rows_in(nxt_yo + 3)),
                                  nxt_yc.eq(nxt_yc + Mux(self.stride2, 6, 3)),
                                  nxt_in_row.eq(nxt_in_row + Mux(self.stride2, 2 * cb, cb)),
                                  nxt_out_row.eq(nxt_out_row + cb)]
                 with m.Else():
-                    m.d.sync += [nxt_yo.eq(0), nxt_yc.eq(0), nxt_in_row.eq(0),
+                    m.d.sync += [nxt_yo.eq(0), row_in.eq(rows_in(0)), nxt_yc.eq(0),
+                                 nxt_in_row.eq(0),
                                  nxt_out_row.eq(0), nxt_o.eq(nxt_o + 1),
                                  nxt_half.eq(~nxt_half), nxt_done.eq(chan_last)]
                     with m.If(nxt_lane == c.lanes - 1):
