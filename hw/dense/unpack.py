@@ -107,16 +107,20 @@ class DenseIndexUnpacker(wiring.Component):
 
         # Lane l reads bits [l*b, (l+1)*b) of the window above the offset; the index
         # width b is a run-time value, so each lane picks among the possible slices.
+        # Bit t of lane l's index is bit l*b + t of the window, picked by b - 1 (a
+        # register set at ``start``) as one bit select, not a chain of comparisons.
         aligned = Signal(width)
         m.d.comb += aligned.eq(Cat(cur, nxt) >> offset)
+        bits_less = Signal(range(cfg.index_bits))
         payload = self.groups.payload
         with m.If(take):
             for lane in range(lanes):
-                with m.Switch(st.index_bits):
-                    for bits in range(1, cfg.index_bits + 1):
-                        with m.Case(bits):
-                            m.d.sync += payload.index[lane].eq(
-                                aligned[lane * bits:(lane + 1) * bits])
+                index = payload.index[lane]
+                for t in range(cfg.index_bits):
+                    choices = Cat(aligned[lane * bits + t] if t < bits and
+                                  lane * bits + t < width else 0
+                                  for bits in range(1, cfg.index_bits + 1))
+                    m.d.sync += index[t].eq(choices.bit_select(bits_less, 1))
             m.d.sync += [
                 payload.row.eq(row),
                 payload.bank.eq(bank),
@@ -159,5 +163,6 @@ class DenseIndexUnpacker(wiring.Component):
             m.d.sync += [
                 active.eq(1), held.eq(0), offset.eq(0), row.eq(0), bank.eq(0), first.eq(1),
                 beats_left.eq(st.beats), segs_left.eq(st.n_seg), self.groups.valid.eq(0),
+                bits_less.eq(st.index_bits - 1),
             ]
         return m
