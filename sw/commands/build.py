@@ -49,6 +49,9 @@ def register(sub) -> None:
                    "apart: dense engine, conv array, rest (default: %(default)s)")
     add_cus(q, "also say whether this many compute units fit the U280, every resource "
             f"class under {round(100 * BUDGET)} %%")
+    q.add_argument("--max-lut-levels", type=int, metavar="N",
+                   help="fail (exit 2, after the report is printed and written) if any part "
+                   "has a path of more than N LUT levels between registers")
     q.set_defaults(func=cmd_estimate, needs_torch=False)
 
 
@@ -123,6 +126,9 @@ def cmd_estimate(args) -> None:
 
     if args.jobs < 1:
         raise VelcroError(f"--jobs must be at least 1, not {args.jobs}")
+    limit = args.max_lut_levels
+    if limit is not None and limit < 1:
+        raise VelcroError(f"--max-lut-levels must be at least 1, not {limit}")
     cus = check_cus(args.cus)
     try:
         report = estimate(_shipped_kernel(), jobs=args.jobs)
@@ -135,3 +141,13 @@ def cmd_estimate(args) -> None:
     print(f"[estimate] {report['seconds']:.0f} s")
     if args.json:
         write_json(args.json, report)
+    if limit is not None and report["max_lut_levels"] > limit:
+        from velcro.hw.kernel.connectivity import KERNEL_NAME
+
+        deep = [(name, part["depth"]) for name, part in report["parts"].items()
+                if name != KERNEL_NAME and "depth" in part]
+        name, depth = max(deep, key=lambda item: item[1]["lut_levels"])
+        path = depth["paths"][0] if depth["paths"] else {}
+        raise VelcroError(f"logic depth: {name} has {depth['lut_levels']} LUT levels between "
+                          f"registers, over --max-lut-levels {limit} "
+                          f"({path.get('from', '?')} -> {path.get('to', '?')})")

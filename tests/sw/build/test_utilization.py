@@ -160,6 +160,18 @@ def test_estimate_command_reports_the_kernel_and_its_conv_array(tmp_path, monkey
     assert main(["build", "estimate", "--cus", "10"]) == 0
     gc.collect()
     assert "10 compute unit(s)" in (out := capsys.readouterr().out) and "does NOT fit" in out
+    # A depth limit passes at the deepest part's depth and fails below it, after the
+    # report is printed and written.
+    assert main(["build", "estimate", "--max-lut-levels", "11"]) == 0
+    path.unlink()
+    assert main(["build", "estimate", "--json", str(path), "--max-lut-levels", "10"]) == 2
+    gc.collect()
+    out, err = capsys.readouterr()
+    assert "logic depth (LUT levels between registers), deepest 11:" in out
+    assert json.loads(path.read_text())["max_lut_levels"] == 11
+    assert err.strip().splitlines()[-1].endswith(
+        "logic depth: dense has 11 LUT levels between registers, over --max-lut-levels 10 "
+        "(a -> b0)")
 
 
 def test_compute_units_stay_under_the_budget_and_on_their_own_hbm_channels():
@@ -185,6 +197,8 @@ def test_estimate_refuses_compute_units_the_card_cannot_link(capsys):
 def test_estimate_needs_a_job(capsys):
     assert main(["build", "estimate", "--jobs", "0"]) == 2
     assert "--jobs must be at least 1, not 0" in capsys.readouterr().err
+    assert main(["build", "estimate", "--max-lut-levels", "0"]) == 2
+    assert "--max-lut-levels must be at least 1, not 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -198,4 +212,7 @@ def test_the_shipped_kernel_takes_under_a_tenth_of_every_u280_resource(tmp_path)
         report["resources"]
     # 16 lanes of nine multipliers map to DSP slices.
     assert report["conv_array"]["DSP"]["used"] >= 144
+    # Every part within eight LUT levels between registers (depth.lut_levels's rule).
+    assert report["max_lut_levels"] <= 8, {
+        name: part["depth"]["paths"][:3] for name, part in report["parts"].items()}
     assert report["conv_arrays_that_fit"] >= 10
