@@ -195,8 +195,12 @@ def test_extreme_cases_reach_both_clamps(cases):
     assert {-128, 0, 127} <= set(values.tolist())
 
 
-@pytest.mark.parametrize("idle, backpressure", STRESS)
-@pytest.mark.parametrize("simulator", runner.SIMULATORS)
+# Each stress level on one simulator by default, alternating; the rest in the slow set.
+MATRIX = [pytest.param(simulator, *stress, marks=() if (n + i) % 2 == 0 else pytest.mark.slow)
+          for n, stress in enumerate(STRESS) for i, simulator in enumerate(runner.SIMULATORS)]
+
+
+@pytest.mark.parametrize("simulator, idle, backpressure", MATRIX)
 def test_layers_match_golden(simulator, idle, backpressure, cases):
     run(TEST, cases, simulator, idle, backpressure)
 

@@ -121,13 +121,13 @@ def test_reference_images_match_golden_under_axi_pauses(footwear):
     """Pauses on every AXI channel, over the memory's latency: bit-exact logits, and
     the pauses (counted by the bus models) cost stall cycles beyond the latency's."""
     package, program = footwear
-    images = validation_images(3)
+    images = validation_images(1)
     paused = session(SHIPPED, package, [{"run": images}], pause=0.3, seed=1)
     steady = session(SHIPPED, package, [{"run": images}], seed=1)
     for result in (paused, steady):
         outcome = result["outcomes"][0]
         np.testing.assert_array_equal(outcome["logits"], golden.run(package, images))
-        check_counters(program, outcome, 3, exact=False)
+        check_counters(program, outcome, 1, exact=False)
     assert paused["pause_cycles"] > 0
     assert steady["pause_cycles"] == 0
     stalls = [r["outcomes"][0]["totals"]["stall_cycles"] for r in (paused, steady)]
