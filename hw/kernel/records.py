@@ -71,6 +71,20 @@ class _RecordAdapter(wiring.Component):
             ports |= {"words": In(words), "records": Out(records)}
         super().__init__({**ports, "busy": Out(1)})
 
+    def _countdown(self, m: Module, take):
+        """The records left of the transfer, as flags registered beside the count:
+        ``(pending, last_record)``, some left and exactly one left. The ready and valid
+        of both streams read them, and so do not wait on a 32-bit comparison."""
+        remaining = Signal(COUNT_BITS)
+        pending, last_record = Signal(), Signal()
+        with m.If(self.start):
+            m.d.sync += [remaining.eq(self.count), pending.eq(self.count != 0),
+                         last_record.eq(self.count == 1)]
+        with m.Elif(take):
+            m.d.sync += [remaining.eq(remaining - 1), pending.eq(~last_record),
+                         last_record.eq(remaining == 2)]
+        return pending, last_record
+
 
 class Unpacker(_RecordAdapter):
     """Words in, ``count`` records out.
@@ -98,14 +112,9 @@ class Unpacker(_RecordAdapter):
 
     def elaborate(self, platform):
         m = Module()
-        remaining = Signal(COUNT_BITS)
         take = self.records.valid & self.records.ready
-        m.d.comb += self.busy.eq(remaining != 0)
-        with m.If(self.start):
-            m.d.sync += remaining.eq(self.count)
-        with m.Elif(take):
-            m.d.sync += remaining.eq(remaining - 1)
-        last_record = remaining == 1
+        pending, last_record = self._countdown(m, take)
+        m.d.comb += self.busy.eq(pending)
         word_in = self.words.valid & self.words.ready
 
         if self.per_record == 1:
@@ -118,9 +127,9 @@ class Unpacker(_RecordAdapter):
             slices = Array(word[size * k:size * k + self.payload_bits]
                            for k in range(self.per_word))
             m.d.comb += [
-                self.records.valid.eq(have & (remaining != 0)),
+                self.records.valid.eq(have & pending),
                 self.records.payload.eq(slices[index]),
-                self.words.ready.eq((remaining != 0) & (~have | (take & last_of_word)) &
+                self.words.ready.eq(pending & (~have | (take & last_of_word)) &
                                     ~(take & last_record)),
             ]
             with m.If(take):
@@ -138,9 +147,9 @@ class Unpacker(_RecordAdapter):
             record = Signal(parts * self.word_bits)
             full = collected == parts
             m.d.comb += [
-                self.records.valid.eq(full & (remaining != 0)),
+                self.records.valid.eq(full & pending),
                 self.records.payload.eq(record[:self.payload_bits]),
-                self.words.ready.eq((remaining != 0) & (~full | take) &
+                self.words.ready.eq(pending & (~full | take) &
                                     ~(take & last_record)),
             ]
             with m.If(word_in):
@@ -177,14 +186,9 @@ class Packer(_RecordAdapter):
 
     def elaborate(self, platform):
         m = Module()
-        remaining = Signal(COUNT_BITS)
         take = self.records.valid & self.records.ready
         sent = self.words.valid & self.words.ready
-        last_record = remaining == 1
-        with m.If(self.start):
-            m.d.sync += remaining.eq(self.count)
-        with m.Elif(take):
-            m.d.sync += remaining.eq(remaining - 1)
+        pending, last_record = self._countdown(m, take)
 
         if self.per_record == 1:
             size = self.word_bits // self.per_word
@@ -193,9 +197,9 @@ class Packer(_RecordAdapter):
             index = Signal(range(self.per_word))
             closing = (index == self.per_word - 1) | last_record
             m.d.comb += [
-                self.records.ready.eq((remaining != 0) & (~full | sent)),
+                self.records.ready.eq(pending & (~full | sent)),
                 self.words.valid.eq(full), self.words.payload.eq(word),
-                self.busy.eq((remaining != 0) | full),
+                self.busy.eq(pending | full),
             ]
             with m.If(sent):
                 m.d.sync += full.eq(0)
@@ -216,10 +220,10 @@ class Packer(_RecordAdapter):
             record = Signal(parts * self.word_bits)
             left = Signal(range(parts + 1))
             m.d.comb += [
-                self.records.ready.eq((remaining != 0) & ((left == 0) | ((left == 1) & sent))),
+                self.records.ready.eq(pending & ((left == 0) | ((left == 1) & sent))),
                 self.words.valid.eq(left != 0),
                 self.words.payload.eq(record[:self.word_bits]),
-                self.busy.eq((remaining != 0) | (left != 0)),
+                self.busy.eq(pending | (left != 0)),
             ]
             with m.If(take):
                 m.d.sync += [record.eq(self.records.payload), left.eq(parts)]
