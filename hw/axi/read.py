@@ -121,15 +121,19 @@ class ReadDma(wiring.Component):
                                                                   depth=depth))
             m.submodules[f"fifo_{name}"] = buf
             remaining = Signal(32, name=f"remaining_{name}")
+            more = Signal(name=f"more_{name}")          # remaining != 0, registered
             addr = Signal(64, name=f"addr_{name}")
             space = Signal(range(depth + 1), init=depth, name=f"space_{name}")
-            m.d.comb += cmd.ready.eq((remaining == 0) & ~self.flush)
-            # Words to the next multiple of max_burst words, and this channel's burst.
-            to_boundary = self.max_burst - addr[word_shift:word_shift + burst_bits]
+            m.d.comb += cmd.ready.eq(~more & ~self.flush)
+            # This channel's next burst: the words left, at most to the next multiple of
+            # max_burst words; registered beside ``remaining`` and ``addr``.
+            def burst_of(words, address):
+                to_boundary = self.max_burst - address[word_shift:word_shift + burst_bits]
+                return Mux(words < to_boundary, words, to_boundary)
+
             burst = Signal(range(self.max_burst + 1), name=f"burst_{name}")
-            m.d.comb += burst.eq(Mux(remaining < to_boundary, remaining, to_boundary))
             ready = Signal(name=f"can_{name}")
-            m.d.comb += ready.eq((remaining != 0) & (space >= burst) & ~self.flush)
+            m.d.comb += ready.eq(more & (space >= burst) & ~self.flush)
             grant = Signal(name=f"grant_{name}")
             can.append(ready)
             length.append(burst)
@@ -140,11 +144,15 @@ class ReadDma(wiring.Component):
             m.d.comb += [out.valid.eq(buf.r_rdy), out.payload.eq(buf.r_data),
                          buf.r_en.eq(out.ready)]
             with m.If(self.flush):
-                m.d.sync += [remaining.eq(0), space.eq(depth)]
+                m.d.sync += [remaining.eq(0), more.eq(0), burst.eq(0), space.eq(depth)]
             with m.Elif(cmd.valid & cmd.ready):
-                m.d.sync += [remaining.eq(cmd.payload.words), addr.eq(cmd.payload.addr)]
+                m.d.sync += [remaining.eq(cmd.payload.words), more.eq(cmd.payload.words != 0),
+                             addr.eq(cmd.payload.addr),
+                             burst.eq(burst_of(cmd.payload.words, cmd.payload.addr))]
             with m.Elif(grant):
-                m.d.sync += [remaining.eq(remaining - burst),
+                m.d.sync += [remaining.eq(remaining - burst), more.eq(remaining != burst),
+                             burst.eq(burst_of(remaining - burst,
+                                               addr + (burst << word_shift))),
                              addr.eq(addr + (burst << word_shift))]
             with m.If(~self.flush):
                 m.d.sync += space.eq(space - Mux(grant, burst, 0) + pop)

@@ -78,6 +78,7 @@ class WriteDma(wiring.Component):
                      axi.wstrb.eq(Const(-1, self.data_width // 8))]
 
         remaining = Signal(32)
+        more = Signal()                 # remaining != 0, registered
         addr = Signal(64)
         aw_pending = Signal()
         w_left = Signal(range(self.max_burst + 1))
@@ -91,12 +92,12 @@ class WriteDma(wiring.Component):
                      buf.w_en.eq(self.data.valid & ~self.flush),
                      self.data.ready.eq(buf.w_rdy & ~self.flush)]
 
-        m.d.comb += self.cmd.ready.eq((remaining == 0) & ~self.flush)
+        m.d.comb += self.cmd.ready.eq(~more & ~self.flush)
         to_boundary = self.max_burst - addr[word_shift:word_shift + burst_bits]
         burst = Signal(range(self.max_burst + 1))
         m.d.comb += burst.eq(Mux(remaining < to_boundary, remaining, to_boundary))
         issue = Signal()
-        m.d.comb += issue.eq((remaining != 0) & ~aw_pending & (w_left == 0) &
+        m.d.comb += issue.eq(more & ~aw_pending & (w_left == 0) &
                              (buf.level >= burst) & (outstanding < self.max_outstanding) &
                              ~self.flush)
 
@@ -104,13 +105,14 @@ class WriteDma(wiring.Component):
         with m.If(issue):
             m.d.sync += [aw_pending.eq(1), axi.awaddr.eq(addr), axi.awlen.eq(burst - 1),
                          w_left.eq(burst), addr.eq(addr + (burst << word_shift)),
-                         remaining.eq(remaining - burst)]
+                         remaining.eq(remaining - burst), more.eq(remaining != burst)]
         with m.Elif(aw_pending & axi.awready):
             m.d.sync += aw_pending.eq(0)
         with m.If(self.flush):
-            m.d.sync += remaining.eq(0)
+            m.d.sync += [remaining.eq(0), more.eq(0)]
         with m.Elif(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [remaining.eq(self.cmd.payload.words), addr.eq(self.cmd.payload.addr)]
+            m.d.sync += [remaining.eq(self.cmd.payload.words), addr.eq(self.cmd.payload.addr),
+                         more.eq(self.cmd.payload.words != 0)]
 
         # Write data: the FIFO holds the whole burst, so wvalid is high throughout.
         send = Signal()
@@ -131,6 +133,6 @@ class WriteDma(wiring.Component):
 
         in_flight = aw_pending | (w_left != 0) | (outstanding != 0)
         m.d.comb += [self.idle.eq(~in_flight),
-                     self.busy.eq(in_flight | (remaining != 0)),
+                     self.busy.eq(in_flight | more),
                      empty_fifo.eq(self.flush & (w_left == 0))]
         return m
