@@ -274,6 +274,9 @@ class Sequencer(wiring.Component):
         watchdog_on = Signal()
         image_offset = Signal(64)
         io_addr = Signal(64)
+        # The write DMA's next command address, set in the state before each write:
+        # the op's output, the counter records, the status block.
+        wr_addr = Signal(64)
         addr = {name: Signal(64, name=f"addr_{name}")
                 for name in ("bulk", "small", "mask", "indices")}
         kick = Signal()                   # first cycle of RUN / POOL_RUN
@@ -415,7 +418,10 @@ class Sequencer(wiring.Component):
         decode_bad = Signal()
         decode_bad_late = Signal()
         check_bad_late = Signal()
-        m.d.sync += [decode_bad_late.eq(0), misaligned.eq(0), check_bad_late.eq(0)]
+        pc_bad = Signal()           # FETCH of a descriptor beyond max_program
+        counters_bad = Signal()     # COUNTERS with a misaligned counter buffer
+        m.d.sync += [decode_bad_late.eq(0), misaligned.eq(0), check_bad_late.eq(0),
+                     pc_bad.eq(0), counters_bad.eq(0)]
         # An unknown opcode raises no flag.
         m.d.comb += decode_bad.eq(~is_op(*Opcode) |
                                   Cat(is_op(code) & check
@@ -428,20 +434,34 @@ class Sequencer(wiring.Component):
                                                Opcode.FLATTEN, Opcode.STORE_MAP) & conv.error))
 
         # --- the descriptor loop ----------------------------------------------------------------
+        # ABORT's flag, a register beside the state: the DMA flushes and the datapath
+        # reset read it instead of a decode of the state.
+        aborting = Signal()
+        restart = Signal()          # ap_start: the datapath is reset for the new run
         with m.FSM() as fsm:
             @contextmanager
-            def active(name):
+            def active(name, *, gated=True):
+                """A state a fault ends. Its actions wait for no fault, unless not
+                ``gated``: ISSUE's commands go out beside a fault, and the DMAs that take
+                them are flushed in ABORT."""
                 with m.State(name):
-                    with m.If(fault.any()):
-                        m.next = "ABORT"
-                    with m.Else():
+                    if gated:
+                        with m.If(fault.any()):
+                            m.next = "ABORT"
+                            m.d.sync += aborting.eq(1)
+                        with m.Else():
+                            yield
+                    else:
                         yield
+                        with m.If(fault.any()):
+                            m.next = "ABORT"
+                            m.d.sync += [aborting.eq(1), kick.eq(0)]
 
             with m.State("IDLE"):
                 m.d.comb += csr.ap_idle.eq(1)
                 m.d.sync += kick.eq(0)
                 with m.If(csr.ap_start):
-                    m.d.comb += [dp_reset.eq(1)] + [r.clear.eq(1) for r in readers] + \
+                    m.d.comb += [restart.eq(1)] + [r.clear.eq(1) for r in readers] + \
                         [wr.clear.eq(1)]
                     m.d.sync += [base[name].eq(args[name]) for name in base]
                     m.d.sync += [images.eq(args.images), watchdog.eq(args.watchdog),
@@ -450,6 +470,7 @@ class Sequencer(wiring.Component):
                                  error_pc.eq(0), error_op.eq(0), images_done.eq(0),
                                  op_cycles.eq(0)]
                     m.d.sync += [t.eq(0) for t in total.values()]
+                    m.d.sync += wr_addr.eq(args["counters"])
                     with m.If(args.images == 0):
                         m.next = "STATUS"
                     with m.Else():
@@ -497,14 +518,14 @@ class Sequencer(wiring.Component):
                     "mask": base["program"] + cv.mask.offset,
                     "indices": base["indices"] + dn.indices.offset,
                 }
-                m.d.sync += [io_addr.eq(new["io"])] + \
+                m.d.sync += [io_addr.eq(new["io"]), wr_addr.eq(new["io"])] + \
                     [addr[name].eq(new[name]) for name in addr]
                 uses = {"act": "io", "write": "io"}
                 m.d.sync += misaligned.eq(Cat(
                     needs[k] & (new[uses.get(k, k)][:exact_log2(wb)] != 0) for k in needs).any())
                 m.next = "ISSUE"
 
-            with active("ISSUE"):
+            with active("ISSUE", gated=False):
                 commands = {"act": rd_data.act_cmd, "bulk": rd_prog.bulk_cmd,
                             "small": rd_prog.small_cmd, "mask": rd_prog.mask_cmd,
                             "indices": rd_idx.indices_cmd, "write": wr.cmd}
@@ -528,7 +549,6 @@ class Sequencer(wiring.Component):
                     rd_prog.mask_cmd.payload.words.eq(words("mask", cv.mask.records)),
                     rd_idx.indices_cmd.payload.addr.eq(addr["indices"]),
                     rd_idx.indices_cmd.payload.words.eq(words("indices", dn.indices.records)),
-                    wr.cmd.payload.addr.eq(io_addr),
                     wr.cmd.payload.words.eq(Mux(is_op(Opcode.STORE_MAP),
                                                 words("act", mp.io.records),
                                                 words("out", dense_beats))),
@@ -642,7 +662,7 @@ class Sequencer(wiring.Component):
                     m.d.comb += c_write.data[name].eq(Mux(first, 0, c_old.data[name]) + value)
                 m.d.sync += [total["mac_cycles"].eq(total["mac_cycles"] + record["mac_cycles"]),
                              total["skipped"].eq(total["skipped"] + record["skipped"]),
-                             pc.eq(pc + 1)]
+                             pc.eq(pc + 1), pc_bad.eq(pc + 1 >= cfg.max_program)]
                 m.next = "FETCH"
 
             with active("END_IMAGE"):
@@ -652,14 +672,17 @@ class Sequencer(wiring.Component):
                     m.d.sync += pc.eq(0)
                     m.next = "FETCH"
                 with m.Else():
+                    m.d.sync += [wr_addr.eq(base["counters"] + cfg.status_bytes),
+                                 counters_bad.eq(counters_misaligned)]
                     m.next = "COUNTERS"
 
             with active("COUNTERS"):
                 with m.If(end_pc == 0):
+                    m.d.sync += wr_addr.eq(base["counters"])
                     m.next = "STATUS"
                 with m.Elif(wr.cmd.ready):
+                    m.d.sync += wr_addr.eq(base["counters"])
                     m.d.comb += [wr.cmd.valid.eq(1),
-                                 wr.cmd.payload.addr.eq(base["counters"] + cfg.status_bytes),
                                  wr.cmd.payload.words.eq(words("counters", end_pc)),
                                  pack["counters"].start.eq(1),
                                  pack["counters"].count.eq(end_pc),
@@ -673,8 +696,9 @@ class Sequencer(wiring.Component):
                     m.next = "STATUS"
 
             with m.State("ABORT"):
-                m.d.comb += [dp_reset.eq(1), wr.flush.eq(1)] + [r.flush.eq(1) for r in readers]
+                m.d.sync += wr_addr.eq(base["counters"])
                 with m.If(Cat(r.idle for r in readers).all() & wr.idle):
+                    m.d.sync += aborting.eq(0)
                     m.next = "STATUS"
 
             # Not an active state: the block of a faulted run is written all the same.
@@ -682,7 +706,7 @@ class Sequencer(wiring.Component):
                 with m.If(counters_misaligned):
                     m.next = "DONE"
                 with m.Elif(wr.cmd.ready):
-                    m.d.comb += [wr.cmd.valid.eq(1), wr.cmd.payload.addr.eq(base["counters"]),
+                    m.d.comb += [wr.cmd.valid.eq(1),
                                  wr.cmd.payload.words.eq(words("status", 1)),
                                  pack["status"].start.eq(1), pack["status"].count.eq(1)]
                     # The totals so far, this cycle and DONE's: all but the write's wait.
@@ -712,10 +736,9 @@ class Sequencer(wiring.Component):
                 m.d.comb += [csr.ap_done.eq(1), csr.ap_ready.eq(1)]
                 m.next = "IDLE"
 
-        m.d.comb += bad.eq(
-            (fsm.ongoing("FETCH") & (pc >= cfg.max_program)) |
-            decode_bad_late | misaligned | check_bad_late |
-            (fsm.ongoing("COUNTERS") & counters_misaligned))
+        m.d.comb += [bad.eq(pc_bad | decode_bad_late | misaligned | check_bad_late |
+                            counters_bad),
+                     wr.cmd.payload.addr.eq(wr_addr)]
 
         # --- counters and status ------------------------------------------------------------
         running = ~fsm.ongoing("IDLE")
@@ -729,6 +752,8 @@ class Sequencer(wiring.Component):
             m.d.sync += [op_cycles.eq(op_cycles + 1), op_busy.eq(op_busy + in_busy),
                          op_stall.eq(op_stall + in_stall)]
         m.d.comb += c_old.addr.eq(pc)
+        m.d.comb += [dp_reset.eq(aborting | restart), wr.flush.eq(aborting)] + \
+            [r.flush.eq(aborting) for r in readers]
         ending = Cat(fsm.ongoing(name) for name in ("ABORT", "STATUS", "STATUS_WAIT", "DONE"))
         active_state = running & ~ending.any()
         with m.If(active_state & fault.any()):
