@@ -22,7 +22,7 @@ flight; the port is then clean for the next run.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
@@ -162,19 +162,26 @@ class ReadDma(wiring.Component):
             m.d.comb += [buf.w_en.eq(beat & ~self.flush), buf.w_data.eq(axi.rdata)]
 
         # --- round-robin grant of one request per cycle -------------------------------------
+        # Channel i is granted if it can request and no channel after rr (cyclically)
+        # and before i can: one flat condition per channel. The request registers take
+        # the granted channel's address and length through a mux on its number.
         free = ~pending & tags.w_rdy & ~self.flush
-        with m.Switch(rr):
-            for start in range(n):
-                with m.Case(start):
-                    with m.If(free):
-                        for k in range(n):
-                            index = (start + k) % n
-                            with (m.If if k == 0 else m.Elif)(can[index]):
-                                m.d.comb += issue[index].eq(1)
         for index in range(n):
-            with m.If(issue[index]):
-                m.d.sync += [pending.eq(1), ar_chan.eq(index), ar_addr.eq(addrs[index]),
-                             ar_len.eq(length[index] - 1), rr.eq((index + 1) % n)]
+            turns = []
+            for start in range(n):
+                before = [(start + k) % n for k in range((index - start) % n)]
+                turns.append((rr == start) & ~Cat(can[k] for k in before).any()
+                             if before else (rr == start))
+            m.d.comb += issue[index].eq(free & can[index] & Cat(*turns).any())
+        chosen = Signal(range(n))
+        m.d.comb += chosen.eq(Cat(Cat(issue[i] for i in range(n) if i >> b & 1).any()
+                                  for b in range(len(chosen))))
+        granted = Signal()
+        m.d.comb += granted.eq(Cat(*issue).any())
+        with m.If(granted):
+            m.d.sync += [pending.eq(1), ar_chan.eq(chosen), ar_addr.eq(Array(addrs)[chosen]),
+                         ar_len.eq(Array(length)[chosen] - 1),
+                         rr.eq(Mux(chosen == n - 1, 0, chosen + 1))]
 
         # --- read data --------------------------------------------------------------------
         m.d.comb += [axi.rready.eq(tags.r_rdy),
