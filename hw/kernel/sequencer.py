@@ -32,7 +32,10 @@ bad descriptor (beyond ``max_program``, an unknown opcode, arguments beyond the
 configuration, a misaligned address, streams not consumed exactly, an engine that
 refused its parameters, a misaligned counter buffer) and the watchdog (a descriptor
 running for ``watchdog`` cycles). The first fault records the descriptor index and
-opcode in ``error_at``.
+opcode in ``error_at``. Each descriptor check is registered and faults in the state
+after the one that makes it (a bad descriptor in ``ADDR``, a misaligned address in
+``ISSUE``, streams not consumed in ``ACCOUNT``, a descriptor beyond ``max_program``
+in ``FETCH``), so that no state's next-state logic waits on the comparators.
 
 Counters: ``busy`` counts the cycles in ``RUN`` (the engines' cost-model cycles plus
 the cycle that starts them), ``stall_cycles`` the cycles in ``WAIT_DESC``,
