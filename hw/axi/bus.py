@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import enum
 
-from amaranth.hdl import Const
+from amaranth.hdl import Const, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
 __all__ = ["AXI_FIXED", "Resp", "axi4_lite_signature", "axi4_read_signature", "axi4_signature",
-           "axi4_write_signature", "connect_flat", "drive_fixed", "flat_members", "tie_off_flat"]
+           "axi4_write_signature", "burst_words", "connect_flat", "drive_fixed", "flat_members",
+           "tie_off_flat"]
 
 ID_BITS = 1
 
@@ -141,6 +143,14 @@ def drive_fixed(m, interface) -> None:
             if hasattr(interface, ch + field):
                 target = getattr(interface, ch + field)
                 m.d.comb += target.eq(Const(value, len(target)))
+
+
+def burst_words(words, address, *, max_burst: int, word_bytes: int):
+    """The words of the next burst of a transfer of ``words`` words from byte ``address``:
+    all of them, at most up to the next multiple of ``max_burst`` words."""
+    word_shift = exact_log2(word_bytes)
+    to_boundary = max_burst - address[word_shift:word_shift + exact_log2(max_burst)]
+    return Mux(words < to_boundary, words, to_boundary)
 
 
 def tie_off_flat(m, owner, prefix: str, signature: wiring.Signature) -> None:

@@ -27,7 +27,7 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from .bus import axi4_read_signature, drive_fixed
+from .bus import axi4_read_signature, burst_words, drive_fixed
 
 __all__ = ["COMMAND", "ReadDma"]
 
@@ -94,7 +94,6 @@ class ReadDma(wiring.Component):
         n = len(names)
         word_bytes = self.data_width // 8
         word_shift = exact_log2(word_bytes)
-        burst_bits = exact_log2(self.max_burst)
         drive_fixed(m, axi)
         m.d.comb += axi.arsize.eq(word_shift)
 
@@ -125,11 +124,11 @@ class ReadDma(wiring.Component):
             addr = Signal(64, name=f"addr_{name}")
             space = Signal(range(depth + 1), init=depth, name=f"space_{name}")
             m.d.comb += cmd.ready.eq(~more & ~self.flush)
-            # This channel's next burst: the words left, at most to the next multiple of
-            # max_burst words; registered beside ``remaining`` and ``addr``.
+            # This channel's next burst (burst_words), registered beside ``remaining`` and
+            # ``addr``.
             def burst_of(words, address):
-                to_boundary = self.max_burst - address[word_shift:word_shift + burst_bits]
-                return Mux(words < to_boundary, words, to_boundary)
+                return burst_words(words, address, max_burst=self.max_burst,
+                                   word_bytes=word_bytes)
 
             burst = Signal(range(self.max_burst + 1), name=f"burst_{name}")
             ready = Signal(name=f"can_{name}")

@@ -16,12 +16,12 @@ burst is in flight.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Const, Module, ResetInserter, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from .bus import axi4_write_signature, drive_fixed
+from .bus import axi4_write_signature, burst_words, drive_fixed
 from .read import COMMAND
 
 __all__ = ["WriteDma"]
@@ -72,7 +72,6 @@ class WriteDma(wiring.Component):
         m = Module()
         axi = self.axi
         word_shift = exact_log2(self.data_width // 8)
-        burst_bits = exact_log2(self.max_burst)
         drive_fixed(m, axi)
         m.d.comb += [axi.awsize.eq(word_shift),
                      axi.wstrb.eq(Const(-1, self.data_width // 8))]
@@ -93,9 +92,9 @@ class WriteDma(wiring.Component):
                      self.data.ready.eq(buf.w_rdy & ~self.flush)]
 
         m.d.comb += self.cmd.ready.eq(~more & ~self.flush)
-        to_boundary = self.max_burst - addr[word_shift:word_shift + burst_bits]
         burst = Signal(range(self.max_burst + 1))
-        m.d.comb += burst.eq(Mux(remaining < to_boundary, remaining, to_boundary))
+        m.d.comb += burst.eq(burst_words(remaining, addr, max_burst=self.max_burst,
+                                         word_bytes=self.data_width // 8))
         issue = Signal()
         m.d.comb += issue.eq(more & ~aw_pending & (w_left == 0) &
                              (buf.level >= burst) & (outstanding < self.max_outstanding) &
