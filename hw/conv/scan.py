@@ -108,8 +108,8 @@ def _pending(m: Module, todo, stride2, name: str) -> dict:
 
     found = {"k": lookup(range(TAPS), Shape.cast(range(TAPS)).width, "k"),
              "empty": todo == 0, "single": (todo & (todo - 1)) == 0}
+    tables = [_window_tables(stride) for stride in (1, 2)]
     for axis, coord_of in (("row", lambda n: n // 3), ("col", lambda n: n % 3)):
-        tables = [_window_tables(stride) for stride in (1, 2)]
         route = [lookup([t[1][coord_of(n)] for n in range(TAPS)], 2, f"route_{axis}{s}")
                  for s, t in enumerate(tables)]
         found[f"route_{axis}"] = Mux(stride2, route[1], route[0])

@@ -105,10 +105,9 @@ class DenseIndexUnpacker(wiring.Component):
         m.d.comb += self.indices.ready.eq(active & (beats_left != 0) & ((held != 2) | drop))
         accept = self.indices.valid & self.indices.ready
 
-        # Lane l reads bits [l*b, (l+1)*b) of the window above the offset; the index
-        # width b is a run-time value, so each lane picks among the possible slices.
-        # Bit t of lane l's index is bit l*b + t of the window, picked by b - 1 (a
-        # register set at ``start``) as one bit select, not a chain of comparisons.
+        # Lane l reads bits [l*b, (l+1)*b) of the window above the offset. The index
+        # width b is a run-time value: bit t of lane l's index is bit l*b + t, picked
+        # among the widths by b - 1 (a register set at ``start``) as one bit select.
         aligned = Signal(width)
         m.d.comb += aligned.eq(Cat(cur, nxt) >> offset)
         bits_less = Signal(range(cfg.index_bits))

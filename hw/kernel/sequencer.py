@@ -320,17 +320,17 @@ class Sequencer(wiring.Component):
         layer = conv.layer
         pool_load = Signal()
         with m.If(is_op(Opcode.CONV)):
-                m.d.comb += [layer.op.eq(Op.CONV), layer.buf.eq(cv.buf),
-                             layer.c_in.eq(cv.c_in), layer.c_out.eq(cv.c_out),
-                             layer.height.eq(cv.height), layer.width.eq(cv.width),
-                             layer.stride.eq(cv.stride), layer.relu.eq(cv.relu),
-                             layer.skip.eq(cv.skip)]
+            m.d.comb += [layer.op.eq(Op.CONV), layer.buf.eq(cv.buf),
+                         layer.c_in.eq(cv.c_in), layer.c_out.eq(cv.c_out),
+                         layer.height.eq(cv.height), layer.width.eq(cv.width),
+                         layer.stride.eq(cv.stride), layer.relu.eq(cv.relu),
+                         layer.skip.eq(cv.skip)]
         with m.Elif(is_op(Opcode.LOAD_MAP, Opcode.POOL, Opcode.FLATTEN, Opcode.STORE_MAP)):
-                loading = is_op(Opcode.LOAD_MAP) | pool_load
-                m.d.comb += [layer.op.eq(Mux(loading, Op.LOAD, Op.DRAIN)),
-                             layer.buf.eq(mp.buf), layer.c_in.eq(mp.channels),
-                             layer.height.eq(Mux(pool_load, mp.height >> 1, mp.height)),
-                             layer.width.eq(Mux(pool_load, mp.width >> 1, mp.width))]
+            loading = is_op(Opcode.LOAD_MAP) | pool_load
+            m.d.comb += [layer.op.eq(Mux(loading, Op.LOAD, Op.DRAIN)),
+                         layer.buf.eq(mp.buf), layer.c_in.eq(mp.channels),
+                         layer.height.eq(Mux(pool_load, mp.height >> 1, mp.height)),
+                         layer.width.eq(Mux(pool_load, mp.width >> 1, mp.width))]
         m.d.comb += conv.start.eq(kick & is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL,
                                                Opcode.FLATTEN, Opcode.STORE_MAP))
         groups = sum(mp.channels > g * lanes for g in range(cfg.conv.max_groups))
@@ -415,8 +415,8 @@ class Sequencer(wiring.Component):
             Opcode.LOAD_VEC: beyond(vc.io.records, vw, 0),
             Opcode.END: Const(0, 1),
         }
-        # The checks of DECODE, ADDR and CHECK end the run one state later, from a
-        # register set for that one cycle: their comparators and the fault logic behind
+        # Every descriptor check ends the run one state after the one that makes it, from
+        # a register set for that one cycle: its comparators and the fault logic behind
         # them would otherwise make one path.
         decode_bad = Signal()
         decode_bad_late = Signal()
