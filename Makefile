@@ -11,6 +11,10 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0 torchvision==0.28.0
 
 PYTEST_ARGS ?=
+# Tests run in one process per core (pytest-xdist); a file's tests stay in one process,
+# so its module fixtures (a compiled kernel, a simulated run) are made once.
+JOBS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(JOBS) --dist loadfile
 
 .PHONY: demo test test-slow lint setup sysdeps clean
 
@@ -19,10 +23,10 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow and not vivado and not board" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and not vivado and not board" $(PYTEST_ARGS)
 
 test-slow: setup
-	$(BIN)/python -m pytest -m "slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
