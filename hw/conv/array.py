@@ -372,9 +372,15 @@ class ConvArray(wiring.Component):
         # --- block writer ---------------------------------------------------------------
         desc_layout = descriptor_layout(c)
         m.submodules.blocks = blocks = fifo.SyncFIFO(width=desc_layout.size,
-                                                     depth=pipeline_latency(c) + 3)
+                                                     depth=pipeline_latency(c) + 4)
+        # Room for a descriptor, registered: the FIFO had a free place beyond the one a
+        # push in that cycle could take. Blocks in flight never fill it (one per cycle at
+        # most, each written P cycles after it ends), so this costs no cycle; it keeps the
+        # FIFO's level comparison off the scanner's load decision.
+        room = Signal(init=1)
+        m.d.sync += room.eq(blocks.level < blocks.depth - 1)
         m.d.comb += [blocks.w_data.eq(scan.desc.payload), blocks.w_en.eq(scan.desc.valid),
-                     scan.desc.ready.eq(blocks.w_rdy)]
+                     scan.desc.ready.eq(room)]
         head = data.View(desc_layout, blocks.r_data)
         values = Array(Signal(signed(8), name=f"value{k}") for k in range(TAPS))
         result = tok.mac & tok.last
