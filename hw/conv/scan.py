@@ -224,7 +224,6 @@ class SkipScanner(wiring.Component):
         have = Signal()
         todo = Signal(TAPS)
         group = Signal(range(c.max_groups))
-        group_base = Signal(range(c.max_groups * c.lanes + 1))   # group * lanes
         cur_half = Signal()
         cur_yc = Signal.like(nxt_yc)
         cur_xc = Signal.like(nxt_xc)
@@ -246,7 +245,6 @@ class SkipScanner(wiring.Component):
                  "col_sel": [Signal(range(3), name=f"col_word{r}") for r in range(3)]}
         k, empty, single = state["k"], state["empty"], state["single"]
         last_group = Signal()
-        lanes_on = Signal(c.lanes)
         plane = Signal(range(c.planes))
         finishing = have & (empty | (single & last_group))
 
@@ -263,15 +261,17 @@ class SkipScanner(wiring.Component):
             iss.half.eq(cur_half),
             iss.kernel.eq(Mux(cur_half, c.max_groups, 0) + group),
         ]
+        # Every group but the last fills all lanes; the last holds the channels left,
+        # (c_in - 1) mod lanes + 1 of them. A function of the layer and ``last_group``
+        # alone, so it takes no part in the decision to load a block.
+        tail = Signal(range(c.lanes))
+        if c.lanes & (c.lanes - 1) == 0:
+            m.d.comb += tail.eq((self.c_in - 1)[:(c.lanes - 1).bit_length()])
+        else:
+            m.d.comb += tail.eq((self.c_in - 1) % c.lanes)
+        lanes_on = Cat(~last_group | (tail >= lane) for lane in range(c.lanes))
         m.d.comb += [iss.lanes_on.eq(lanes_on), iss.route_row.eq(state["route_row"]),
                      iss.route_col.eq(state["route_col"])]
-        # Lanes beyond c_in in the last group carry no channel: for the first group and
-        # for the one after this.
-        first_lanes, next_lanes = Signal(c.lanes), Signal(c.lanes)
-        after = Signal(range(-(c.max_groups + 1) * c.lanes, c.max_channels + 1))
-        m.d.comb += [after.eq(self.c_in - group_base - c.lanes),
-                     *(first_lanes[lane].eq(self.c_in > lane) for lane in range(c.lanes)),
-                     *(next_lanes[lane].eq(after > lane) for lane in range(c.lanes))]
         first_plane = Mux(self.buf, c.max_groups, 0)
         k_i, k_j = _row_col(k)
         row_sel, col_sel = state["row_sel"], state["col_sel"]
@@ -318,8 +318,8 @@ class SkipScanner(wiring.Component):
                          nxt_out_row.eq(0), nxt_bc.eq(0), have.eq(0),
                          row_in.eq(rows_in(0)), col_in.eq(cols_in(0))]
         with m.Elif(load):
-            m.d.sync += [todo.eq(loaded_todo), group.eq(0), group_base.eq(0),
-                         last_group.eq(self.groups == 1), lanes_on.eq(first_lanes),
+            m.d.sync += [todo.eq(loaded_todo), group.eq(0),
+                         last_group.eq(self.groups == 1),
                          plane.eq(first_plane), *_take(state, loaded)]
             m.d.sync += [have.eq(1), cur_half.eq(nxt_half), cur_yc.eq(nxt_yc),
                          cur_xc.eq(nxt_xc),
@@ -352,12 +352,12 @@ class SkipScanner(wiring.Component):
             m.d.sync += have.eq(0)
         with m.Elif(have & ~empty):
             with m.If(last_group):
-                m.d.sync += [todo.eq(cleared_todo), group.eq(0), group_base.eq(0),
-                             last_group.eq(self.groups == 1), lanes_on.eq(first_lanes),
+                m.d.sync += [todo.eq(cleared_todo), group.eq(0),
+                             last_group.eq(self.groups == 1),
                              plane.eq(first_plane), *_take(state, cleared)]
             with m.Else():
-                m.d.sync += [group.eq(group + 1), group_base.eq(group_base + c.lanes),
-                             last_group.eq(group + 2 == self.groups), lanes_on.eq(next_lanes),
+                m.d.sync += [group.eq(group + 1),
+                             last_group.eq(group + 2 == self.groups),
                              plane.eq(first_plane + group + 1)]
 
         m.d.comb += self.release.eq(Mux(finishing & cur_chan_end,
