@@ -157,7 +157,6 @@ class DenseEngine(wiring.Component):
         cmd = self.cmd.payload
         accept = self.cmd.valid & self.cmd.ready
         start = Signal()
-        n_out = Signal.like(cmd.n_out)
         groups = Signal(range(cfg.max_groups + 1))
         tail_lanes = Signal(range(lanes + 1))
         relu, logits = Signal(), Signal()
@@ -180,7 +179,6 @@ class DenseEngine(wiring.Component):
         with m.If(accept):
             m.d.sync += [
                 self.busy.eq(1),
-                n_out.eq(cmd.n_out),
                 groups.eq(n_groups),
                 tail_lanes.eq(tail),
                 relu.eq(cmd.relu),
@@ -206,17 +204,23 @@ class DenseEngine(wiring.Component):
         params_wr = params_mem.write_port(granularity=1)
         params_rd = params_mem.read_port()
         loaded = Signal(range(cfg.max_n_out + 1))
-        params_done = loaded == n_out
+        # Outputs whose parameters are still to come, and whether any is (registered
+        # beside the count, so that no comparison of the count drives ``ready``).
+        params_left = Signal.like(cmd.n_out)
+        params_more = Signal()
         m.d.comb += [
-            self.params.ready.eq(self.busy & ~start & ~params_done),
+            self.params.ready.eq(self.busy & ~start & params_more),
             params_wr.addr.eq(loaded >> log2_lanes),
             params_wr.data.eq(Cat(self.params.payload for _ in range(lanes))),
         ]
         take_params = self.params.valid & self.params.ready
         for lane in range(lanes):
             m.d.comb += params_wr.en[lane].eq(take_params & (loaded[:log2_lanes] == lane))
-        with m.If(take_params):
-            m.d.sync += loaded.eq(loaded + 1)
+        with m.If(accept):
+            m.d.sync += [params_left.eq(cmd.n_out), params_more.eq(cmd.n_out != 0)]
+        with m.Elif(take_params):
+            m.d.sync += [loaded.eq(loaded + 1), params_left.eq(params_left - 1),
+                         params_more.eq(params_left != 1)]
 
         # Lookups: one group per cycle once its table is full.
         m.submodules.acc = acc_mem = memory.Memory(
@@ -257,7 +261,7 @@ class DenseEngine(wiring.Component):
 
         # Drain: once the last group is in and every parameter has arrived.
         row = Signal(range(cfg.max_groups + 1))
-        draw = lookups_done & params_done & (row != groups) & requant.i.ready
+        draw = lookups_done & ~params_more & (row != groups) & requant.i.ready
         drained = Signal(data.StructLayout({"valid": 1, "last": 1}))
         with m.If(requant.i.ready):
             m.d.sync += [drained.valid.eq(draw), drained.last.eq(row == groups - 1)]
