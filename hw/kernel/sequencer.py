@@ -13,8 +13,9 @@ ports bundles the members of one unit under that unit's own names; :func:`attach
 connects it.
 
 Per descriptor: ``FETCH`` (request the 64 bytes) -> ``WAIT_DESC`` -> ``DECODE``
-(opcode and ranges) -> ``ADDR`` (addresses) -> ``ISSUE`` (every DMA command and
-adapter of the op, in one cycle) -> ``PREFETCH`` (until the first data of every
+(opcode and ranges) -> ``ADDR`` (addresses) -> ``ISSUE`` (once every DMA the op uses
+can take a command; the commands and the starts of the op's adapters go out together,
+from registers, in the next cycle) -> ``PREFETCH`` (until the first data of every
 input stream is on chip, and two output channels' kernels for a conv layer) ->
 ``RUN`` (start the engine, wait for its end) -> op-specific tails -> ``CHECK``
 (every stream consumed exactly, the engine accepted its parameters) -> ``ACCOUNT``
@@ -436,6 +437,61 @@ class Sequencer(wiring.Component):
         m.d.comb += check_bad.eq(left | (is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL,
                                                Opcode.FLATTEN, Opcode.STORE_MAP) & conv.error))
 
+        # --- commands and starts --------------------------------------------------------------
+        # ISSUE decides when every command and start of the descriptor can go out; they go
+        # out the cycle after, from registers (``fire``, ``begin``), so that the DMAs and
+        # record adapters that take them see flip-flops and not the state decode and the
+        # readiness of every DMA. A DMA that was ready stays ready until it takes a
+        # command, and only the sequencer gives it one, so the commands are taken then.
+        commands = {"act": rd_data.act_cmd, "bulk": rd_prog.bulk_cmd,
+                    "small": rd_prog.small_cmd, "mask": rd_prog.mask_cmd,
+                    "indices": rd_idx.indices_cmd, "write": wr.cmd}
+        conv_op = is_op(Opcode.CONV)
+        act_records = Mux(is_op(Opcode.LOAD_VEC), vc.io.records, mp.io.records)
+        m.d.comb += [
+            rd_data.act_cmd.payload.addr.eq(io_addr),
+            rd_data.act_cmd.payload.words.eq(Mux(is_op(Opcode.LOAD_VEC),
+                                                 words("x", vc.io.records),
+                                                 words("act", mp.io.records))),
+            rd_prog.bulk_cmd.payload.addr.eq(addr["bulk"]),
+            rd_prog.bulk_cmd.payload.words.eq(Mux(
+                conv_op, words("weights", cv.weights.records),
+                words("codebook", dn.codebook.records))),
+            rd_prog.small_cmd.payload.addr.eq(addr["small"]),
+            rd_prog.small_cmd.payload.words.eq(Mux(
+                conv_op, words("requant", cv.requant.records),
+                words("params", dn.params.records))),
+            rd_prog.mask_cmd.payload.addr.eq(addr["mask"]),
+            rd_prog.mask_cmd.payload.words.eq(words("mask", cv.mask.records)),
+            rd_idx.indices_cmd.payload.addr.eq(addr["indices"]),
+            rd_idx.indices_cmd.payload.words.eq(words("indices", dn.indices.records)),
+            wr.cmd.payload.words.eq(Mux(is_op(Opcode.STORE_MAP),
+                                        words("act", mp.io.records),
+                                        words("out", dense_beats))),
+        ]
+        # Unit, whether the op starts it, and its count.
+        starts = {
+            "act": (unpack["act"], is_op(Opcode.LOAD_MAP), act_records),
+            "vec": (unpack["vec"], is_op(Opcode.LOAD_VEC), act_records),
+            "weights": (unpack["weights"], conv_op, cv.weights.records),
+            "requant": (unpack["requant"], conv_op, cv.requant.records),
+            "mask": (unpack["mask"], conv_op & cv.skip, cv.mask.records),
+            "indices": (unpack["indices"], is_op(Opcode.DENSE), dn.indices.records),
+            "codebook": (unpack["codebook"], is_op(Opcode.DENSE), dn.codebook.records),
+            "params": (unpack["params"], is_op(Opcode.DENSE), dn.params.records),
+            "map": (pack["map"], is_op(Opcode.STORE_MAP), mp.io.records),
+            "out": (pack["out"], is_op(Opcode.DENSE) & dn.to_memory, dense_beats),
+            "x": (x_reader, is_op(Opcode.DENSE), dn.x_records),
+        }
+        fire = {k: Signal(name=f"fire_{k}") for k in needs}
+        begin = {name: Signal(name=f"begin_{name}") for name in starts}
+        issued = Signal()
+        m.d.sync += [s.eq(0) for s in (*fire.values(), *begin.values(), issued)]
+        m.d.comb += [commands[k].valid.eq(fire[k]) for k in needs]
+        for name, (unit, _, count) in starts.items():
+            m.d.comb += [unit.start.eq(begin[name]), unit.count.eq(count)]
+        m.d.comb += [x_reader.base.eq(half["src"]), self.issue.eq(issued)]
+
         # --- the descriptor loop ----------------------------------------------------------------
         # ABORT's flag, a register beside the state: the DMA flushes and the datapath
         # reset read it instead of a decode of the state.
@@ -443,22 +499,14 @@ class Sequencer(wiring.Component):
         restart = Signal()          # ap_start: the datapath is reset for the new run
         with m.FSM() as fsm:
             @contextmanager
-            def active(name, *, gated=True):
-                """A state a fault ends. Its actions wait for no fault, unless not
-                ``gated``: ISSUE's commands go out beside a fault, and the DMAs that take
-                them are flushed in ABORT."""
+            def active(name):
+                """A state a fault ends: its actions wait for no fault."""
                 with m.State(name):
-                    if gated:
-                        with m.If(fault.any()):
-                            m.next = "ABORT"
-                            m.d.sync += aborting.eq(1)
-                        with m.Else():
-                            yield
-                    else:
+                    with m.If(fault.any()):
+                        m.next = "ABORT"
+                        m.d.sync += aborting.eq(1)
+                    with m.Else():
                         yield
-                        with m.If(fault.any()):
-                            m.next = "ABORT"
-                            m.d.sync += [aborting.eq(1), kick.eq(0)]
 
             with m.State("IDLE"):
                 m.d.comb += csr.ap_idle.eq(1)
@@ -528,65 +576,18 @@ class Sequencer(wiring.Component):
                     needs[k] & (new[uses.get(k, k)][:exact_log2(wb)] != 0) for k in needs).any())
                 m.next = "ISSUE"
 
-            with active("ISSUE", gated=False):
-                commands = {"act": rd_data.act_cmd, "bulk": rd_prog.bulk_cmd,
-                            "small": rd_prog.small_cmd, "mask": rd_prog.mask_cmd,
-                            "indices": rd_idx.indices_cmd, "write": wr.cmd}
+            with active("ISSUE"):
                 all_ready = Cat(~needs[k] | commands[k].ready for k in needs).all()
-                conv_op = is_op(Opcode.CONV)
-                act_records = Mux(is_op(Opcode.LOAD_VEC), vc.io.records, mp.io.records)
-                m.d.comb += [
-                    rd_data.act_cmd.payload.addr.eq(io_addr),
-                    rd_data.act_cmd.payload.words.eq(Mux(is_op(Opcode.LOAD_VEC),
-                                                         words("x", vc.io.records),
-                                                         words("act", mp.io.records))),
-                    rd_prog.bulk_cmd.payload.addr.eq(addr["bulk"]),
-                    rd_prog.bulk_cmd.payload.words.eq(Mux(
-                        conv_op, words("weights", cv.weights.records),
-                        words("codebook", dn.codebook.records))),
-                    rd_prog.small_cmd.payload.addr.eq(addr["small"]),
-                    rd_prog.small_cmd.payload.words.eq(Mux(
-                        conv_op, words("requant", cv.requant.records),
-                        words("params", dn.params.records))),
-                    rd_prog.mask_cmd.payload.addr.eq(addr["mask"]),
-                    rd_prog.mask_cmd.payload.words.eq(words("mask", cv.mask.records)),
-                    rd_idx.indices_cmd.payload.addr.eq(addr["indices"]),
-                    rd_idx.indices_cmd.payload.words.eq(words("indices", dn.indices.records)),
-                    wr.cmd.payload.words.eq(Mux(is_op(Opcode.STORE_MAP),
-                                                words("act", mp.io.records),
-                                                words("out", dense_beats))),
-                ]
                 with m.If(all_ready & ~misaligned):
-                    m.d.comb += [commands[k].valid.eq(needs[k]) for k in needs]
-                    starts = {
-                        "act": (is_op(Opcode.LOAD_MAP), act_records),
-                        "vec": (is_op(Opcode.LOAD_VEC), act_records),
-                        "weights": (conv_op, cv.weights.records),
-                        "requant": (conv_op, cv.requant.records),
-                        "mask": (conv_op & cv.skip, cv.mask.records),
-                        "indices": (is_op(Opcode.DENSE), dn.indices.records),
-                        "codebook": (is_op(Opcode.DENSE), dn.codebook.records),
-                        "params": (is_op(Opcode.DENSE), dn.params.records),
-                    }
-                    for name, (when, count) in starts.items():
-                        m.d.comb += [unpack[name].start.eq(when), unpack[name].count.eq(count)]
-                    m.d.comb += [
-                        pack["map"].start.eq(is_op(Opcode.STORE_MAP)),
-                        pack["map"].count.eq(mp.io.records),
-                        pack["out"].start.eq(is_op(Opcode.DENSE) & dn.to_memory),
-                        pack["out"].count.eq(dense_beats),
-                        x_reader.start.eq(is_op(Opcode.DENSE)),
-                        x_reader.base.eq(half["src"]), x_reader.count.eq(dn.x_records),
-                        self.issue.eq(1),
-                    ]
-                    m.d.sync += out_seen.eq(0)
+                    m.d.sync += [fire[k].eq(needs[k]) for k in needs]
+                    m.d.sync += [begin[name].eq(when) for name, (_, when, _) in starts.items()]
+                    m.d.sync += [issued.eq(1), out_seen.eq(0)]
                     with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.DENSE,
                                     Opcode.LOAD_VEC)):
                         m.next = "PREFETCH"
                     with m.Else():
                         m.d.sync += kick.eq(1)
                         m.next = "RUN"
-
             with active("PREFETCH"):
                 m.d.comb += in_stall.eq(1)
                 weights_ready = self.weights_full | ~unpack["weights"].busy
