@@ -94,8 +94,10 @@ class DenseIndexUnpacker(wiring.Component):
         row = Signal.like(self.groups.payload.row)
         bank, first = Signal(), Signal(init=1)
 
-        last = row == st.groups - 1
-        need = Mux(last, st.last_shift, st.full_shift)
+        # Whether ``row`` is the last group, and the bits its indices take, registered
+        # beside ``row`` so that no comparison of it feeds the window's arithmetic.
+        last = Signal()
+        need = Signal.like(st.full_shift)
         available = active & (held * width >= offset + need)
         take = available & (~self.groups.valid | self.groups.ready)
         moved = Signal(log2_width + 1)
@@ -132,8 +134,10 @@ class DenseIndexUnpacker(wiring.Component):
         with m.Elif(self.groups.ready):
             m.d.sync += self.groups.valid.eq(0)
 
+        ends = Mux(last, st.groups == 1, row + 2 == st.groups)
         with m.If(take):
-            m.d.sync += row.eq(Mux(last, 0, row + 1))
+            m.d.sync += [row.eq(Mux(last, 0, row + 1)), last.eq(ends),
+                         need.eq(Mux(ends, st.last_shift, st.full_shift))]
             with m.If(last):
                 m.d.sync += [bank.eq(~bank), first.eq(0), segs_left.eq(segs_left - 1)]
                 with m.If(segs_left == 1):
@@ -161,6 +165,8 @@ class DenseIndexUnpacker(wiring.Component):
         with m.If(self.start):
             m.d.sync += [
                 active.eq(1), held.eq(0), offset.eq(0), row.eq(0), bank.eq(0), first.eq(1),
+                last.eq(st.groups == 1),
+                need.eq(Mux(st.groups == 1, st.last_shift, st.full_shift)),
                 beats_left.eq(st.beats), segs_left.eq(st.n_seg), self.groups.valid.eq(0),
                 bits_less.eq(st.index_bits - 1),
             ]
