@@ -6,8 +6,8 @@ port serves all channels:
 
 * a channel asks for a burst when its FIFO has room for all of it, counting the
   words already requested (so read data is never refused and ``rready`` never waits
-  on a consumer); bursts end on multiples of ``max_burst`` words, which also keeps
-  them inside a 4 KiB page;
+  on a consumer), from the cycle after it takes a command; bursts end on multiples
+  of ``max_burst`` words, which also keeps them inside a 4 KiB page;
 * requests from ready channels are granted in round-robin order, one address per
   cycle at most, and up to ``max_outstanding`` bursts are in flight;
 * all bursts carry one ID, so data returns in request order, and a FIFO of channel
@@ -131,8 +131,15 @@ class ReadDma(wiring.Component):
                                    word_bytes=word_bytes)
 
             burst = Signal(range(self.max_burst + 1), name=f"burst_{name}")
+            # Room in the FIFO for the next burst, registered. It lags the channel by one
+            # cycle, which never lets a burst overflow: after a grant no request is made
+            # for a cycle (the request register is full), space only grows otherwise, and
+            # the cycle after a command (``fresh``) makes no request.
+            room = Signal(init=1, name=f"room_{name}")
+            fresh = Signal(name=f"fresh_{name}")
+            m.d.sync += [room.eq(space >= burst), fresh.eq(cmd.valid & cmd.ready)]
             ready = Signal(name=f"can_{name}")
-            m.d.comb += ready.eq(more & (space >= burst) & ~self.flush)
+            m.d.comb += ready.eq(more & room & ~fresh & ~self.flush)
             grant = Signal(name=f"grant_{name}")
             can.append(ready)
             length.append(burst)
