@@ -357,7 +357,7 @@ class Sequencer(wiring.Component):
                 (Opcode.POOL, [route.ofmap.eq(Ofmap.POOL)]),
                 (Opcode.FLATTEN, [route.ofmap.eq(Ofmap.FLATTEN),
                                   route.vector.eq(VectorWrite.FLATTEN)]),
-                (Opcode.STORE_MAP, [route.ofmap.eq(Ofmap.STORE), route.write.eq(WriteData.MAP)]),
+                (Opcode.STORE_MAP, [route.ofmap.eq(Ofmap.STORE)]),
                 (Opcode.LOAD_VEC, [route.vector.eq(VectorWrite.LOAD)]),
                 (Opcode.DENSE, [route.vector.eq(VectorWrite.DENSE)])):
             with m.If(is_op(code)):
@@ -465,9 +465,6 @@ class Sequencer(wiring.Component):
             rd_prog.mask_cmd.payload.words.eq(words("mask", cv.mask.records)),
             rd_idx.indices_cmd.payload.addr.eq(addr["indices"]),
             rd_idx.indices_cmd.payload.words.eq(words("indices", dn.indices.records)),
-            wr.cmd.payload.words.eq(Mux(is_op(Opcode.STORE_MAP),
-                                        words("act", mp.io.records),
-                                        words("out", dense_beats))),
         ]
         # Unit, whether the op starts it, and its count.
         starts = {
@@ -484,13 +481,24 @@ class Sequencer(wiring.Component):
             "x": (x_reader, is_op(Opcode.DENSE), dn.x_records),
         }
         fire = {k: Signal(name=f"fire_{k}") for k in needs}
-        begin = {name: Signal(name=f"begin_{name}") for name in starts}
+        begin = {name: Signal(name=f"begin_{name}") for name in (*starts, "counters", "status")}
         issued = Signal()
         m.d.sync += [s.eq(0) for s in (*fire.values(), *begin.values(), issued)]
         m.d.comb += [commands[k].valid.eq(fire[k]) for k in needs]
         for name, (unit, _, count) in starts.items():
             m.d.comb += [unit.start.eq(begin[name]), unit.count.eq(count)]
         m.d.comb += [x_reader.base.eq(half["src"]), self.issue.eq(issued)]
+        # The write DMA serves the op's output, the counter records and the status block:
+        # its command's size and its source are registers, set where the command is
+        # decided (ISSUE, COUNTERS, STATUS).
+        wr_words = Signal.like(wr.cmd.payload.words)
+        write_src = Signal(WriteData)
+        m.d.comb += [wr.cmd.payload.words.eq(wr_words), route.write.eq(write_src),
+                     pack["counters"].start.eq(begin["counters"]),
+                     pack["counters"].count.eq(end_pc),
+                     c_reader.start.eq(begin["counters"]), c_reader.base.eq(0),
+                     c_reader.count.eq(end_pc),
+                     pack["status"].start.eq(begin["status"]), pack["status"].count.eq(1)]
 
         # --- the descriptor loop ----------------------------------------------------------------
         # ABORT's flag, a register beside the state: the DMA flushes and the datapath
@@ -581,7 +589,12 @@ class Sequencer(wiring.Component):
                 with m.If(all_ready & ~misaligned):
                     m.d.sync += [fire[k].eq(needs[k]) for k in needs]
                     m.d.sync += [begin[name].eq(when) for name, (_, when, _) in starts.items()]
-                    m.d.sync += [issued.eq(1), out_seen.eq(0)]
+                    m.d.sync += [issued.eq(1), out_seen.eq(0),
+                                 wr_words.eq(Mux(is_op(Opcode.STORE_MAP),
+                                                 words("act", mp.io.records),
+                                                 words("out", dense_beats))),
+                                 write_src.eq(Mux(is_op(Opcode.STORE_MAP), WriteData.MAP,
+                                                  WriteData.OUT))]
                     with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.DENSE,
                                     Opcode.LOAD_VEC)):
                         m.next = "PREFETCH"
@@ -685,18 +698,18 @@ class Sequencer(wiring.Component):
                     m.d.sync += wr_addr.eq(base["counters"])
                     m.next = "STATUS"
                 with m.Elif(wr.cmd.ready):
-                    m.d.sync += wr_addr.eq(base["counters"])
-                    m.d.comb += [wr.cmd.valid.eq(1),
-                                 wr.cmd.payload.words.eq(words("counters", end_pc)),
-                                 pack["counters"].start.eq(1),
-                                 pack["counters"].count.eq(end_pc),
-                                 c_reader.start.eq(1), c_reader.base.eq(0),
-                                 c_reader.count.eq(end_pc)]
+                    # The command and the starts go out in COUNTERS_WAIT's first cycle,
+                    # which therefore waits for nothing; wr_addr changes after it.
+                    m.d.sync += [fire["write"].eq(1), begin["counters"].eq(1),
+                                 wr_words.eq(words("counters", end_pc)),
+                                 write_src.eq(WriteData.COUNTERS)]
                     m.next = "COUNTERS_WAIT"
 
             with active("COUNTERS_WAIT"):
-                m.d.comb += [in_stall.eq(1), route.write.eq(WriteData.COUNTERS)]
-                with m.If(~wr.busy & ~pack["counters"].busy & ~c_reader.busy):
+                m.d.comb += in_stall.eq(1)
+                with m.If(fire["write"]):
+                    m.d.sync += wr_addr.eq(base["counters"])
+                with m.Elif(~wr.busy & ~pack["counters"].busy & ~c_reader.busy):
                     m.next = "STATUS"
 
             with m.State("ABORT"):
@@ -710,9 +723,9 @@ class Sequencer(wiring.Component):
                 with m.If(counters_misaligned):
                     m.next = "DONE"
                 with m.Elif(wr.cmd.ready):
-                    m.d.comb += [wr.cmd.valid.eq(1),
-                                 wr.cmd.payload.words.eq(words("status", 1)),
-                                 pack["status"].start.eq(1), pack["status"].count.eq(1)]
+                    m.d.sync += [fire["write"].eq(1), begin["status"].eq(1),
+                                 wr_words.eq(words("status", 1)),
+                                 write_src.eq(WriteData.STATUS)]
                     # The totals so far, this cycle and DONE's: all but the write's wait.
                     m.d.sync += [
                         block.payload.magic.eq(STATUS_MAGIC),
@@ -730,10 +743,10 @@ class Sequencer(wiring.Component):
                     m.d.comb += in_stall.eq(1)
 
             with m.State("STATUS_WAIT"):
-                m.d.comb += [in_stall.eq(1), route.write.eq(WriteData.STATUS)]
+                m.d.comb += in_stall.eq(1)
                 with m.If(block.ready):
                     m.d.sync += block.valid.eq(0)
-                with m.If(~block.valid & ~wr.busy & ~pack["status"].busy):
+                with m.If(~fire["write"] & ~block.valid & ~wr.busy & ~pack["status"].busy):
                     m.next = "DONE"
 
             with m.State("DONE"):
