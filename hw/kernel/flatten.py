@@ -64,8 +64,13 @@ class Flatten(wiring.Component):
         plane = Signal(range(c.max_height * c.max_width + 1))      # H * W
         group_step = Signal(range(lanes * c.max_height * c.max_width + 1))
         channels = Signal.like(self.channels)
+        # The last position of a plane and whether the group is the last, registered so
+        # that no subtraction or comparison of the count feeds the beat's handshake.
+        plane_end = Signal.like(plane)
+        last_group = Signal()
         with m.If(self.start):
-            m.d.sync += [plane.eq(self.height * self.width), channels.eq(self.channels)]
+            m.d.sync += [plane.eq(self.height * self.width), channels.eq(self.channels),
+                         plane_end.eq(self.height * self.width - 1)]
         m.d.comb += group_step.eq(plane * lanes)
 
         # Position of the next beat.
@@ -84,18 +89,20 @@ class Flatten(wiring.Component):
         on = Signal(range(lanes + 1))
         remaining = channels - first_channel
         m.d.comb += on.eq(Mux(remaining > lanes, lanes, remaining))
-        last_pos = pos == plane - 1
+        last_pos = pos == plane_end
 
         with m.If(self.start):
             m.d.sync += [pos.eq(0), group_base.eq(0), first_channel.eq(0), active.eq(1),
-                         left.eq(0), self.overflow.eq(0)]
+                         left.eq(0), self.overflow.eq(0),
+                         last_group.eq(self.channels <= lanes)]
         with m.Elif(take):
             m.d.sync += [hold.eq(self.i.payload), lane.eq(0), left.eq(on),
                          addr.eq(group_base + pos)]
             with m.If(last_pos):
                 m.d.sync += [pos.eq(0), group_base.eq(group_base + group_step),
-                             first_channel.eq(first_channel + lanes)]
-                with m.If(first_channel + lanes >= channels):
+                             first_channel.eq(first_channel + lanes),
+                             last_group.eq(first_channel + 2 * lanes >= channels)]
+                with m.If(last_group):
                     m.d.sync += active.eq(0)
             with m.Else():
                 m.d.sync += pos.eq(pos + 1)
