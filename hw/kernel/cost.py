@@ -115,5 +115,6 @@ def load_vector_cost(records: int) -> StepCost:
 
 
 def dense_cost(layer: DenseLayer, config: KernelConfig) -> StepCost:
-    """``DENSE``: the dense engine's cycles from command to last output beat."""
-    return StepCost(dense_cycles(layer, config.dense))
+    """``DENSE``: the dense engine's cycles from command to last output beat, and the
+    cycle that sees the last beat taken."""
+    return StepCost(dense_cycles(layer, config.dense) + 1)

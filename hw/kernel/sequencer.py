@@ -284,7 +284,12 @@ class Sequencer(wiring.Component):
         addr = {name: Signal(64, name=f"addr_{name}")
                 for name in ("bulk", "small", "mask", "indices")}
         kick = Signal()                   # first cycle of RUN / POOL_RUN
-        out_seen = Signal(range(dense_cfg.max_groups + 1))
+        # Dense output beats still to come, and whether one is (registered beside it).
+        beats_left = Signal(range(dense_cfg.max_groups + 1))
+        one_left = Signal()
+        # The last beat was taken (RUN ends the cycle after: the handshake of the beat
+        # runs through the write path's FIFO, and the next state waits on no part of it).
+        out_done = Signal()
 
         status = Signal(REGMAP["status"].width)
         error_pc = Signal(16)
@@ -348,7 +353,8 @@ class Sequencer(wiring.Component):
             m.d.comb += cmd.int8.eq(dn.int8)
         out_taken = self.out_taken
         with m.If(out_taken):
-            m.d.sync += out_seen.eq(out_seen + 1)
+            m.d.sync += [beats_left.eq(beats_left - 1), one_left.eq(beats_left == 2),
+                         out_done.eq(one_left)]
 
         # --- stream selects -----------------------------------------------------------------
         m.d.comb += [route.ifmap_pooled.eq(is_op(Opcode.POOL)), route.to_memory.eq(dn.to_memory),
@@ -589,7 +595,8 @@ class Sequencer(wiring.Component):
                 with m.If(all_ready & ~misaligned):
                     m.d.sync += [fire[k].eq(needs[k]) for k in needs]
                     m.d.sync += [begin[name].eq(when) for name, (_, when, _) in starts.items()]
-                    m.d.sync += [issued.eq(1), out_seen.eq(0),
+                    m.d.sync += [issued.eq(1), beats_left.eq(dense_beats),
+                                 one_left.eq(dense_beats == 1), out_done.eq(0),
                                  wr_words.eq(Mux(is_op(Opcode.STORE_MAP),
                                                  words("act", mp.io.records),
                                                  words("out", dense_beats))),
@@ -617,7 +624,7 @@ class Sequencer(wiring.Component):
             with active("RUN"):
                 m.d.comb += in_busy.eq(1)
                 m.d.sync += kick.eq(0)
-                last_out = out_taken & (out_seen == dense_beats - 1)
+                last_out = out_done
                 with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV) & conv.done):
                     m.next = "CHECK"
                 with m.If(is_op(Opcode.POOL) & conv.done):
