@@ -214,7 +214,7 @@ def test_the_shipped_kernel_takes_under_a_tenth_of_every_u280_resource(tmp_path)
     assert report["conv_array"]["DSP"]["used"] >= 144
     # No part deeper than measured for the shipped kernel (LUT levels between registers,
     # depth.lut_levels's rule); the aim is 8 on every part.
-    deepest = {"dense": 9, "conv": 9, "rest": 10}
+    deepest = {"dense": 8, "conv": 8, "rest": 9}
     for name, levels in deepest.items():
         depth = report["parts"][name]["depth"]
         assert depth["lut_levels"] <= levels, (name, depth["paths"][:3])
