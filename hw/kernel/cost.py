@@ -65,34 +65,34 @@ class StepCost:
 
 
 def conv_cost(layer: ConvLayer, mask, config: KernelConfig) -> StepCost:
-    """``CONV``: start cycle plus the conv array's cycles for ``layer`` and ``mask``."""
+    """``CONV``: start cycle plus the conv array's cycles for ``layer`` and ``mask``,
+    and the cycle that sees the array done."""
     mask = None if mask is None or not np.any(mask) else np.asarray(mask, bool)
-    return StepCost(1 + expected_cycles(layer, mask, config.conv),
+    return StepCost(2 + expected_cycles(layer, mask, config.conv),
                     mac_cycles=expected_mac_cycles(layer, mask, config.conv),
                     skipped=0 if mask is None else int(mask.sum()))
 
 
 def load_map_cost(channels: int, height: int, width: int, config: KernelConfig) -> StepCost:
-    """``LOAD_MAP``: start cycle plus a ``LOAD``."""
-    return StepCost(1 + expected_load_cycles(channels, height, width, config.conv))
+    """``LOAD_MAP``: start cycle plus a ``LOAD``, and the cycle that sees it done."""
+    return StepCost(2 + expected_load_cycles(channels, height, width, config.conv))
 
 
 def store_map_cost(channels: int, height: int, width: int, config: KernelConfig) -> StepCost:
-    """``STORE_MAP``: start cycle plus a ``DRAIN`` into the (always ready) packer."""
-    return StepCost(1 + expected_drain_cycles(channels, height, width, config.conv))
+    """``STORE_MAP``: start cycle plus a ``DRAIN`` into the (always ready) packer, and
+    the cycle that sees it done."""
+    return StepCost(2 + expected_drain_cycles(channels, height, width, config.conv))
 
 
 def pool_cost(channels: int, height: int, width: int, config: KernelConfig) -> StepCost:
     """``POOL``: a ``DRAIN`` through the pooler, then a ``LOAD`` of the pooled map.
 
-    Between them the pooler writes its last output (a cycle more when that last input
-    beat completes a 2x2 window, i.e. both sizes are even) and the pooled map's first
-    word is read.
+    Each ends the cycle after the array is done. Between them the pooler writes its
+    last output (in that cycle, or one later) and the pooled map's first word is read.
     """
-    drain = 1 + expected_drain_cycles(channels, height, width, config.conv)
-    load = 1 + expected_load_cycles(channels, height // 2, width // 2, config.conv)
-    tail = 2 if height % 2 == 0 and width % 2 == 0 else 1
-    return StepCost(drain + load, fixed=STEP_FIXED + tail + BufferReader.LATENCY)
+    drain = 2 + expected_drain_cycles(channels, height, width, config.conv)
+    load = 2 + expected_load_cycles(channels, height // 2, width // 2, config.conv)
+    return StepCost(drain + load, fixed=STEP_FIXED + 1 + BufferReader.LATENCY)
 
 
 def flatten_cost(channels: int, height: int, width: int, config: KernelConfig) -> StepCost:
@@ -100,13 +100,14 @@ def flatten_cost(channels: int, height: int, width: int, config: KernelConfig) -
 
     The array offers its first beat in the third busy cycle and every later beat as
     soon as the writer takes it, which is in the cycle the previous beat's last byte
-    is written; the last beat's bytes are written after the drain ends.
+    is written; the drain ends the cycle after the array is done, and the last beat's
+    bytes are written from the cycle before.
     """
     lanes = config.conv.lanes
     groups = -(-channels // lanes)
     last = channels - (groups - 1) * lanes
     total = channels * height * width
-    return StepCost(1 + 3 + total - last, fixed=STEP_FIXED + last + 1)
+    return StepCost(2 + 3 + total - last, fixed=STEP_FIXED + last)
 
 
 def load_vector_cost(records: int) -> StepCost:

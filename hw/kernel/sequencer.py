@@ -290,6 +290,10 @@ class Sequencer(wiring.Component):
         # The last beat was taken (RUN ends the cycle after: the handshake of the beat
         # runs through the write path's FIFO, and the next state waits on no part of it).
         out_done = Signal()
+        # The conv array's done pulse, registered: RUN ends the cycle after it, so that
+        # the array's state and handshakes behind the pulse stay out of the next state.
+        conv_done = Signal()
+        m.d.sync += conv_done.eq(conv.done)
 
         status = Signal(REGMAP["status"].width)
         error_pc = Signal(16)
@@ -625,13 +629,13 @@ class Sequencer(wiring.Component):
                 m.d.comb += in_busy.eq(1)
                 m.d.sync += kick.eq(0)
                 last_out = out_done
-                with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV) & conv.done):
+                with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV) & conv_done):
                     m.next = "CHECK"
-                with m.If(is_op(Opcode.POOL) & conv.done):
+                with m.If(is_op(Opcode.POOL) & conv_done):
                     m.next = "POOL_TAIL"
-                with m.If(is_op(Opcode.FLATTEN) & conv.done):
+                with m.If(is_op(Opcode.FLATTEN) & conv_done):
                     m.next = "FLATTEN_TAIL"
-                with m.If(is_op(Opcode.STORE_MAP) & conv.done):
+                with m.If(is_op(Opcode.STORE_MAP) & conv_done):
                     m.next = "FINISH"
                 with m.If(is_op(Opcode.DENSE) & last_out):
                     with m.If(dn.to_memory):
@@ -655,7 +659,7 @@ class Sequencer(wiring.Component):
             with active("POOL_RUN"):
                 m.d.comb += [in_busy.eq(1), pool_load.eq(1)]
                 m.d.sync += kick.eq(0)
-                with m.If(conv.done):
+                with m.If(conv_done):
                     m.next = "CHECK"
 
             with active("FLATTEN_TAIL"):
