@@ -328,6 +328,8 @@ class Sequencer(wiring.Component):
 
         # --- engine settings and starts -----------------------------------------------------
         layer = conv.layer
+        # POOL_RUN, the pooled map's LOAD, as a flag beside the state: the conv array's
+        # settings are then muxed by flip-flops only.
         pool_load = Signal()
         with m.If(is_op(Opcode.CONV)):
             m.d.comb += [layer.op.eq(Op.CONV), layer.buf.eq(cv.buf),
@@ -653,13 +655,14 @@ class Sequencer(wiring.Component):
 
             with active("POOL_PREFETCH"):
                 with m.If(offered.pooled):
-                    m.d.sync += kick.eq(1)
+                    m.d.sync += [kick.eq(1), pool_load.eq(1)]
                     m.next = "POOL_RUN"
 
             with active("POOL_RUN"):
-                m.d.comb += [in_busy.eq(1), pool_load.eq(1)]
+                m.d.comb += in_busy.eq(1)
                 m.d.sync += kick.eq(0)
                 with m.If(conv_done):
+                    m.d.sync += pool_load.eq(0)
                     m.next = "CHECK"
 
             with active("FLATTEN_TAIL"):
@@ -724,7 +727,7 @@ class Sequencer(wiring.Component):
                     m.next = "STATUS"
 
             with m.State("ABORT"):
-                m.d.sync += wr_addr.eq(base["counters"])
+                m.d.sync += [wr_addr.eq(base["counters"]), pool_load.eq(0)]
                 with m.If(Cat(r.idle for r in readers).all() & wr.idle):
                     m.d.sync += aborting.eq(0)
                     m.next = "STATUS"
