@@ -614,6 +614,7 @@ class Sequencer(wiring.Component):
                     with m.Else():
                         m.d.sync += kick.eq(1)
                         m.next = "RUN"
+
             with active("PREFETCH"):
                 m.d.comb += in_stall.eq(1)
                 weights_ready = self.weights_full | ~unpack["weights"].busy
@@ -630,7 +631,6 @@ class Sequencer(wiring.Component):
             with active("RUN"):
                 m.d.comb += in_busy.eq(1)
                 m.d.sync += kick.eq(0)
-                last_out = out_done
                 with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV) & conv_done):
                     m.next = "CHECK"
                 with m.If(is_op(Opcode.POOL) & conv_done):
@@ -639,7 +639,7 @@ class Sequencer(wiring.Component):
                     m.next = "FLATTEN_TAIL"
                 with m.If(is_op(Opcode.STORE_MAP) & conv_done):
                     m.next = "FINISH"
-                with m.If(is_op(Opcode.DENSE) & last_out):
+                with m.If(is_op(Opcode.DENSE) & out_done):
                     with m.If(dn.to_memory):
                         m.next = "FINISH"
                     with m.Else():
