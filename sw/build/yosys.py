@@ -91,10 +91,14 @@ def _synth_xilinx(folder: str, tag: str, top: str, prepare: str, family: str) ->
     """Run ``prepare`` then ``synth_xilinx`` on ``top`` in ``folder``; its figures."""
     stat = Path(folder) / f"stat_{tag}.txt"
     netlist = Path(folder) / f"netlist_{tag}.json"
-    # Source locations are dropped before the netlist is written: they are most of it.
-    script = (f"{prepare}; proc; splitnets; synth_xilinx -family {family} -top {top} "
-              f"-flatten; tee -q -o {stat.name} stat; attrmap -remove src; "
-              f"write_json {netlist.name}")
+    # State registers marked with an ``fsm_encoding`` attribute are re-encoded (one
+    # flip-flop per state) before splitnets cuts them into bits, as Vivado re-encodes
+    # them; Yosys's own detection passes over them because they have an initial
+    # value. Source locations are dropped before the netlist is written: they are
+    # most of it.
+    script = (f"{prepare}; proc; opt -nosdff -nodffe; fsm; splitnets; "
+              f"synth_xilinx -family {family} -top {top} -flatten; "
+              f"tee -q -o {stat.name} stat; attrmap -remove src; write_json {netlist.name}")
     start = time.perf_counter()
     result = subprocess.run([*_yosys_command(), "-q", "-p", script], capture_output=True,
                             text=True, cwd=folder)

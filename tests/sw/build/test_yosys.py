@@ -100,3 +100,32 @@ def test_a_part_synthesized_apart_is_counted_once_in_the_whole():
     assert figures["ff"] == first["ff"] + rest["ff"]
     with pytest.raises(ValueError, match="jobs must be a positive integer, not 0"):
         synthesize(None, "two", jobs=0)
+
+
+class _Walk(wiring.Component):
+    """Eight states stepped by ``go``; ``at`` shows which one is current."""
+
+    go: In(1)
+    at: Out(8)
+
+    def __init__(self, one_hot: bool):
+        self.one_hot = one_hot
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        with m.FSM() as fsm:
+            for n in range(8):
+                with m.State(f"S{n}"):
+                    m.d.comb += self.at[n].eq(1)
+                    with m.If(self.go):
+                        m.next = f"S{(n + 1) % 8}"
+        if self.one_hot:
+            fsm.state.attrs["fsm_encoding"] = "one_hot"
+        return m
+
+
+def test_a_state_register_marked_one_hot_takes_a_flip_flop_per_state():
+    assert synthesize(_Walk(one_hot=True), "walk")["ff"] == 8
+    # Unmarked, it stays as Amaranth encodes it: three bits.
+    assert synthesize(_Walk(one_hot=False), "walk")["ff"] == 3
