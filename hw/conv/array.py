@@ -247,7 +247,7 @@ class ConvArray(wiring.Component):
         load_done, conv_done, drain_done = Signal(), Signal(), Signal()
         running = {name: Signal(name=f"in_{name.lower()}")
                    for name in ("LOAD", "CONV", "DRAIN")}
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(accept):
                     with m.If(~valid):
@@ -268,6 +268,9 @@ class ConvArray(wiring.Component):
             with m.State("FAIL"):
                 m.d.comb += [self.busy.eq(1), self.done.eq(1)]
                 m.next = "IDLE"
+        # One flip-flop per state (Vivado and Yosys re-encode it so), so that each
+        # state's decode is a single bit.
+        fsm.state.attrs["fsm_encoding"] = "one_hot"
 
         stats = self.stats
         with m.If(accept):

@@ -328,21 +328,25 @@ class Sequencer(wiring.Component):
 
         # --- engine settings and starts -----------------------------------------------------
         layer = conv.layer
-        # POOL_RUN, the pooled map's LOAD, as a flag beside the state: the conv array's
-        # settings are then muxed by flip-flops only.
+        # The conv array's settings are registers, set from the opcode flags and the
+        # descriptor (stable from DECODE, a register each) in the cycle after: its
+        # range checks at ``start`` then begin at flip-flops. POOL_RUN, the pooled map's
+        # LOAD, is a flag beside the state, raised in POOL_TAIL so that the settings
+        # are in place when POOL_RUN starts the array.
         pool_load = Signal()
         with m.If(is_op(Opcode.CONV)):
-            m.d.comb += [layer.op.eq(Op.CONV), layer.buf.eq(cv.buf),
+            m.d.sync += [layer.op.eq(Op.CONV), layer.buf.eq(cv.buf),
                          layer.c_in.eq(cv.c_in), layer.c_out.eq(cv.c_out),
                          layer.height.eq(cv.height), layer.width.eq(cv.width),
                          layer.stride.eq(cv.stride), layer.relu.eq(cv.relu),
                          layer.skip.eq(cv.skip)]
         with m.Elif(is_op(Opcode.LOAD_MAP, Opcode.POOL, Opcode.FLATTEN, Opcode.STORE_MAP)):
             loading = is_op(Opcode.LOAD_MAP) | pool_load
-            m.d.comb += [layer.op.eq(Mux(loading, Op.LOAD, Op.DRAIN)),
-                         layer.buf.eq(mp.buf), layer.c_in.eq(mp.channels),
+            m.d.sync += [layer.op.eq(Mux(loading, Op.LOAD, Op.DRAIN)),
+                         layer.buf.eq(mp.buf), layer.c_in.eq(mp.channels), layer.c_out.eq(0),
                          layer.height.eq(Mux(pool_load, mp.height >> 1, mp.height)),
-                         layer.width.eq(Mux(pool_load, mp.width >> 1, mp.width))]
+                         layer.width.eq(Mux(pool_load, mp.width >> 1, mp.width)),
+                         layer.stride.eq(0), layer.relu.eq(0), layer.skip.eq(0)]
         m.d.comb += conv.start.eq(kick & is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL,
                                                Opcode.FLATTEN, Opcode.STORE_MAP))
         groups = sum(mp.channels > g * lanes for g in range(cfg.conv.max_groups))
@@ -651,11 +655,12 @@ class Sequencer(wiring.Component):
                 with m.If(~pool.busy):
                     m.d.comb += [t_reader.start.eq(1), t_reader.base.eq(0),
                                  t_reader.count.eq(self.pooled_words)]
+                    m.d.sync += pool_load.eq(1)
                     m.next = "POOL_PREFETCH"
 
             with active("POOL_PREFETCH"):
                 with m.If(offered.pooled):
-                    m.d.sync += [kick.eq(1), pool_load.eq(1)]
+                    m.d.sync += kick.eq(1)
                     m.next = "POOL_RUN"
 
             with active("POOL_RUN"):
@@ -766,6 +771,9 @@ class Sequencer(wiring.Component):
             with m.State("DONE"):
                 m.d.comb += [csr.ap_done.eq(1), csr.ap_ready.eq(1)]
                 m.next = "IDLE"
+        # One flip-flop per state (Vivado and Yosys re-encode it so): the next-state
+        # logic of a state then reads its own bit instead of a decode of five.
+        fsm.state.attrs["fsm_encoding"] = "one_hot"
 
         m.d.comb += [bad.eq(pc_bad | decode_bad_late | misaligned | check_bad_late |
                             counters_bad),
