@@ -118,9 +118,13 @@ class Unpacker(_RecordAdapter):
         word_in = self.words.valid & self.words.ready
 
         if self.per_record == 1:
-            # Several records per word: hold a word, hand out its records in turn.
+            # Several records per word: hold a word, hand out its records in turn. The
+            # record offered is a register of its own, loaded with the next record as
+            # one is taken (with the first as a word arrives), so the engine behind
+            # reads a flip-flop, not a mux of the word's records.
             size = self.word_bits // self.per_word
             word = Signal(self.word_bits)
+            current = Signal(self.payload_bits)
             have = Signal()
             index = Signal(range(self.per_word))
             last_of_word = (index == self.per_word - 1) | last_record
@@ -128,16 +132,18 @@ class Unpacker(_RecordAdapter):
                            for k in range(self.per_word))
             m.d.comb += [
                 self.records.valid.eq(have & pending),
-                self.records.payload.eq(slices[index]),
+                self.records.payload.eq(current),
                 self.words.ready.eq(pending & (~have | (take & last_of_word)) &
                                     ~(take & last_record)),
             ]
             with m.If(take):
-                m.d.sync += index.eq(Mux(last_of_word, 0, index + 1))
+                m.d.sync += [index.eq(Mux(last_of_word, 0, index + 1)),
+                             current.eq(slices[(index + 1)[:len(index)]])]
                 with m.If(last_of_word):
                     m.d.sync += have.eq(0)
             with m.If(word_in):
-                m.d.sync += [word.eq(self.words.payload), have.eq(1)]
+                m.d.sync += [word.eq(self.words.payload), have.eq(1),
+                             current.eq(self.words.payload[:self.payload_bits])]
             with m.If(self.start):
                 m.d.sync += [have.eq(0), index.eq(0)]
         else:
