@@ -12,18 +12,21 @@ registers, the per-descriptor counter records and the status block. Each of its
 ports bundles the members of one unit under that unit's own names; :func:`attach`
 connects it.
 
-Per descriptor: ``FETCH`` (request the 64 bytes) -> ``WAIT_DESC`` -> ``DECODE``
-(opcode and ranges) -> ``ADDR`` (addresses) -> ``ISSUE`` (once every DMA the op uses
-can take a command; the commands and the starts of the op's adapters go out together,
-from registers, in the next cycle) -> ``PREFETCH`` (until the first data of every
-input stream is on chip, and two output channels' kernels for a conv layer) ->
-``RUN`` (start the engine, wait for its end) -> op-specific tails -> ``CHECK``
-(every stream consumed exactly, the engine accepted its parameters) -> ``ACCOUNT``
-(add the descriptor's counters to its record). ``END`` moves to the next image or,
-after the last, writes the counter records (``COUNTERS``). The datapath is reset at
-the start of every run, and again when a run ends with an error: ``ABORT`` flushes
-the DMAs (requests already made are completed, their data dropped). Every run ends
-in ``STATUS``, which writes the status block
+Per descriptor: ``FETCH`` (request the 64 bytes, unless they were requested
+already) -> ``WAIT_DESC`` -> ``DECODE`` (opcode and ranges) -> ``ADDR`` (addresses)
+-> ``ISSUE`` (once every DMA the op uses can take a command; the commands and the
+starts of the op's adapters go out together, from registers, in the next cycle) ->
+``PREFETCH`` (until the first data of every input stream is on chip, and two output
+channels' kernels for a conv layer) -> ``RUN`` (start the engine, wait for its end)
+-> op-specific tails -> ``CHECK`` (every stream consumed exactly, the engine accepted
+its parameters) -> ``ACCOUNT`` (add the descriptor's counters to its record). ``END``
+moves to the next image or, after the last, writes the counter records
+(``COUNTERS``). The next descriptor is requested while the current one runs (with
+the op's commands from ``ISSUE``, and from ``END_IMAGE`` for the next image's
+first), so that only a run's first descriptor waits for the memory's latency. The
+datapath is reset at the start of every run, and again when a run ends with an
+error: ``ABORT`` flushes the DMAs (requests already made are completed, their data
+dropped). Every run ends in ``STATUS``, which writes the status block
 (:data:`~velcro.hw.kernel.config.STATUS_BLOCK`) to the start of the counter buffer,
 and ends with ``ap_done`` once that write is acknowledged; a host without register
 access reads the outcome of the run there.
@@ -284,6 +287,15 @@ class Sequencer(wiring.Component):
         addr = {name: Signal(64, name=f"addr_{name}")
                 for name in ("bulk", "small", "mask", "indices")}
         kick = Signal()                   # first cycle of RUN / POOL_RUN
+        # The next descriptor is requested while this one runs: ISSUE sends the request
+        # for pc + 1 with the op's own commands (every op but END has a successor, since
+        # a program ends with END), END_IMAGE the one for the next image's first
+        # descriptor; FETCH then only waits for its data.
+        next_desc = Signal(64)            # its address, set in DECODE (END) or ADDR
+        may_prefetch = Signal()           # pc + 1 < max_program, set in ADDR
+        fire_desc = Signal()              # the request goes out (a register, like fire)
+        prefetched = Signal()             # requested: FETCH sends nothing
+        fetch_now = Signal()              # FETCH sends the request itself
         # Dense output beats still to come, and whether one is (registered beside it).
         beats_left = Signal(range(dense_cfg.max_groups + 1))
         one_left = Signal()
@@ -499,7 +511,14 @@ class Sequencer(wiring.Component):
         fire = {k: Signal(name=f"fire_{k}") for k in needs}
         begin = {name: Signal(name=f"begin_{name}") for name in (*starts, "counters", "status")}
         issued = Signal()
-        m.d.sync += [s.eq(0) for s in (*fire.values(), *begin.values(), issued)]
+        m.d.sync += [s.eq(0) for s in (*fire.values(), *begin.values(), issued, fire_desc)]
+        m.d.comb += [
+            rd_prog.desc_cmd.valid.eq(fetch_now | fire_desc),
+            rd_prog.desc_cmd.payload.addr.eq(Mux(fire_desc, next_desc,
+                                                 base["program"] + pc * DESCRIPTOR_BYTES)),
+            rd_prog.desc_cmd.payload.words.eq(words("descriptor", 1)),
+            unpack["desc"].start.eq(fetch_now | fire_desc), unpack["desc"].count.eq(1),
+        ]
         m.d.comb += [commands[k].valid.eq(fire[k]) for k in needs]
         for name, (unit, _, count) in starts.items():
             m.d.comb += [unit.start.eq(begin[name]), unit.count.eq(count)]
@@ -542,6 +561,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += [images.eq(args.images), watchdog.eq(args.watchdog),
                                  watchdog_on.eq(args.watchdog != 0),
                                  image.eq(0), pc.eq(0), end_pc.eq(0), status.eq(0),
+                                 prefetched.eq(0),
                                  error_pc.eq(0), error_op.eq(0), images_done.eq(0),
                                  op_cycles.eq(0)]
                     m.d.sync += [t.eq(0) for t in total.values()]
@@ -552,13 +572,13 @@ class Sequencer(wiring.Component):
                         m.next = "FETCH"
 
             with active("FETCH"):
-                m.d.comb += [rd_prog.desc_cmd.valid.eq(1),
-                             rd_prog.desc_cmd.payload.addr.eq(base["program"] +
-                                                              pc * DESCRIPTOR_BYTES),
-                             rd_prog.desc_cmd.payload.words.eq(words("descriptor", 1)),
-                             unpack["desc"].start.eq(1), unpack["desc"].count.eq(1)]
-                with m.If(rd_prog.desc_cmd.ready):
+                with m.If(prefetched):
+                    m.d.sync += prefetched.eq(0)
                     m.next = "WAIT_DESC"
+                with m.Else():
+                    m.d.comb += fetch_now.eq(1)
+                    with m.If(rd_prog.desc_cmd.ready):
+                        m.next = "WAIT_DESC"
 
             with active("WAIT_DESC"):
                 m.d.comb += [in_stall.eq(1), unpack["desc"].records.ready.eq(1)]
@@ -573,7 +593,7 @@ class Sequencer(wiring.Component):
                              Mux(is_op(Opcode.LOAD_VEC), vc.io.stride, mp.io.stride))
                 m.d.sync += [image_offset.eq(image * stride),
                              no_codebook.eq(dn.codebook.records == 0),
-                             decode_bad_late.eq(decode_bad)]
+                             decode_bad_late.eq(decode_bad), next_desc.eq(base["program"])]
                 with m.If(is_op(Opcode.END)):
                     m.next = "END_IMAGE"
                 with m.Else():
@@ -595,15 +615,19 @@ class Sequencer(wiring.Component):
                 }
                 m.d.sync += [io_addr.eq(new["io"]), wr_addr.eq(new["io"])] + \
                     [addr[name].eq(new[name]) for name in addr]
+                m.d.sync += [next_desc.eq(base["program"] + (pc + 1) * DESCRIPTOR_BYTES),
+                             may_prefetch.eq(pc + 1 < cfg.max_program)]
                 uses = {"act": "io", "write": "io"}
                 m.d.sync += misaligned.eq(Cat(
                     needs[k] & (new[uses.get(k, k)][:exact_log2(wb)] != 0) for k in needs).any())
                 m.next = "ISSUE"
 
             with active("ISSUE"):
-                all_ready = Cat(~needs[k] | commands[k].ready for k in needs).all()
+                all_ready = Cat(~needs[k] | commands[k].ready for k in needs).all() & \
+                    (~may_prefetch | rd_prog.desc_cmd.ready)
                 with m.If(all_ready & ~misaligned):
                     m.d.sync += [fire[k].eq(needs[k]) for k in needs]
+                    m.d.sync += [fire_desc.eq(may_prefetch), prefetched.eq(may_prefetch)]
                     m.d.sync += [begin[name].eq(when) for name, (_, when, _) in starts.items()]
                     m.d.sync += [issued.eq(1), beats_left.eq(dense_beats),
                                  one_left.eq(dense_beats == 1), out_done.eq(0),
@@ -705,7 +729,8 @@ class Sequencer(wiring.Component):
                 m.d.sync += [images_done.eq(images_done + 1), end_pc.eq(pc),
                              image.eq(image + 1)]
                 with m.If(image + 1 < images):
-                    m.d.sync += pc.eq(0)
+                    m.d.sync += [pc.eq(0), fire_desc.eq(rd_prog.desc_cmd.ready),
+                                 prefetched.eq(rd_prog.desc_cmd.ready)]
                     m.next = "FETCH"
                 with m.Else():
                     m.d.sync += [wr_addr.eq(base["counters"] + cfg.status_bytes),
