@@ -212,9 +212,9 @@ def test_the_shipped_kernel_takes_under_a_tenth_of_every_u280_resource(tmp_path)
         report["resources"]
     # 16 lanes of nine multipliers map to DSP slices.
     assert report["conv_array"]["DSP"]["used"] >= 144
-    # No part deeper than measured for the shipped kernel (LUT levels between registers,
-    # depth.lut_levels's rule); the aim is 8 on every part.
-    deepest = {"dense": 8, "conv": 8, "rest": 9}
+    # No part deeper than 8 LUT levels between registers (depth.lut_levels's rule), the
+    # aim for the kernel's 300 MHz clock.
+    deepest = {"dense": 8, "conv": 8, "rest": 8}
     for name, levels in deepest.items():
         depth = report["parts"][name]["depth"]
         assert depth["lut_levels"] <= levels, (name, depth["paths"][:3])
