@@ -291,7 +291,7 @@ class Sequencer(wiring.Component):
         # for pc + 1 with the op's own commands (every op but END has a successor, since
         # a program ends with END), END_IMAGE the one for the next image's first
         # descriptor; FETCH then only waits for its data.
-        next_desc = Signal(64)            # its address, set in DECODE (END) or ADDR
+        next_desc = Signal(64)            # its address, set in ADDR or END_IMAGE
         may_prefetch = Signal()           # pc + 1 < max_program, set in ADDR
         fire_desc = Signal()              # the request goes out (a register, like fire)
         prefetched = Signal()             # requested: FETCH sends nothing
@@ -593,7 +593,7 @@ class Sequencer(wiring.Component):
                              Mux(is_op(Opcode.LOAD_VEC), vc.io.stride, mp.io.stride))
                 m.d.sync += [image_offset.eq(image * stride),
                              no_codebook.eq(dn.codebook.records == 0),
-                             decode_bad_late.eq(decode_bad), next_desc.eq(base["program"])]
+                             decode_bad_late.eq(decode_bad)]
                 with m.If(is_op(Opcode.END)):
                     m.next = "END_IMAGE"
                 with m.Else():
@@ -729,7 +729,8 @@ class Sequencer(wiring.Component):
                 m.d.sync += [images_done.eq(images_done + 1), end_pc.eq(pc),
                              image.eq(image + 1)]
                 with m.If(image + 1 < images):
-                    m.d.sync += [pc.eq(0), fire_desc.eq(rd_prog.desc_cmd.ready),
+                    m.d.sync += [pc.eq(0), next_desc.eq(base["program"]),
+                                 fire_desc.eq(rd_prog.desc_cmd.ready),
                                  prefetched.eq(rd_prog.desc_cmd.ready)]
                     m.next = "FETCH"
                 with m.Else():
