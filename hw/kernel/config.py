@@ -81,6 +81,11 @@ class KernelConfig:
         Longest AXI burst in words.
     max_program : int
         Most descriptors before ``END`` (one counter record each).
+    resident_program, resident_indices : int
+        Words of the on-chip copies of the ``program`` and ``indices`` buffers
+        (:mod:`velcro.hw.axi.resident`), which answer every image's reads of them after
+        a run's first: 0 (no copy) or a power of two of at least ``max_burst``. Reads
+        beyond the copy go to device memory for every image.
     """
 
     conv: ConvArrayConfig = field(default=CONV_SHIPPED)
@@ -88,6 +93,8 @@ class KernelConfig:
     data_width: int = 512
     max_burst: int = 16
     max_program: int = 32
+    resident_program: int = 4096
+    resident_indices: int = 8192
 
     def __post_init__(self):
         if not isinstance(self.conv, ConvArrayConfig):
@@ -109,6 +116,11 @@ class KernelConfig:
         if burst < 2 or burst & (burst - 1) or burst * self.word_bytes > 4096:
             raise ValueError(f"max_burst must be a power of two from 2 with bursts inside 4 "
                              f"KiB, not {burst!r}")
+        for name in ("resident_program", "resident_indices"):
+            words = getattr(self, name)
+            if not isinstance(words, int) or words and (words < burst or words & (words - 1)):
+                raise ValueError(f"{name} must be 0 or a power of two of at least max_burst = "
+                                 f"{burst} words, not {words!r}")
         if not isinstance(self.max_program, int) or not 2 <= self.max_program <= 1 << 15:
             raise ValueError(f"max_program must be an integer from 2 to 32768, not "
                              f"{self.max_program!r}")
@@ -176,7 +188,10 @@ class KernelConfig:
 
     @property
     def name(self) -> str:
-        return f"kernel_{self.conv.name}_{self.dense.name()}_d{self.data_width}".replace("-", "_")
+        copies = f"_r{self.resident_program}_{self.resident_indices}" \
+            if self.resident_program or self.resident_indices else ""
+        return f"kernel_{self.conv.name}_{self.dense.name()}_d{self.data_width}{copies}" \
+            .replace("-", "_")
 
 
 SHIPPED = KernelConfig()
@@ -184,9 +199,11 @@ SHIPPED = KernelConfig()
 
 SMALL = KernelConfig(ConvArrayConfig(lanes=8, max_height=28, max_width=28, max_channels=64),
                      DenseConfig(width=64, max_k=256, max_s=4, macs=16, max_n_in=1024,
-                                 max_n_out=256), data_width=256, max_program=16)
+                                 max_n_out=256), data_width=256, max_program=16,
+                     resident_program=0, resident_indices=0)
 """A smaller kernel that still runs the reference CNN: half the conv lanes, a quarter
-of the dense MACs, 256-bit ports; what Icarus simulates in reasonable time."""
+of the dense MACs, 256-bit ports and no on-chip copies of the constants (every image
+reads them from device memory); what Icarus simulates in reasonable time."""
 
 #: Kernel configurations by the name ``velcro run --kernel`` takes.
 CONFIGS = {"shipped": SHIPPED, "small": SMALL}

@@ -180,6 +180,10 @@ class Sequencer(wiring.Component):
         Words written to the pooling buffer since ``issue``.
     issue : Out(1)
         The descriptor's commands are issued: the buffer write counters restart.
+    resident : Out(bundle)
+        ``hold`` (the run's first image is done: the on-chip copies of the constant
+        buffers answer their reads, :mod:`velcro.hw.axi.resident`) and the ``program``
+        and ``indices`` base addresses of the run.
     route : Out(bundle)
         Stream selects: ``ifmap_pooled``, ``ofmap`` (:class:`Ofmap`), ``vector``
         (:class:`VectorWrite`) at ``vector_base``, ``to_memory``, ``write``
@@ -230,6 +234,8 @@ class Sequencer(wiring.Component):
             "out_taken": In(1),
             "pooled_words": In(range(pw + 1)),
             "issue": Out(1),
+            "resident": Out(wiring.Signature({"hold": Out(1), "program": Out(64),
+                                              "indices": Out(64)})),
             "route": Out(wiring.Signature({
                 "ifmap_pooled": Out(1), "ofmap": Out(2), "vector": Out(2),
                 "vector_base": Out(range(2 * vw)), "to_memory": Out(1), "write": Out(2)})),
@@ -522,7 +528,9 @@ class Sequencer(wiring.Component):
         m.d.comb += [commands[k].valid.eq(fire[k]) for k in needs]
         for name, (unit, _, count) in starts.items():
             m.d.comb += [unit.start.eq(begin[name]), unit.count.eq(count)]
-        m.d.comb += [x_reader.base.eq(half["src"]), self.issue.eq(issued)]
+        m.d.comb += [x_reader.base.eq(half["src"]), self.issue.eq(issued),
+                     self.resident.program.eq(base["program"]),
+                     self.resident.indices.eq(base["indices"])]
         # The write DMA serves the op's output, the counter records and the status block:
         # its command's size and its source are registers, set where the command is
         # decided (ISSUE, COUNTERS, STATUS).
@@ -561,7 +569,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += [images.eq(args.images), watchdog.eq(args.watchdog),
                                  watchdog_on.eq(args.watchdog != 0),
                                  image.eq(0), pc.eq(0), end_pc.eq(0), status.eq(0),
-                                 prefetched.eq(0),
+                                 prefetched.eq(0), self.resident.hold.eq(0),
                                  error_pc.eq(0), error_op.eq(0), images_done.eq(0),
                                  op_cycles.eq(0)]
                     m.d.sync += [t.eq(0) for t in total.values()]
@@ -730,6 +738,7 @@ class Sequencer(wiring.Component):
                              image.eq(image + 1)]
                 with m.If(image + 1 < images):
                     m.d.sync += [pc.eq(0), next_desc.eq(base["program"]),
+                                 self.resident.hold.eq(1),
                                  fire_desc.eq(rd_prog.desc_cmd.ready),
                                  prefetched.eq(rd_prog.desc_cmd.ready)]
                     m.next = "FETCH"

@@ -10,8 +10,14 @@ one AXI4 manager per entry of :data:`~velcro.hw.kernel.regmap.PORTS`, 64-bit add
     Reads the descriptor program and the network constants: conv kernels,
     requantization factors, skip masks and means, dense codebooks and parameters.
 ``m_axi_indices``
-    Reads the dense index streams, the heaviest traffic, on a port (and memory bank)
-    of their own.
+    Reads the dense index streams (and int8 weights), the heaviest traffic, on a port
+    (and memory bank) of their own.
+
+Both read the same words for every image of a run, so each passes through an on-chip
+copy (:class:`~velcro.hw.axi.resident.ResidentReads`, ``resident_program`` and
+``resident_indices`` words of the configuration) that the run's first image fills and
+that answers the later images' reads: a run fetches its constants from device memory
+once, and each further image moves only its input and its output.
 ``m_axi_data``
     Reads the inputs, writes the results, the per-descriptor counters and the status
     block (:data:`~velcro.hw.kernel.config.STATUS_BLOCK`) that ends every run.
@@ -56,6 +62,7 @@ from ..axi.bus import (
     tie_off_flat,
 )
 from ..axi.read import ReadDma
+from ..axi.resident import ResidentReads
 from ..axi.write import WriteDma
 from ..conv.array import ConvArray
 from ..conv.format import MASK_LAYOUT, REQUANT_LAYOUT, activations_layout, weights_layout
@@ -128,10 +135,20 @@ class VelcroKernel(wiring.Component):
                                                  channels={"act": 2 * B})
         m.submodules.wr_data = wr = WriteDma(data_width=W, depth=2 * B, max_burst=B)
         write_half = axi4_write_signature(data_width=W)
-        connect_flat(m, self, "m_axi_program", rd_prog.axi)
-        tie_off_flat(m, self, "m_axi_program", write_half)
-        connect_flat(m, self, "m_axi_indices", rd_idx.axi)
-        tie_off_flat(m, self, "m_axi_indices", write_half)
+        # The constant buffers' reads, through their on-chip copies where configured.
+        for port, dma, words in (("program", rd_prog, cfg.resident_program),
+                                 ("indices", rd_idx, cfg.resident_indices)):
+            read = dma.axi
+            if words:
+                copy = ResidentReads(data_width=W, words=words,
+                                     max_outstanding=dma.max_outstanding)
+                m.submodules[f"resident_{port}"] = copy
+                wiring.connect(m, dma.axi, copy.up)
+                m.d.comb += [copy.base.eq(getattr(seq.resident, port)),
+                             copy.hold.eq(seq.resident.hold)]
+                read = copy.down
+            connect_flat(m, self, f"m_axi_{port}", read)
+            tie_off_flat(m, self, f"m_axi_{port}", write_half)
         connect_flat(m, self, "m_axi_data", rd_data.axi)
         connect_flat(m, self, "m_axi_data", wr.axi)
 

@@ -171,6 +171,33 @@ def test_back_to_back_runs_are_cycle_exact_without_pauses_or_latency(footwear):
         assert untimed(outcome["block"]) == block
 
 
+def test_constants_cross_the_port_once_per_run(footwear):
+    """The program and indices buffers are read for a run's first image only: each
+    further image moves its input and its output and nothing else. A run after the
+    host rewrote a constant reads it anew."""
+    package, program = footwear
+    three, one = validation_images(3), validation_images(1)
+    names = [s.name for s in program.steps]
+    io = program.steps[names.index("input")].fields["io"]["stride"] + \
+        program.steps[names.index("fc2")].fields["out"]["stride"]
+    weight = program.steps[names.index("conv1")].fields["weights"]["offset"]
+    poke = {"poke": ("program", weight, bytes([0x7F]))}
+    actions = [{"run": three}, {"run": one}, poke, {"run": three}]
+    outcomes = session(SHIPPED, package, actions)["outcomes"]
+    many, single, poked = outcomes[0], outcomes[1], outcomes[3]
+    assert many["bytes"] - single["bytes"] == 2 * io
+    np.testing.assert_array_equal(many["logits"], golden.run(package, three))
+    check_counters(program, many, 3, exact=False)
+    device = Accelerator(GoldenPlatform(SHIPPED), SHIPPED, "golden")
+    device.load(package)
+    buffer = device.buffers(0)["program"]
+    buffer[weight] = 0x7F
+    buffer.sync_to_device()
+    expected = device.run(three)
+    assert not np.array_equal(expected, golden.run(package, three))
+    np.testing.assert_array_equal(poked["logits"], expected)
+
+
 @pytest.fixture(scope="module")
 def codebook_package():
     """The footwear package with codebook dense layers, as ``velcro export --dense``
