@@ -13,8 +13,9 @@ shell takes a share that no open tool reports):
 ``BRAM36``
     RAMB36E2 blocks plus half the RAMB18E2.
 ``URAM``
-    URAM288 blocks; ``synth_xilinx`` maps memories to them only when asked
-    (``-uram``), and the kernel's memories are sized for block RAM.
+    URAM288 blocks: the on-chip copies of the constant buffers
+    (:mod:`velcro.hw.axi.resident`), whose memories ask for UltraRAM
+    (``ram_style = "ultra"``, which ``synth_xilinx`` and Vivado honour).
 
 ``compute_units`` (:func:`compute_units`) is the estimate of ``N`` whole kernels, as
 ``velcro build xclbin --cus N`` links them: ``N`` times every class, whether that keeps

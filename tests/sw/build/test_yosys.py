@@ -3,6 +3,7 @@
 import pytest
 from amaranth.hdl import Module
 from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from velcro.hw.conv.lane import ConvLane
@@ -129,3 +130,32 @@ def test_a_state_register_marked_one_hot_takes_a_flip_flop_per_state():
     assert synthesize(_Walk(one_hot=True), "walk")["ff"] == 8
     # Unmarked, it stays as Amaranth encodes it: three bits.
     assert synthesize(_Walk(one_hot=False), "walk")["ff"] == 3
+
+
+class _Table(wiring.Component):
+    """A 1024 x 64-bit memory with one write and one synchronous read port."""
+
+    addr: In(10)
+    data: In(64)
+    en: In(1)
+    out: Out(64)
+
+    def __init__(self, ultra: bool):
+        self.ultra = ultra
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=64, depth=1024, init=[],
+                                        attrs={"ram_style": "ultra"} if self.ultra else None)
+        write, read = mem.write_port(), mem.read_port()
+        m.d.comb += [write.addr.eq(self.addr), write.data.eq(self.data), write.en.eq(self.en),
+                     read.addr.eq(self.addr), self.out.eq(read.data)]
+        return m
+
+
+def test_a_memory_marked_ultra_maps_to_ultraram():
+    ultra = synthesize(_Table(ultra=True), "table")
+    assert (ultra["uram"], ultra["bram36"]) == (1, 0)
+    plain = synthesize(_Table(ultra=False), "table")
+    assert plain["uram"] == 0 < plain["bram36"]
