@@ -37,12 +37,13 @@ Dense engine figures (:func:`velcro.sim.dense_bench.figures`):
     Simulated cycles per second of the shipped dense engine.
 
 Kernel figures (:func:`kernel_figures`), from the runtime's ``sim`` device (Verilator)
-running the reference CNN exported for ``footwear`` on the shipped kernel, one
-validation image, without VELCRO and with a C = 0.4 plan: the same threshold T_k = 40
-in every conv layer replaces 40 % of each layer's output elements by their means, so
-the plan's C (and its MAC-weighted C) is 0.40. Every package runs twice: without
-memory latency, and with the memory model's HBM-like latency
-(:data:`~velcro.sim.backend.DEFAULT_LATENCY` cycles). Every run is checked
+running the reference CNN exported for ``footwear`` on the shipped kernel, without
+VELCRO and with a C = 0.4 plan: the same threshold T_k = 40 in every conv layer
+replaces 40 % of each layer's output elements by their means, so the plan's C (and its
+MAC-weighted C) is 0.40. Every package runs twice: on the first validation image
+without memory latency, and on the first :data:`IMAGES` (``images``) in one run with
+the memory model's HBM-like latency (:data:`~velcro.sim.backend.DEFAULT_LATENCY`
+cycles); the figures per image are those of that run unless stated otherwise. Every run is checked
 (:func:`check_run`): logits bit-exact against the golden model, and per descriptor
 the MAC cycles, skips and cycles against the kernel cost model (busy cycles exactly
 without latency, at least the model's with it). A disagreement fails the benchmark
@@ -50,18 +51,23 @@ with a one-line :class:`~velcro.sw.errors.DeviceError` (exit code 2). Figures wi
 ``_velcro`` are those of the C = 0.4 plan; the others are without VELCRO.
 
 ``cycles_per_image``, ``cycles_per_image_velcro``
-    Whole-network kernel cycles per image under the latency; ``..._no_latency``
-    without it.
+    Whole-network kernel cycles per image under the latency, the run's first image
+    (which fills the on-chip copies of the constants) and its fixed cycles included;
+    ``..._no_latency``: the one-image run without latency.
 ``stall_cycles_per_image``, ``stall_fraction``
     The kernel's ``stall_cycles`` under the latency, and their share of the cycles.
 ``velcro_cycle_saving``, ``velcro_saving_over_mac_weighted_C``
     ``1 - cycles_per_image_velcro / cycles_per_image``, and that divided by the plan's
     MAC-weighted C (``mac_weighted_C_velcro``: the share of the conv MACs the plan
     skips); 1 would mean every skipped MAC saves its full share of the cycles.
-``hbm_bytes_per_image``
-    Bytes read and written over the kernel's memory ports per image, counted by the
-    memory model (whole words read, strobed bytes written; the run's descriptor
-    fetches and status block included).
+``hbm_bytes_per_image``, ``hbm_bytes_first_image``
+    Bytes read and written over the kernel's memory ports, counted by the memory
+    model (whole words read, strobed bytes written): what the run of ``images``
+    moves beyond the one-image run, per further image, and what the one-image run
+    moves (the constants it fetches, its descriptors, counters and status block
+    included). The bytes do not depend on the latency. On the shipped kernel the
+    constants stay on chip after the first image (:mod:`velcro.hw.axi.resident`), so
+    each further image moves its input and its output.
 ``cus_that_fit``, ``cus_limited_by``
     Whole kernels (compute units) the XCU280 holds by the Yosys estimate of the
     shipped kernel with every resource class under 80 % of the device and each unit
@@ -96,6 +102,8 @@ import numpy as np
 HELP = "conv/dense engine cycles in RTL simulation, simulator speed, Yosys resources"
 
 VELCRO_THRESHOLD = 40.0
+#: Validation images of the kernel figures.
+IMAGES = 4
 
 
 def add_arguments(parser) -> None:
@@ -285,22 +293,23 @@ def mac_weighted_C(counts) -> float:
 ENERGY_PJ = {"mac": 0.2 + 0.1, "sram_64bit": 10.0, "hbm_bit": 3.9}
 
 
-def energy_estimate(record: dict, config) -> dict:
+def energy_estimate(record: dict, config, hbm_bytes: float, moved_bytes: float) -> dict:
     """Estimated energy of one image (picojoules) from the activity of a checked run.
 
     Events, per image: MACs performed (the golden model's count, which the kernel's MAC
     cycles were checked against; codebook lookups count as MACs), on-chip buffer
-    accesses and HBM bits. The on-chip accesses are the conv array's feature-buffer
-    reads (each MAC cycle reads one word of ``lanes`` bytes from each of the 9 banks)
-    plus every byte moved over the memory ports once more, for the FIFO or buffer it
-    goes through on chip, in 64-bit accesses. Each count is multiplied by its entry of
-    :data:`ENERGY_PJ`.
+    accesses and HBM bits (``hbm_bytes``: what an image moves over the memory ports).
+    The on-chip accesses are the conv array's feature-buffer reads (each MAC cycle
+    reads one word of ``lanes`` bytes from each of the 9 banks), every byte the DMAs
+    deliver or write (``moved_bytes``, from device memory or from the on-chip copies
+    of the constants) once, for the FIFO or buffer it goes through on chip, and the
+    bytes read from the copies (``moved_bytes - hbm_bytes``) once more, in 64-bit
+    accesses. Each count is multiplied by its entry of :data:`ENERGY_PJ`.
     """
     n = record["totals"]["images_done"]
     macs = sum(c.macs + c.lookups for c in record["counts"]) / n
     conv_cycles = sum(c.mac_cycles for c in record["steps"] if c.opcode == "CONV") / n
-    hbm_bytes = record["sim"]["bytes"] / n
-    sram = (conv_cycles * 9 * config.conv.lanes + hbm_bytes) / 8
+    sram = (conv_cycles * 9 * config.conv.lanes + 2 * moved_bytes - hbm_bytes) / 8
     parts = {"mac": macs * ENERGY_PJ["mac"], "sram": sram * ENERGY_PJ["sram_64bit"],
              "hbm": hbm_bytes * 8 * ENERGY_PJ["hbm_bit"]}
     return {"pj": round(sum(parts.values())), "parts_pj": {k: round(v) for k, v in
@@ -321,11 +330,13 @@ def kernel_figures(packages: dict | None = None, *, config=None, images: np.ndar
     config : KernelConfig, optional
         Default the shipped kernel.
     images : array, optional
-        Default the first validation image of ``footwear``.
+        At least two; default the first :data:`IMAGES` validation images of
+        ``footwear``. Every package runs on all of them in one run (one kernel call)
+        under the latency, and on the first alone without it.
     latency : int, optional
         Memory latency of the figures, default
-        :data:`~velcro.sim.backend.DEFAULT_LATENCY`; every package also runs without
-        latency, where busy cycles must equal the cost model's.
+        :data:`~velcro.sim.backend.DEFAULT_LATENCY`; the one-image run without latency
+        is where busy cycles must equal the cost model's.
     fit : int, optional
         Compute units that fit the card
         (:func:`velcro.sw.build.utilization.cus_that_fit`); ``None`` leaves the card
@@ -345,7 +356,7 @@ def kernel_figures(packages: dict | None = None, *, config=None, images: np.ndar
         from ..data import make_task
 
         task = make_task("footwear")
-        images = task.split("validation").images[:1] if images is None else images
+        images = task.split("validation").images[:IMAGES] if images is None else images
         if packages is None:
             from ..export import export
             from ..models import load_reference
@@ -353,34 +364,43 @@ def kernel_figures(packages: dict | None = None, *, config=None, images: np.ndar
             model = load_reference()
             packages = {"plain": export(model, task), "velcro":
                         export(model, task, [VELCRO_THRESHOLD] * 4)}
-    runs, figures, layers = {}, {"memory_latency_cycles": latency}, {}
+    if len(images) < 2:
+        raise ValueError(f"the kernel figures need at least 2 images (the first fills the "
+                         f"on-chip copies of the constants), not {len(images)}")
+    runs, figures, layers = {}, {"memory_latency_cycles": latency, "images": len(images)}, {}
     for kind, package in packages.items():
-        for delay in sorted({0, latency}):
+        # The first image alone without latency: cycle-exact against the cost model,
+        # and the bytes of a one-image run. Then every image under the latency.
+        for key, part, delay in (("first", images[:1], 0), ("all", images, latency)):
             _log(f"simulating the {config.name} kernel on the {kind} package, "
-                 f"memory latency {delay} cycles")
-            runs[kind, delay] = run_kernel(package, images, config, latency=delay)
+                 f"{len(part)} image(s), memory latency {delay} cycles")
+            runs[kind, key] = run_kernel(package, part, config, latency=delay)
     n = len(images)
-    plain, velcro = runs["plain", latency], runs["velcro", latency]
+    plain, velcro = runs["plain", "all"], runs["velcro", "all"]
     for kind, suffix in (("plain", ""), ("velcro", "_velcro")):
-        run, quick = runs[kind, latency], runs[kind, 0]
+        run, quick = runs[kind, "all"], runs[kind, "first"]
         for step, slow, fast in zip(compiled_steps(packages[kind], config), run["steps"],
                                     quick["steps"], strict=True):
             entry = layers.setdefault(step.name, {"op": step.opcode.name})
             entry[f"model{suffix}"] = step.cost.fixed + step.cost.busy
-            entry[f"cycles_no_latency{suffix}"] = fast.cycles // n
+            entry[f"cycles_no_latency{suffix}"] = fast.cycles
             entry[f"cycles{suffix}"] = slow.cycles // n
             entry[f"stall{suffix}"] = slow.stall_cycles // n
         figures[f"cycles_per_image{suffix}"] = round(run["totals"]["cycles"] / n, 1)
-        figures[f"cycles_per_image_no_latency{suffix}"] = round(
-            quick["totals"]["cycles"] / n, 1)
+        figures[f"cycles_per_image_no_latency{suffix}"] = quick["totals"]["cycles"]
         figures[f"stall_cycles_per_image{suffix}"] = round(
             run["totals"]["stall_cycles"] / n, 1)
         figures[f"stall_fraction{suffix}"] = round(
             run["totals"]["stall_cycles"] / run["totals"]["cycles"], 4)
-        figures[f"hbm_bytes_per_image{suffix}"] = round(run["sim"]["bytes"] / n, 1)
+        # What a run of n images moves beyond a run of one, per further image (the
+        # bytes do not depend on the latency).
+        first = quick["sim"]["bytes"]
+        per_image = (run["sim"]["bytes"] - first) / (n - 1)
+        figures[f"hbm_bytes_first_image{suffix}"] = first
+        figures[f"hbm_bytes_per_image{suffix}"] = round(per_image, 1)
         figures[f"C{suffix}"] = round(packages[kind].C, 4)
         figures[f"mac_weighted_C{suffix}"] = round(mac_weighted_C(run["counts"]), 4)
-        energy = energy_estimate(run, config)
+        energy = energy_estimate(run, config, per_image, first)
         figures[f"energy_pj_per_image{suffix}"] = energy["pj"]
         figures[f"energy_per_image{suffix}"] = energy
     saving = 1 - velcro["totals"]["cycles"] / plain["totals"]["cycles"]

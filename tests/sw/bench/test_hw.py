@@ -17,6 +17,8 @@ from velcro.sw.errors import DeviceError
 from velcro.sw.export import export
 from velcro.sw.export.package import load
 from velcro.sw.models import load_reference
+from velcro.sw.runtime.partition import partition
+from velcro.sw.runtime.program import compile_segment
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +33,34 @@ def image():
 
 
 @pytest.fixture(scope="module")
-def figures(packages, image):
-    return hw.kernel_figures(packages, config=SMALL, images=image, fit=3)
+def images():
+    return make_task("footwear").split("validation").images[:2]
 
 
-def test_kernel_figures_are_consistent(figures):
+@pytest.fixture(scope="module")
+def figures(packages, images):
+    return hw.kernel_figures(packages, config=SMALL, images=images, fit=3)
+
+
+def hw_program(packages, suffix):
+    return compile_segment(list(partition(packages["velcro" if suffix else "plain"],
+                                          SMALL)[0].layers), SMALL)
+
+
+def test_kernel_figures_are_consistent(figures, packages):
     f = figures
     assert f["memory_latency_cycles"] == DEFAULT_LATENCY
+    assert f["images"] == 2
     assert f["cycles_per_image_velcro"] < f["cycles_per_image"]
     for suffix in ("", "_velcro"):
         assert f[f"cycles_per_image{suffix}"] > f[f"cycles_per_image_no_latency{suffix}"]
         assert f[f"stall_fraction{suffix}"] == round(
             f[f"stall_cycles_per_image{suffix}"] / f[f"cycles_per_image{suffix}"], 4)
         assert 0 < f[f"stall_fraction{suffix}"] < 1
-        assert f[f"hbm_bytes_per_image{suffix}"] > 0
+        # The small kernel keeps no constants on chip: a further image moves what the
+        # first did but the run's counter records and status block, written once.
+        assert f[f"hbm_bytes_first_image{suffix}"] - f[f"hbm_bytes_per_image{suffix}"] == \
+            hw_program(packages, suffix).counter_bytes
         energy = f[f"energy_per_image{suffix}"]
         assert f[f"energy_pj_per_image{suffix}"] == energy["pj"]
         assert energy["hbm_bytes"] == round(f[f"hbm_bytes_per_image{suffix}"])
@@ -119,7 +135,7 @@ def test_only_an_exact_run_needs_the_modelled_busy_cycles(packages, image, exact
         check(packages, image, exact_run)
 
 
-def test_a_disagreement_fails_velcro_bench_hw_with_exit_code_2(packages, image, monkeypatch,
+def test_a_disagreement_fails_velcro_bench_hw_with_exit_code_2(packages, images, monkeypatch,
                                                                capsys):
     """The kernel part of ``velcro bench hw`` (the engine parts left out) under a cost
     model one MAC cycle off: a one-line error and exit code 2, no figures."""
@@ -129,9 +145,14 @@ def test_a_disagreement_fails_velcro_bench_hw_with_exit_code_2(packages, image, 
     monkeypatch.setattr(hw, "conv_figures", lambda seed: {})
     monkeypatch.setattr(hw, "dense_figures", lambda seed, icarus: {})
     monkeypatch.setattr(hw, "kernel_figures", lambda: figures(
-        packages, config=SMALL, images=image))
+        packages, config=SMALL, images=images))
     assert main(["bench", "hw", "--no-yosys", "--no-icarus"]) == 2
     out, err = capsys.readouterr()
     assert "cycles_per_image" not in out
     assert "at latency 0: conv1 (CONV) counted" in err
     assert len([line for line in err.splitlines() if not line.startswith("[bench hw]")]) == 1
+
+
+def test_the_kernel_figures_need_two_images(packages, image):
+    with pytest.raises(ValueError, match=r"^the kernel figures need at least 2 images .*, not 1$"):
+        hw.kernel_figures(packages, config=SMALL, images=image)
