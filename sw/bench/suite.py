@@ -4,12 +4,15 @@ The figures come from the same functions as the single benchmarks, run on smalle
 samples so that the whole suite stays within minutes:
 
 RTL (the shipped kernel in Verilator, the reference CNN exported for ``footwear``,
-one validation image; see :func:`velcro.sw.bench.hw.kernel_figures`)
+a few validation images; see :func:`velcro.sw.bench.hw.kernel_figures`)
+    Every figure of :func:`~velcro.sw.bench.hw.kernel_figures`: among them
     ``kernel_cycles_reference`` (per descriptor, without and with VELCRO, with the cost
-    model's figure beside each), ``kernel_cycles_per_image``,
-    ``kernel_cycles_per_image_velcro``, ``velcro_C`` (the fraction of conv outputs the
-    VELCRO package replaces), ``velcro_cycle_saving`` (1 - cycles with / without) and
-    ``velcro_saving_over_C``, ``projected_images_per_s_300mhz``.
+    model's figure beside each), ``cycles_per_image``, ``cycles_per_image_velcro``,
+    ``hbm_bytes_per_image`` and ``velcro_cycle_saving`` (1 - cycles with / without);
+    besides them ``velcro_C`` (the fraction of conv outputs the VELCRO package
+    replaces), ``velcro_saving_over_C`` and ``projected_images_per_s_300mhz`` (one
+    compute unit at 300 MHz; the card's figure needs the Yosys estimate of ``velcro
+    bench hw``).
 Engines (:func:`velcro.sw.bench.hw.conv_figures`, ``dense_figures``)
     ``conv_utilization`` (MAC utilization of a 64x64, 16 -> 16 layer), ``skip_ratio_cycles_50``,
     ``conv_cycles_reference``, ``dense_cycles_over_bound`` and the reference dense layers.
@@ -74,6 +77,8 @@ def software_figures(golden_images: int = 512, profile_images: int = 1000) -> di
 
 def run(seed: int = 0) -> dict:
     """Run the whole suite; the figures in one flat dictionary."""
+    from velcro.hw.kernel.connectivity import CLOCK_HZ
+
     from . import hw
 
     start = time.perf_counter()
@@ -83,11 +88,10 @@ def run(seed: int = 0) -> dict:
     figures.update(hw.dense_figures(seed, icarus=False))
     kernel = hw.kernel_figures()
     figures.update(kernel)
-    figures["velcro_C"] = kernel["kernel_velcro_C"]
-    saving = 1.0 - kernel["kernel_velcro_cycle_ratio"]
-    figures["velcro_cycle_saving"] = round(saving, 4)
-    figures["velcro_saving_over_C"] = round(saving / kernel["kernel_velcro_C"], 4)
-    figures["projected_images_per_s_300mhz"] = kernel["kernel_images_per_s_300mhz"]
+    figures["velcro_C"] = kernel["C_velcro"]
+    figures["velcro_saving_over_C"] = round(kernel["velcro_cycle_saving"] / kernel["C_velcro"],
+                                            4)
+    figures["projected_images_per_s_300mhz"] = round(CLOCK_HZ / kernel["cycles_per_image"], 1)
     figures.update(software_figures())
     figures["bench_seconds"] = round(time.perf_counter() - start)
     return figures

@@ -156,3 +156,20 @@ def test_a_disagreement_fails_velcro_bench_hw_with_exit_code_2(packages, images,
 def test_the_kernel_figures_need_two_images(packages, image):
     with pytest.raises(ValueError, match=r"^the kernel figures need at least 2 images .*, not 1$"):
         hw.kernel_figures(packages, config=SMALL, images=image)
+
+
+def test_velcro_bench_takes_its_kernel_figures_from_the_kernel_bench(figures, monkeypatch):
+    """``velcro bench`` (the suite) with its other parts left out."""
+    from velcro.sw.bench import suite
+
+    monkeypatch.setattr(hw, "conv_figures", lambda seed: {})
+    monkeypatch.setattr(hw, "dense_figures", lambda seed, icarus: {})
+    monkeypatch.setattr(hw, "kernel_figures", lambda: figures)
+    monkeypatch.setattr(suite, "software_figures", lambda: {})
+    result = suite.run()
+    assert result["cycles_per_image"] == figures["cycles_per_image"]
+    assert result["velcro_C"] == figures["C_velcro"] > 0
+    assert result["velcro_saving_over_C"] == round(
+        figures["velcro_cycle_saving"] / figures["C_velcro"], 4)
+    assert result["projected_images_per_s_300mhz"] == round(
+        CLOCK_HZ / figures["cycles_per_image"], 1)
