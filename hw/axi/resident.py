@@ -22,7 +22,8 @@ Order: a burst's source (port or copy) is queued with it, and the read data leav
 request order, as the DMA expects from a single ID: a burst of the copy is read out
 only when every burst before it has delivered its last word, so a word copied from the
 port is written before any read of it. Each request passes one register (one cycle)
-before it reaches the port or the copy.
+before it reaches the port or the copy, and each word of data one register before it
+reaches the DMA.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ class ResidentReads(wiring.Component):
         held = Signal()
         request = Signal(entry)
         addr = Signal(64)
-        m.submodules.order = order = fifo.SyncFIFOBuffered(width=entry.size,
-                                                           depth=self.max_outstanding)
+        m.submodules.order = order = fifo.SyncFIFO(width=entry.size,
+                                                   depth=self.max_outstanding)
         m.d.comb += up.arready.eq(~held)
         with m.If(up.arvalid & ~held):
             m.d.sync += [held.eq(1), addr.eq(up.araddr),
@@ -120,21 +121,27 @@ class ResidentReads(wiring.Component):
         word = Signal(k)
         m.d.comb += word.eq(head.index + beat)
 
-        # From the copy: a word read in one cycle leaves in the next (``shown``) and
-        # waits there until taken.
+        # Every word leaves from a register (``shown``), where it waits until taken: a
+        # word of the copy is read in one cycle and shown in the next, a word of the
+        # port is taken into ``port_data``. The DMA's read logic then starts at a
+        # register, not at the port.
         shown = Signal()
+        shown_copy = Signal()
         shown_last = Signal()
+        shown_resp = Signal(2)
+        port_data = Signal(self.data_width)
         advance = ~shown | up.rready
         serve = order.r_rdy & head.local & advance
-        m.d.comb += [load.addr.eq(word), load.en.eq(advance)]
-        with m.If(advance):
-            m.d.sync += [shown.eq(serve), shown_last.eq(beat == head.last)]
-
-        # From the port: straight through, behind the copy's last word.
-        through = order.r_rdy & ~head.local & ~shown
+        m.d.comb += [down.rready.eq(order.r_rdy & ~head.local & advance),
+                     load.addr.eq(word), load.en.eq(advance)]
         passed = down.rvalid & down.rready
-        m.d.comb += [down.rready.eq(through & up.rready),
-                     store.addr.eq(word), store.data.eq(down.rdata),
+        with m.If(advance):
+            m.d.sync += [shown.eq(serve | passed), shown_copy.eq(serve),
+                         shown_last.eq(Mux(serve, beat == head.last, down.rlast)),
+                         shown_resp.eq(Mux(serve, 0, down.rresp))]
+        with m.If(passed):
+            m.d.sync += port_data.eq(down.rdata)
+        m.d.comb += [store.addr.eq(word), store.data.eq(down.rdata),
                      store.en.eq(passed & head.fill)]
 
         done = (serve & (beat == head.last)) | (passed & down.rlast)
@@ -144,9 +151,6 @@ class ResidentReads(wiring.Component):
         with m.Elif(serve | passed):
             m.d.sync += beat.eq(beat + 1)
 
-        m.d.comb += [up.rvalid.eq(shown | (through & down.rvalid)),
-                     up.rdata.eq(Mux(shown, load.data, down.rdata)),
-                     up.rlast.eq(Mux(shown, shown_last, down.rlast)),
-                     up.rresp.eq(Mux(shown, 0, down.rresp)),
-                     up.rid.eq(Mux(shown, 0, down.rid))]
+        m.d.comb += [up.rvalid.eq(shown), up.rdata.eq(Mux(shown_copy, load.data, port_data)),
+                     up.rlast.eq(shown_last), up.rresp.eq(shown_resp), up.rid.eq(0)]
         return m
