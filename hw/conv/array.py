@@ -6,7 +6,10 @@ planes of channels ``l, l + lanes, ...``; every plane is spread over 9 banks by
 shared by the lanes, each bank word holding one int8 per lane: all lanes always read
 the same word (the same position of their own channel), and a bank-wide word keeps
 the number of memories, and of initialised words in the generated Verilog, at 9
-instead of ``9 * lanes``. Writes carry a byte enable per lane.
+instead of ``9 * lanes``. Writes carry a byte enable per lane. The banks ask for
+UltraRAM (``ram_style = "ultra"``): on the shipped array each is 4,096 words of 128
+bits, two URAM288 blocks instead of sixteen 36-kbit block RAMs, which leaves the
+block RAM that limited how many kernels fit a card to the rest of the design.
 
 Per cycle every lane multiplies one 3x3 window by one 3x3 kernel (``9 * lanes``
 MACs), an adder tree sums the lanes, and an output element accumulates over
@@ -227,7 +230,8 @@ class ConvArray(wiring.Component):
         word = activations_layout(lanes)
         write_ports, read_ports = [], []
         for bank in range(TAPS):
-            mem = Memory(shape=word, depth=c.bank_depth, init=[])
+            mem = Memory(shape=word, depth=c.bank_depth, init=[],
+                         attrs={"ram_style": "ultra"})
             m.submodules[f"bank{bank // 3}{bank % 3}"] = mem
             # One write enable per lane (per element of the word).
             write_ports.append(mem.write_port(granularity=1))
