@@ -219,3 +219,7 @@ def test_the_shipped_kernel_takes_under_a_tenth_of_every_u280_resource(tmp_path)
         depth = report["parts"][name]["depth"]
         assert depth["lut_levels"] <= levels, (name, depth["paths"][:3])
     assert report["conv_arrays_that_fit"] >= 10
+    # The feature banks and the constant copies are UltraRAM: the HBM channels, not a
+    # resource class, bound the compute units.
+    assert report["parts"]["conv"]["uram"] == 18 and report["parts"]["conv"]["bram36"] == 0
+    assert report["compute_units"]["cus_limited_by"] == "HBM"
