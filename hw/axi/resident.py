@@ -23,7 +23,9 @@ request order, as the DMA expects from a single ID: a burst of the copy is read 
 only when every burst before it has delivered its last word, so a word copied from the
 port is written before any read of it. Each request passes one register (one cycle)
 before it reaches the port or the copy, and each word of data one register before it
-reaches the DMA.
+reaches the DMA. Bursts are of whole words (``arsize`` the word size), as
+:class:`~velcro.hw.axi.read.ReadDma` makes them, whose fixed fields (ID, size, burst
+type, cache and protection) pass straight through to the port.
 """
 
 from __future__ import annotations
