@@ -26,7 +26,8 @@ class DenseConfig:
     """Elaboration parameters of the dense engine; the defaults are the shipped configuration.
 
     The shipped engine reads a 128-bit index stream, 16 lookups per cycle, and builds
-    tables with 64 multipliers. A layer with k = 256 stays at the index-bandwidth
+    tables with 64 multipliers, which in int8 mode are 64 MACs fed by a 512-bit beat
+    of weights per cycle. A layer with k = 256 stays at the index-bandwidth
     bound while table building (``k / 64 * s`` cycles per segment) keeps up with the
     lookups (``n_out / 16``), i.e. ``k * s <= 4 * n_out``: the 1024 x 256, k = 256,
     s = 4 layer takes 16 cycles per segment for both. Smaller k are lane-bound at
@@ -44,8 +45,9 @@ class DenseConfig:
     max_s : int
         Longest segment (codeword length), 1 to 8.
     macs : int
-        Multipliers building the per-segment table; a power of two, at most ``max_k``.
-        The codebook stream carries ``macs`` int8 values per beat.
+        Multipliers building the per-segment table (the MACs of the int8 mode); a
+        power of two, at most ``max_k``, and at least :attr:`lanes` when ``max_k`` is
+        256. The codebook stream carries ``macs`` int8 values per beat.
     max_n_in : int
         Most inputs of a layer; a multiple of ``width // 8``.
     max_n_out : int
@@ -77,6 +79,10 @@ class DenseConfig:
         if not _is_pow2(self.macs) or self.macs > self.max_k:
             raise ValueError(f"macs must be a power of two of at most max_k = {self.max_k}, "
                              f"not {self.macs!r}")
+        if self.int8 and self.macs < self.lanes:
+            raise ValueError(f"macs must be at least lanes = {self.lanes} when max_k = 256 "
+                             f"(int8 mode drains a block of macs outputs in whole rows), "
+                             f"not {self.macs!r}")
         if not isinstance(self.max_n_in, int) or self.max_n_in <= 0 \
                 or self.max_n_in % (self.width // 8):
             raise ValueError(f"max_n_in must be a positive multiple of width // 8 = "
@@ -98,7 +104,8 @@ class DenseConfig:
 
     @property
     def int8(self) -> bool:
-        """Whether the engine has the int8 mode (it needs the 256-entry table)."""
+        """Whether the engine has the int8 mode: engines built for ``max_k = 256``,
+        the ones that serve int8 networks."""
         return self.max_k == 256
 
     @property

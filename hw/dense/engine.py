@@ -31,17 +31,21 @@ n_out / lanes``, e.g. 10-output logits) is bound by table building; and every
 segment's table reads ``k * s`` codebook bytes, ``macs`` per cycle from their own
 stream (a codebook shared by all segments is sent again for each).
 
-The int8 mode is the same datapath: the weights are 8-bit indices into the table
-``x[i] * c`` of every int8 ``c``, built on chip without a codebook (``s = 1``,
-``k = 256``), so the int8 baseline costs no extra multipliers and reads its weights
-through the same stream.
+The int8 mode uses the builder's multipliers as a MAC array instead: the weights
+arrive on the ``codebook`` stream, ``macs`` per beat (one input's weights to ``macs``
+consecutive outputs), and each multiplier accumulates one output over the whole
+input, so a layer takes ``n_in`` cycles per block of ``macs`` outputs, a full beat of
+weights per cycle, against ``n_out / lanes`` per input through the lookups. A block's
+sums are held in a register and drain through the requantizer, ``lanes`` outputs per
+cycle, while the next block accumulates; the lookups and their accumulator memory
+stay idle.
 
 Streams and formats
 -------------------
 All streams are ``amaranth.lib.stream`` (payload/valid/ready). Per layer: one
 ``cmd`` beat (:func:`command_layout`), then ``x`` (activations, ``width // 8`` int8 per
-beat), ``indices`` (packed indices, or int8 weights ``w.T`` row-major in int8 mode),
-``codebook`` (none in int8 mode) and ``params`` (one :data:`~velcro.hw.dense.requant.PARAMS`
+beat), ``indices`` (packed indices; none in int8 mode), ``codebook`` (codebooks, or
+int8 weights in int8 mode) and ``params`` (one :data:`~velcro.hw.dense.requant.PARAMS`
 per output), all consumed concurrently; ``out`` carries ``ceil(n_out / lanes)`` beats.
 :mod:`velcro.hw.dense.format` encodes and decodes every stream. A new command is
 taken once the previous layer's last output beat has gone.
@@ -51,7 +55,7 @@ Cost
 :func:`~velcro.hw.dense.cost.expected_cycles` gives the cycles of a layer exactly
 when no stream stalls: per segment ``max(k / macs, 1) * s`` cycles of table building
 against ``ceil(n_out / lanes)`` cycles of lookups, overlapped, plus a few cycles of
-start-up and drain.
+start-up and drain; in int8 mode ``n_in`` cycles per block of ``macs`` outputs.
 """
 
 from amaranth import Array, Cat, Module, Mux, Signal, signed
@@ -101,9 +105,10 @@ class DenseEngine(wiring.Component):
     x : In(stream.Signature(width))
         Activations.
     indices : In(stream.Signature(width))
-        Packed indices (int8 weights in int8 mode).
+        Packed indices (not used in int8 mode).
     codebook : In(stream.Signature(8 * macs))
-        Codewords, element-interleaved per block of ``macs`` codewords.
+        Codewords, element-interleaved per block of ``macs`` codewords; in int8 mode the
+        weights, per block of ``macs`` outputs, per input.
     params : In(stream.Signature(PARAMS))
         Bias, multiplier and shift of each output, in output order.
     out : Out(stream.Signature(32 * lanes))
@@ -159,10 +164,10 @@ class DenseEngine(wiring.Component):
         start = Signal()
         groups = Signal(range(cfg.max_groups + 1))
         tail_lanes = Signal(range(lanes + 1))
-        relu, logits = Signal(), Signal()
+        relu, logits, direct = Signal(), Signal(), Signal()
         m.d.comb += [
             self.cmd.ready.eq(~self.busy),
-            unpacker.start.eq(start),
+            unpacker.start.eq(start & ~direct),
             builder.start.eq(start),
             requant.relu.eq(relu),
             requant.logits.eq(logits),
@@ -176,6 +181,9 @@ class DenseEngine(wiring.Component):
         tail = ((cmd.n_out - 1) & (lanes - 1)) + 1          # outputs in the last group
         run_bytes = (cmd.n_out * bits + 7) >> 3
         blocks = Array(max(1, (1 << b) // cfg.macs) for b in range(cfg.index_bits + 1))
+        log2_macs = cfg.macs.bit_length() - 1
+        # Int8 mode: one segment of n_in elements, a block per macs outputs.
+        int8_blocks = (cmd.n_out + cfg.macs - 1) >> log2_macs
         with m.If(accept):
             m.d.sync += [
                 self.busy.eq(1),
@@ -190,13 +198,13 @@ class DenseEngine(wiring.Component):
                 unpacker.settings.last_shift.eq(((tail * bits + 7) >> 3) << 3),
                 unpacker.settings.beats.eq((cmd.n_seg * run_bytes + cfg.x_bytes - 1)
                                            >> log2_bytes),
-                builder.settings.n_seg.eq(cmd.n_seg),
-                builder.settings.s.eq(s),
-                builder.settings.blocks.eq(blocks[bits]),
+                builder.settings.n_seg.eq(Mux(int8, 1, cmd.n_seg)),
+                builder.settings.s.eq(Mux(int8, cmd.n_seg, s)),
+                builder.settings.blocks.eq(Mux(int8, int8_blocks, blocks[bits])),
                 builder.settings.x_rows.eq((cmd.n_seg * s + cfg.x_bytes - 1) >> log2_bytes),
             ]
             if cfg.int8:
-                m.d.sync += builder.settings.int8.eq(int8)
+                m.d.sync += [builder.settings.int8.eq(int8), direct.eq(int8)]
 
         # Parameters: one output per beat into rows of `lanes`.
         m.submodules.params = params_mem = memory.Memory(
@@ -231,7 +239,6 @@ class DenseEngine(wiring.Component):
         table_full = builder.full.bit_select(group.bank, 1)
         fire = unpacker.groups.valid & table_full
         m.d.comb += unpacker.groups.ready.eq(table_full)
-        log2_macs = cfg.macs.bit_length() - 1
         entries = []
         for lane in range(lanes):
             index = group.index[lane]
@@ -259,21 +266,40 @@ class DenseEngine(wiring.Component):
             m.d.comb += acc_wr.data[lane].eq(
                 Mux(write.first, 0, acc_rd.data[lane]) + looked_up[lane])
 
-        # Drain: once the last group is in and every parameter has arrived.
+        # Int8 mode: a block's sums wait in ``held`` until their rows have drained.
+        rows_per_block = max(1, cfg.macs // lanes)
+        log2_rpb = rows_per_block.bit_length() - 1
+        held = Signal(data.ArrayLayout(signed(ACC_BITS), cfg.macs))
+        holding = Signal()
+        held_row = Signal(data.ArrayLayout(signed(ACC_BITS), lanes))
+        m.d.comb += builder.result_busy.eq(holding)
+        with m.If(builder.result.valid):
+            m.d.sync += [held.eq(builder.result.payload), holding.eq(1)]
+
+        # Drain: once the last group is in (in int8 mode, a block's sums) and every
+        # parameter has arrived.
         row = Signal(range(cfg.max_groups + 1))
-        draw = lookups_done & ~params_more & (row != groups) & requant.i.ready
+        last_row = row == groups - 1
+        draw = Mux(direct, holding, lookups_done) & ~params_more & (row != groups) & \
+            requant.i.ready
         drained = Signal(data.StructLayout({"valid": 1, "last": 1}))
         with m.If(requant.i.ready):
-            m.d.sync += [drained.valid.eq(draw), drained.last.eq(row == groups - 1)]
+            m.d.sync += [drained.valid.eq(draw), drained.last.eq(last_row)]
         with m.If(draw):
             m.d.sync += row.eq(row + 1)
+            m.d.sync += held_row.eq(held.as_value().word_select(row[:log2_rpb],
+                                                                ACC_BITS * lanes)
+                                    if log2_rpb else held.as_value()[:ACC_BITS * lanes])
+            with m.If(last_row | (row[:log2_rpb] == rows_per_block - 1)
+                      if log2_rpb else 1):
+                m.d.sync += holding.eq(0)
         m.d.comb += [
             acc_rd.addr.eq(Mux(lookups_done, row, group.row)),
             acc_rd.en.eq(~lookups_done | requant.i.ready),
             params_rd.addr.eq(row),
             params_rd.en.eq(requant.i.ready),
             requant.i.valid.eq(drained.valid),
-            requant.i.payload.acc.eq(acc_rd.data),
+            requant.i.payload.acc.eq(Mux(direct, held_row, acc_rd.data)),
             requant.i.payload.params.eq(params_rd.data),
             requant.i.payload.last.eq(drained.last),
             self.out.valid.eq(requant.o.valid),
@@ -294,5 +320,5 @@ class DenseEngine(wiring.Component):
         # Forget the previous layer as the command is taken, so that nothing of it
         # (a finished drain, a full parameter count) is seen under the new settings.
         with m.If(accept):
-            m.d.sync += [loaded.eq(0), lookups_done.eq(0), row.eq(0)]
+            m.d.sync += [loaded.eq(0), lookups_done.eq(0), row.eq(0), holding.eq(0)]
         return m

@@ -6,10 +6,11 @@ each encoder is also the layout of that buffer:
 
 - ``x``: the int8 activations, ``width // 8`` per beat;
 - ``indices``: the bytes of ``pack_indices(indices, log2(k))`` (segment-major, runs
-  padded to a byte), or in int8 mode the weights ``w.T`` row-major as bytes;
+  padded to a byte); none in int8 mode;
 - ``codebook``: per segment, per block of ``macs`` codewords, per element ``t``:
   element ``t`` of those codewords (zero past ``k``); a shared codebook is repeated
-  for every segment;
+  for every segment. In int8 mode the weights: per block of ``macs`` outputs, per
+  input ``i``, the weights of ``i`` to those outputs (zero past ``n_out``);
 - ``params``: one :data:`~velcro.hw.dense.requant.PARAMS` per output;
 - ``out``: ``lanes`` results per beat, int32 words or int8 bytes.
 """
@@ -55,8 +56,28 @@ def index_beats(packed: bytes, config: DenseConfig) -> list[int]:
 
 def weight_beats(w: np.ndarray, config: DenseConfig) -> list[int]:
     """Int8 weights ``w [n_out, n_in]`` in the order the int8 mode streams them."""
-    return to_beats(np.ascontiguousarray(np.asarray(w, dtype=np.int8).T).view(np.uint8),
-                    config.width)
+    return to_beats(weight_bytes(w, config), 8 * config.macs)
+
+
+def weight_bytes(w: np.ndarray, config: DenseConfig) -> bytes:
+    """The bytes of :func:`weight_beats`: ``[blocks, n_in, macs]`` int8."""
+    w = np.asarray(w, dtype=np.int8)
+    if w.ndim != 2:
+        raise ValueError(f"weights must be [n_out, n_in], not {list(w.shape)}")
+    n_out, n_in = w.shape
+    blocks = -(-n_out // config.macs)
+    padded = np.zeros((blocks * config.macs, n_in), dtype=np.int8)
+    padded[:n_out] = w
+    return np.ascontiguousarray(
+        padded.reshape(blocks, config.macs, n_in).transpose(0, 2, 1)).tobytes()
+
+
+def decode_weights(raw: np.ndarray, n_out: int, n_in: int, config: DenseConfig) -> np.ndarray:
+    """Int8 weights ``[n_out, n_in]`` from the bytes of :func:`weight_bytes`."""
+    blocks = -(-n_out // config.macs)
+    cube = np.asarray(raw, dtype=np.uint8).view(np.int8)[:blocks * n_in * config.macs]
+    return np.ascontiguousarray(
+        cube.reshape(blocks, n_in, config.macs).transpose(0, 2, 1).reshape(-1, n_in)[:n_out])
 
 
 def codebook_beats(codebooks: np.ndarray, layer: DenseLayer, config: DenseConfig) -> list[int]:
@@ -122,7 +143,7 @@ def layer_beats(layer: DenseLayer, config: DenseConfig, x: np.ndarray, bias: np.
     if layer.mode == "int8":
         if weights is None:
             raise ValueError("int8 mode needs weights")
-        beats["indices"], beats["codebook"] = weight_beats(weights, config), []
+        beats["indices"], beats["codebook"] = [], weight_beats(weights, config)
     else:
         if codebooks is None or packed is None:
             raise ValueError("codebook mode needs codebooks and packed indices")

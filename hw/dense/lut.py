@@ -18,20 +18,24 @@ bank ``b`` holds a finished table; the lookups clear it through ``release`` afte
 their last read. The builder runs ahead without waiting for a free bank and stalls
 only at a write into a full one, so its pipeline latency overlaps the lookups.
 
-In int8 mode there is no codebook: the table of input ``i`` is ``x[i] * c`` for every
-int8 ``c``, indexed by the two's complement byte of ``c``, so an int8 weight looks up
-its own product. The units then multiply by an on-chip count instead of a codebook
-beat.
+In int8 mode the units compute the layer's outputs themselves: the "codebook" stream
+carries the int8 weights, ``macs`` per beat (outputs ``b * macs .. b * macs + macs - 1``
+of input ``i``, block ``b`` by block, input by input), the layer is one segment of
+``s = n_in`` elements and ``ceil(n_out / macs)`` blocks, and the sums are never
+written into the table: after a block's last input they leave on ``result`` as the
+outputs' accumulators, one beat per block, and the units stall while ``result_busy``
+says that the previous block's results are still held.
 
 Pipeline: stage A takes a codebook beat and reads the activation row; stage B
 multiplies; stage C accumulates and, after the ``s``-th element, writes the entries.
 """
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from ..requant import ACC_BITS
 from .config import DenseConfig
 
 
@@ -45,12 +49,20 @@ def table_rows(config: DenseConfig) -> int:
     return 2 * (config.max_k // config.macs)
 
 
+def max_blocks(config: DenseConfig) -> int:
+    """Most blocks of ``macs`` codewords (or, in int8 mode, outputs) of a segment."""
+    blocks = config.max_k // config.macs
+    if config.int8:
+        blocks = max(blocks, -(-config.max_n_out // config.macs))
+    return blocks
+
+
 def builder_settings(config: DenseConfig) -> data.StructLayout:
     """What the builder needs to know about a layer (constant while it runs)."""
     layout = {
         "n_seg": range(config.max_n_in + 1),
-        "s": range(config.max_s + 1),
-        "blocks": range(config.max_k // config.macs + 1),
+        "s": range((max(config.max_s, config.max_n_in) if config.int8 else config.max_s) + 1),
+        "blocks": range(max_blocks(config) + 1),
         "x_rows": range(config.max_n_in // config.x_bytes + 1),
     }
     if config.int8:
@@ -71,13 +83,15 @@ class DenseLutBuilder(wiring.Component):
         Pulse: ``settings`` hold a new layer.
     settings : In(builder_settings(config))
         Segments, segment length, codebook blocks per segment (``max(1, k / macs)``),
-        activation beats, and the int8 flag when the engine has that mode.
+        activation beats, and the int8 flag when the engine has that mode (one
+        segment of ``n_in`` elements and ``ceil(n_out / macs)`` blocks).
     x : In(stream.Signature(width))
         Activations, ``width // 8`` int8 values per beat, value ``i`` in bits
         ``8i..8i+7``; ``settings.x_rows`` beats per layer.
     codebook : In(stream.Signature(8 * macs))
         Per segment, per block of ``macs`` codewords, per element ``t < s``: byte ``u``
-        is element ``t`` of codeword ``block * macs + u``.
+        is element ``t`` of codeword ``block * macs + u``; in int8 mode, per block, per
+        input ``i``: byte ``u`` is the weight of input ``i`` to output ``block * macs + u``.
     table : In(memory.WritePort.Signature(...))
         Drives the write port of the table memory (:func:`table_row`, :func:`table_rows`):
         row ``b * max_k / macs + c // macs`` holds entries ``c`` of bank ``b``.
@@ -85,6 +99,11 @@ class DenseLutBuilder(wiring.Component):
         Bank ``b`` holds a finished table.
     release : In(2)
         Pulse bit ``b``: the lookups are done with bank ``b``.
+    result : Out(stream.Signature(...))
+        Int8 mode only: ``acc[u]``, the sum of output ``block * macs + u`` (no bias),
+        valid for one cycle after a block's last input; there is no ``ready``.
+    result_busy : In(1)
+        The previous ``result`` is still held: a block's end waits.
     """
 
     def __init__(self, config: DenseConfig):
@@ -98,6 +117,9 @@ class DenseLutBuilder(wiring.Component):
                                                    shape=table_row(config))),
             "full": Out(2),
             "release": In(2),
+            "result": Out(stream.Signature(data.ArrayLayout(signed(ACC_BITS), config.macs),
+                                           always_ready=True)),
+            "result_busy": In(1),
         })
 
     def elaborate(self, platform):
@@ -105,7 +127,7 @@ class DenseLutBuilder(wiring.Component):
         cfg, st = self.config, self.settings
         macs, max_k = cfg.macs, cfg.max_k
         log2_bytes = cfg.x_bytes.bit_length() - 1
-        int8 = st.int8 if cfg.int8 else 0
+        int8 = st.int8 if cfg.int8 else Const(0, 1)
 
         m.submodules.x_mem = x_mem = memory.Memory(
             shape=cfg.width, depth=cfg.max_n_in // cfg.x_bytes, init=[])
@@ -133,9 +155,9 @@ class DenseLutBuilder(wiring.Component):
         advance = Signal()                                  # no stall at stage C
         element = base + t
         loaded = (segs_left != 0) & (base + st.s <= (rows << log2_bytes))
-        issue = advance & loaded & (int8 | self.codebook.valid)
+        issue = advance & loaded & self.codebook.valid
         m.d.comb += [
-            self.codebook.ready.eq(advance & loaded & ~int8),
+            self.codebook.ready.eq(advance & loaded),
             x_rd.addr.eq(element >> log2_bytes),
             x_rd.en.eq(advance),
         ]
@@ -149,17 +171,10 @@ class DenseLutBuilder(wiring.Component):
                     m.d.sync += [base.eq(base + st.s), segs_left.eq(segs_left - 1),
                                  bank.eq(~bank)]
 
-        # The int8 "codebook": unit u of block b multiplies by the int8 whose byte is
-        # b * macs + u, so entry c of the table is x * int8(c).
-        identity = data.ArrayLayout(8, macs)
-        count = Signal(identity)
-        for u in range(macs):
-            m.d.comb += count[u].eq(block * macs + u)
-
         # Stage B: the activation row arrives; multiply.
         stage_b = Signal(data.StructLayout({
             "valid": 1, "byte": log2_bytes, "first": 1, "last": 1, "end": 1,
-            "block": range(max_k // macs), "bank": 1,
+            "block": range(max_blocks(cfg)), "bank": 1,
             "codeword": data.ArrayLayout(signed(8), macs),
         }))
         with m.If(advance):
@@ -171,14 +186,14 @@ class DenseLutBuilder(wiring.Component):
                 stage_b.end.eq(last_t & last_block),
                 stage_b.block.eq(block),
                 stage_b.bank.eq(bank),
-                stage_b.codeword.eq(Mux(int8, count, self.codebook.payload)),
+                stage_b.codeword.eq(self.codebook.payload),
             ]
         x_value = x_rd.data.word_select(stage_b.byte, 8).as_signed()
 
         # Stage C: accumulate over the segment's elements; write after the last.
         stage_c = Signal(data.StructLayout({
             "valid": 1, "first": 1, "last": 1, "end": 1,
-            "block": range(max_k // macs), "bank": 1,
+            "block": range(max_blocks(cfg)), "bank": 1,
             "product": data.ArrayLayout(signed(16), macs),
         }))
         with m.If(advance):
@@ -194,26 +209,33 @@ class DenseLutBuilder(wiring.Component):
                 m.d.sync += stage_c.product[u].eq(x_value * stage_b.codeword[u])
 
         writing = stage_c.valid & stage_c.last
-        m.d.comb += advance.eq(~(writing & self.full.bit_select(stage_c.bank, 1)))
+        blocked = Mux(int8, self.result_busy, self.full.bit_select(stage_c.bank, 1))
+        m.d.comb += advance.eq(~(writing & blocked))
+        # In int8 mode a sum runs over the whole input, so it is as wide as the engine's
+        # accumulators; the table keeps the low ``lut_bits``.
+        acc_bits = ACC_BITS if cfg.int8 else cfg.lut_bits
         sums = []
         for u in range(macs):
-            acc = Signal(signed(cfg.lut_bits), name=f"acc{u}")
-            total = Signal(signed(cfg.lut_bits), name=f"sum{u}")
+            acc = Signal(signed(acc_bits), name=f"acc{u}")
+            total = Signal(signed(acc_bits), name=f"sum{u}")
             m.d.comb += total.eq(Mux(stage_c.first, 0, acc) + stage_c.product[u])
             with m.If(stage_c.valid & advance):
                 m.d.sync += acc.eq(total)
             sums.append(total)
 
+        block_bits = (max_k // macs).bit_length() - 1
         m.d.comb += [
-            self.table.addr.eq(Cat(stage_c.block, stage_c.bank)),
-            self.table.data.eq(Cat(*sums)),
-            self.table.en.eq(writing & advance),
+            self.table.addr.eq(Cat(stage_c.block[:block_bits], stage_c.bank)),
+            self.table.data.eq(Cat(total[:cfg.lut_bits] for total in sums)),
+            self.table.en.eq(writing & advance & ~int8),
+            self.result.payload.eq(Cat(*sums)),
+            self.result.valid.eq(writing & advance & int8),
         ]
 
         for b in range(2):
             with m.If(self.release[b]):
                 m.d.sync += self.full[b].eq(0)
-            with m.If(writing & advance & stage_c.end & (stage_c.bank == b)):
+            with m.If(writing & advance & ~int8 & stage_c.end & (stage_c.bank == b)):
                 m.d.sync += self.full[b].eq(1)
 
         with m.If(self.start):

@@ -26,6 +26,9 @@ record count. Offsets and strides are multiples of the AXI word size.
     A dense layer on half ``src`` of the activation buffer (``x_records`` beats); the
     ``indices`` stream is in ``indices``, ``codebook`` and ``params`` in ``program``;
     the output goes to half ``dst``, or with ``to_memory`` to ``outputs`` (``out``).
+    With ``int8``, ``indices`` holds the weights as records of the ``codebook``
+    stream (:func:`dense_records`), read from ``indices`` into the engine's codebook
+    input, and ``codebook`` is empty.
 ``STORE_MAP`` (``map``)
     Buffer ``buf`` to ``outputs + offset + image * stride``.
 ``END``
@@ -40,7 +43,7 @@ import enum
 
 from amaranth.lib import data
 
-__all__ = ["DESCRIPTOR", "DESCRIPTOR_BYTES", "Opcode", "decode", "encode"]
+__all__ = ["DESCRIPTOR", "DESCRIPTOR_BYTES", "Opcode", "decode", "dense_records", "encode"]
 
 DESCRIPTOR_BYTES = 64
 
@@ -124,3 +127,12 @@ def decode(raw: bytes) -> tuple[int, data.Const | None]:
     except ValueError:
         return value.opcode, None
     return value.opcode, None if name is None else getattr(value.args, name)
+
+
+def dense_records(beats: dict[str, int], int8: bool) -> dict[str, int]:
+    """Records of a ``DENSE`` descriptor's ``indices`` and ``codebook`` streams, from the
+    engine's stream beats (:func:`velcro.hw.dense.cost.stream_beats`): an int8 layer's
+    weights, the engine's ``codebook`` beats, are read from the ``indices`` buffer."""
+    if int8:
+        return {"indices": beats["codebook"], "codebook": 0}
+    return {"indices": beats["indices"], "codebook": beats["codebook"]}

@@ -81,8 +81,8 @@ __all__ = ["OFFERED", "PACKED", "UNPACKED", "Ofmap", "Sequencer", "VectorWrite",
 OP_BITS = 32
 
 #: Record adapters, by stream: ``unpack_<name>`` and ``pack_<name>`` ports.
-UNPACKED = ("desc", "weights", "codebook", "requant", "params", "mask", "indices", "act",
-            "vec")
+UNPACKED = ("desc", "weights", "codebook", "requant", "params", "mask", "indices",
+            "dense_weights", "act", "vec")
 PACKED = ("map", "out", "counters", "status")
 #: Input streams whose first beat the sequencer waits for (``weights``: the weight
 #: FIFO's output, ``x``: the activation buffer's, ``pooled``: the pooling buffer's).
@@ -412,7 +412,8 @@ class Sequencer(wiring.Component):
             Opcode.LOAD_MAP: unpack["act"].busy,
             Opcode.CONV: unpack["weights"].busy | offered.weights | unpack["requant"].busy |
             unpack["mask"].busy,
-            Opcode.DENSE: unpack["indices"].busy | unpack["codebook"].busy |
+            Opcode.DENSE: unpack["indices"].busy | unpack["dense_weights"].busy |
+            unpack["codebook"].busy |
             unpack["params"].busy | x_reader.busy | dense.busy,
             Opcode.LOAD_VEC: unpack["vec"].busy,
             Opcode.FLATTEN: flat.overflow,
@@ -498,7 +499,9 @@ class Sequencer(wiring.Component):
             rd_prog.mask_cmd.payload.addr.eq(addr["mask"]),
             rd_prog.mask_cmd.payload.words.eq(words("mask", cv.mask.records)),
             rd_idx.indices_cmd.payload.addr.eq(addr["indices"]),
-            rd_idx.indices_cmd.payload.words.eq(words("indices", dn.indices.records)),
+            # An int8 layer's weights are records of the codebook stream.
+            rd_idx.indices_cmd.payload.words.eq(Mux(dn.int8, words("codebook", dn.indices.records),
+                                                    words("indices", dn.indices.records))),
         ]
         # Unit, whether the op starts it, and its count.
         starts = {
@@ -507,7 +510,9 @@ class Sequencer(wiring.Component):
             "weights": (unpack["weights"], conv_op, cv.weights.records),
             "requant": (unpack["requant"], conv_op, cv.requant.records),
             "mask": (unpack["mask"], conv_op & cv.skip, cv.mask.records),
-            "indices": (unpack["indices"], is_op(Opcode.DENSE), dn.indices.records),
+            "indices": (unpack["indices"], is_op(Opcode.DENSE) & ~dn.int8, dn.indices.records),
+            "dense_weights": (unpack["dense_weights"], is_op(Opcode.DENSE) & dn.int8,
+                              dn.indices.records),
             "codebook": (unpack["codebook"], is_op(Opcode.DENSE), dn.codebook.records),
             "params": (unpack["params"], is_op(Opcode.DENSE), dn.params.records),
             "map": (pack["map"], is_op(Opcode.STORE_MAP), mp.io.records),

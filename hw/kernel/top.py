@@ -10,8 +10,9 @@ one AXI4 manager per entry of :data:`~velcro.hw.kernel.regmap.PORTS`, 64-bit add
     Reads the descriptor program and the network constants: conv kernels,
     requantization factors, skip masks and means, dense codebooks and parameters.
 ``m_axi_indices``
-    Reads the dense index streams (and int8 weights), the heaviest traffic, on a port
-    (and memory bank) of their own.
+    Reads the dense index streams and int8 weights (records of the codebook stream,
+    into the dense engine's codebook input), the heaviest traffic, on a port (and memory bank) of
+    their own.
 
 Both read the same words for every image of a run, so each passes through an on-chip
 copy (:class:`~velcro.hw.axi.resident.ResidentReads`, ``resident_program`` and
@@ -168,6 +169,8 @@ class VelcroKernel(wiring.Component):
             "params": Unpacker(W, PARAMS),
             "mask": Unpacker(W, MASK_LAYOUT),
             "indices": Unpacker(W, dense_cfg.width),
+            # An int8 layer's weights: codebook-stream records, from the indices port.
+            "dense_weights": Unpacker(W, 8 * dense_cfg.macs),
             "act": Unpacker(W, act),
             "vec": Unpacker(W, dense_cfg.width),
         }
@@ -197,7 +200,7 @@ class VelcroKernel(wiring.Component):
         fan_out(rd_prog.bulk, unpack["weights"], unpack["codebook"])
         fan_out(rd_prog.small, unpack["requant"], unpack["params"])
         fan_out(rd_prog.mask, unpack["mask"])
-        fan_out(rd_idx.indices, unpack["indices"])
+        fan_out(rd_idx.indices, unpack["indices"], unpack["dense_weights"])
         fan_out(rd_data.act, unpack["act"], unpack["vec"])
 
         # Conv array inputs.
@@ -212,7 +215,15 @@ class VelcroKernel(wiring.Component):
         wiring.connect(m, unpack["mask"].records, conv.mask)
         # Dense engine inputs.
         wiring.connect(m, unpack["indices"].records, dense.indices)
-        wiring.connect(m, unpack["codebook"].records, dense.codebook)
+        # The codebook input takes codebooks or int8 weights, whichever adapter the
+        # descriptor started (the other offers nothing).
+        codebooks, weights8 = unpack["codebook"].records, unpack["dense_weights"].records
+        m.d.comb += [
+            dense.codebook.valid.eq(codebooks.valid | weights8.valid),
+            dense.codebook.payload.eq(Mux(weights8.valid, weights8.payload, codebooks.payload)),
+            codebooks.ready.eq(dense.codebook.ready),
+            weights8.ready.eq(dense.codebook.ready),
+        ]
         wiring.connect(m, unpack["params"].records, dense.params)
 
         # Pooling buffer: pooled map in, loaded back into the array.
@@ -314,8 +325,9 @@ class VelcroKernel(wiring.Component):
             attach(m, getattr(seq, name), unit)
         offered = seq.offered
         m.d.comb += [offered[name].eq(unpack[name].records.valid)
-                     for name in ("act", "vec", "requant", "mask", "indices", "codebook",
-                                  "params")]
+                     for name in ("act", "vec", "requant", "mask", "codebook", "params")]
+        m.d.comb += offered.indices.eq(unpack["indices"].records.valid |
+                                       unpack["dense_weights"].records.valid)
         m.d.comb += [offered.weights.eq(wfifo.r_rdy), offered.x.eq(x_reader.o.valid),
                      offered.pooled.eq(t_reader.o.valid),
                      seq.weights_full.eq(wfifo.level == wfifo.depth),

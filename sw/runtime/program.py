@@ -32,7 +32,7 @@ from velcro.hw.dense.config import DenseLayer
 from velcro.hw.dense.cost import stream_beats
 from velcro.hw.kernel import cost as kernel_cost
 from velcro.hw.kernel.config import KernelConfig
-from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES, Opcode, encode
+from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES, Opcode, dense_records, encode
 
 from ..export.bits import unpack_mask
 from ..export.package import Layer
@@ -361,17 +361,20 @@ def _dense_step(layer: Layer, half: int, final: bool, cfg: KernelConfig, image: 
     shape = dense_layer(layer).check(cfg.dense)
     beats = stream_beats(shape, cfg.dense)
     xb = cfg.dense.x_bytes
+    want = dense_records(beats, shape.mode == "int8")
     if shape.mode == "int8":
-        octets = np.ascontiguousarray(np.asarray(a["weight"], np.int8).T).tobytes()
+        # The weights, records of the codebook stream, in the indices buffer.
+        index_stream = indices.records(cfg, "codebook", dense_streams.weight_beats(
+            a["weight"], cfg.dense))
         codebook = {"offset": 0, "records": 0}
     else:
         octets = np.asarray(a["indices"], np.uint8).tobytes()
+        index_stream = indices.raw_records(cfg, "indices", octets, xb)
         codebook = image.records(cfg, "codebook", dense_streams.codebook_beats(
             a["codebooks"], shape, cfg.dense))
-    index_stream = indices.raw_records(cfg, "indices", octets, xb)
-    if index_stream["records"] != beats["indices"]:
-        raise AssertionError(f"{layer.name}: {index_stream['records']} index beats, the "
-                             f"engine takes {beats['indices']}")
+    if index_stream["records"] != want["indices"]:
+        raise AssertionError(f"{layer.name}: {index_stream['records']} index records, the "
+                             f"engine takes {want['indices']}")
     zeros = np.zeros(shape.n_out, np.int64)
     params = image.records(cfg, "params", dense_streams.params_beats(
         a["bias"], a.get("mult", zeros), a.get("shift", zeros)))

@@ -33,12 +33,13 @@ from velcro.hw.conv.config import ConvConfigError, ConvLayer
 from velcro.hw.conv.format import MASK_LAYOUT, REQUANT_LAYOUT
 from velcro.hw.dense.config import DenseLayer
 from velcro.hw.dense.cost import stream_beats
+from velcro.hw.dense.format import decode_weights
 from velcro.hw.dense.requant import PARAMS
 from velcro.hw.kernel import cost as kernel_cost
 from velcro.hw.kernel.config import COUNTERS, STATUS_BLOCK, STATUS_MAGIC, KernelConfig
 from velcro.hw.kernel.connectivity import bank_of
 from velcro.hw.kernel.cost import END_FIXED, RUN_FIXED
-from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES, Opcode, decode
+from velcro.hw.kernel.descriptor import DESCRIPTOR_BYTES, Opcode, decode, dense_records
 from velcro.hw.kernel.regmap import REGMAP
 from velcro.sw import golden
 from velcro.sw.export.bits import unpack_indices
@@ -371,8 +372,9 @@ class KernelModel:
         except ValueError:
             raise self._bad(*fault) from None
         beats = stream_beats(layer, cfg.dense)
+        records = dense_records(beats, layer.mode == "int8")
         if (args.x_records, args.indices.records, args.codebook.records,
-                args.params.records) != (beats["x"], beats["indices"], beats["codebook"],
+                args.params.records) != (beats["x"], records["indices"], records["codebook"],
                                          beats["params"]):
             raise self._bad(*fault)
         x = vectors.get(args.src)
@@ -381,15 +383,18 @@ class KernelModel:
         x = x[:, :layer.n_in]
         base = self.arg("program")
         xb = cfg.dense.x_bytes
-        index_bytes = self._records("m_axi_indices", self.arg("indices") + args.indices.offset,
-                                    "indices", beats["indices"], fault)[:, :xb].reshape(-1)
+        indices = self.arg("indices") + args.indices.offset
         p = fields(self._records("m_axi_program", base + args.params.offset, "params",
                                  layer.n_out, fault), PARAMS)
         if layer.mode == "int8":
-            w = index_bytes[:layer.n_in * layer.n_out].view(np.int8).reshape(
-                layer.n_in, layer.n_out).T
+            macs = cfg.dense.macs
+            raw = self._records("m_axi_indices", indices, "codebook", records["indices"],
+                                fault)[:, :macs].reshape(-1)
+            w = decode_weights(raw, layer.n_out, layer.n_in, cfg.dense)
             acc = golden.dense_acc(x, w, p["bias"])
         else:
+            index_bytes = self._records("m_axi_indices", indices, "indices", beats["indices"],
+                                        fault)[:, :xb].reshape(-1)
             macs = cfg.dense.macs
             blocks = max(1, layer.k // macs)
             raw = self._records("m_axi_program", base + args.codebook.offset, "codebook",

@@ -18,6 +18,7 @@ from velcro.hw.dense.config import DenseConfig, DenseLayer
     ({"max_k": 16, "macs": 32}, "macs"),
     ({"max_n_in": 100}, "max_n_in"),
     ({"max_n_out": 8}, "max_n_out"),
+    ({"macs": 8}, "macs"),                 # fewer int8 MACs than the 16 lanes
 ])
 def test_bad_configuration_names_the_parameter(params, name):
     with pytest.raises(ValueError, match=rf"^{name} must"):

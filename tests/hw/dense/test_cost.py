@@ -41,3 +41,19 @@ def test_shipped_configuration_is_within_five_percent_of_the_index_bound():
     assert index_bound(layer, config) == 1024 * 256 * 8 / 4 / config.width
     assert expected_cycles(layer, config) <= 1.05 * index_bound(layer, config)
 
+
+
+def test_int8_mode_takes_a_pass_over_the_input_per_block_of_outputs():
+    config = DenseConfig(width=64, max_k=256, max_s=8, macs=16, max_n_in=1024, max_n_out=256)
+    # A fourth block of 16 outputs costs one more pass over the 64 inputs; 8 more
+    # outputs within the last block cost one more row of the drain.
+    assert expected_cycles(DenseLayer(n_in=64, n_out=64, mode="int8"), config) - \
+        expected_cycles(DenseLayer(n_in=64, n_out=48, mode="int8"), config) == 64
+    assert expected_cycles(DenseLayer(n_in=64, n_out=48, mode="int8"), config) == \
+        expected_cycles(DenseLayer(n_in=64, n_out=40, mode="int8"), config) + 1
+
+
+def test_shipped_int8_fc1_is_within_three_percent_of_its_weight_bound():
+    layer = DenseLayer(n_in=1024, n_out=256, mode="int8")
+    assert index_bound(layer, SHIPPED) == 1024 * 256 / SHIPPED.macs
+    assert expected_cycles(layer, SHIPPED) <= 1.03 * index_bound(layer, SHIPPED)

@@ -169,6 +169,9 @@ def random_layers(rng):
                                  logits=bits % 3 == 0))
     layers += [DenseLayer(n_in=int(rng.integers(1, 12)), n_out=int(rng.integers(1, 30)),
                           mode="int8", relu=relu) for relu in (False, True)]
+    # One input per block, three blocks of 16 outputs: each block's sums wait for the
+    # previous block's two rows to drain.
+    layers.append(DenseLayer(n_in=1, n_out=40, mode="int8", relu=False))
     return layers
 
 

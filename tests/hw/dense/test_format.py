@@ -33,3 +33,17 @@ def test_output_beats_round_trip(small_dense):
         assert len(beats) == 2
         assert np.array_equal(dense_streams.decode_out(beats, layer, config), y)
 
+
+
+def test_int8_weight_beats_hold_one_input_of_a_block_of_outputs(small_dense):
+    config = small_dense                      # 8 MACs: 8 weights per beat
+    rng = np.random.default_rng(1)
+    w = rng.integers(-128, 128, (11, 5)).astype(np.int8)
+    beats = dense_streams.weight_beats(w, config)
+    assert len(beats) == 2 * 5                # two blocks of 8 outputs, 5 inputs each
+    # Block 0, input 2: the weights of input 2 to outputs 0..7.
+    assert beats[2] == int.from_bytes(w[:8, 2].tobytes(), "little")
+    # Block 1, input 4: outputs 8..10, then zeros.
+    assert beats[5 + 4] == int.from_bytes(w[8:, 4].tobytes() + bytes(5), "little")
+    raw = np.frombuffer(dense_streams.weight_bytes(w, config), np.uint8)
+    assert np.array_equal(dense_streams.decode_weights(raw, 11, 5, config), w)
