@@ -95,15 +95,21 @@ def pool_cost(channels: int, height: int, width: int, config: KernelConfig) -> S
     return StepCost(drain + load, fixed=STEP_FIXED + 1 + BufferReader.LATENCY)
 
 
-def flatten_cost(channels: int, height: int, width: int, config: KernelConfig) -> StepCost:
+def flatten_cost(channels: int, height: int, width: int, config: KernelConfig, *,
+                 hwc: bool = False) -> StepCost:
     """``FLATTEN``: a ``DRAIN`` paced by the byte writer, one byte per cycle.
 
     The array offers its first beat in the third busy cycle and every later beat as
     soon as the writer takes it, which is in the cycle the previous beat's last byte
     is written; the drain ends the cycle after the array is done, and the last beat's
-    bytes are written from the cycle before.
+    bytes are written from the cycle before. Channel-last (``hwc``), the writer takes
+    a beat every cycle and writes it as a word in the next: a ``DRAIN`` and the last
+    word.
     """
     lanes = config.conv.lanes
+    if hwc:
+        return StepCost(2 + expected_drain_cycles(channels, height, width, config.conv),
+                        fixed=STEP_FIXED + 1)
     groups = -(-channels // lanes)
     last = channels - (groups - 1) * lanes
     total = channels * height * width

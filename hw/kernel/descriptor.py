@@ -18,7 +18,9 @@ record count. Offsets and strides are multiples of the AXI word size.
     2x2 max-pooling of buffer ``buf`` (``channels x height x width``), back into
     ``buf``.
 ``FLATTEN`` (``map``)
-    Buffer ``buf`` flattened in C order into half ``dst`` of the activation buffer.
+    Buffer ``buf`` flattened in C order into half ``dst`` of the activation buffer, or
+    with ``hwc`` in channel-last order, a word per beat (``channels`` a multiple of the
+    conv lanes, whose bytes fit an activation-buffer word).
 ``LOAD_VEC`` (``vec``)
     A vector from ``inputs`` (``records`` beats of the dense engine's ``x`` format)
     into half ``dst`` of the activation buffer.
@@ -69,6 +71,7 @@ TENSOR_IO = data.StructLayout({"offset": 32, "stride": 32, "records": 32})
 
 MAP_ARGS = data.StructLayout({
     "buf": 1, "dst": 1, "channels": 16, "height": 16, "width": 16, "io": TENSOR_IO,
+    "hwc": 1,
 })
 
 CONV_ARGS = data.StructLayout({

@@ -1,4 +1,5 @@
-"""Flatten: a tensor streamed in the conv array's order, written in C order as bytes.
+"""Flatten: a tensor streamed in the conv array's order, written in C order as bytes, or
+in channel-last order as words.
 
 The conv array drains a ``[C, H, W]`` tensor as one beat per channel group and
 position, ``(group, y, x)``, lane ``l`` carrying channel ``group * lanes + l``. A dense
@@ -7,6 +8,13 @@ layer wants the flattening ``x[c * H * W + y * W + x]`` (the order of
 bytes apart, so this unit writes them one byte per cycle into the dense engine's
 activation buffer, taking the next beat while it writes the last byte of the
 current one: a tensor of ``C * H * W`` bytes takes that many cycles.
+
+With ``hwc`` the unit writes the channel-last flattening ``x[(y * W + x) * C + c]``
+instead, for ``C`` a multiple of ``lanes``: a beat's lanes are then ``lanes``
+consecutive bytes, written as one word in the cycle after the beat is taken, so the
+tensor takes one cycle per beat. The program that asks for it gives the next dense
+layer its inputs in the same order (its weight columns permuted), which leaves the
+layer's outputs unchanged.
 """
 
 from __future__ import annotations
@@ -34,9 +42,11 @@ class Flatten(wiring.Component):
     Attributes
     ----------
     start : In(1)
-        Begin a tensor (``channels``, ``height``, ``width`` sampled).
+        Begin a tensor (``channels``, ``height``, ``width`` and ``hwc`` sampled).
     i : In(stream)
-    write : Out(struct: addr, data, en)
+    write : Out(struct: addr, data, en, word, wide)
+        A byte (``data`` at byte ``addr``), or with ``wide`` a word of ``lanes`` bytes
+        (``word`` at byte ``addr * lanes``).
     busy : Out(1)
     overflow : Out(1)
         Sticky until the next ``start``.
@@ -50,8 +60,10 @@ class Flatten(wiring.Component):
             "channels": In(range(config.max_channels + 1)),
             "height": In(range(config.max_height + 1)),
             "width": In(range(config.max_width + 1)),
+            "hwc": In(1),
             "i": In(stream.Signature(activations_layout(config.lanes))),
-            "write": Out(data.StructLayout({"addr": range(capacity), "data": 8, "en": 1})),
+            "write": Out(data.StructLayout({"addr": range(capacity), "data": 8, "en": 1,
+                                            "word": 8 * config.lanes, "wide": 1})),
             "busy": Out(1),
             "overflow": Out(1),
         })
@@ -84,6 +96,15 @@ class Flatten(wiring.Component):
         left = Signal(range(lanes + 1))
         addr = Signal(range(total + lanes * c.max_height * c.max_width + 1))
 
+        # Channel-last: the word of the next beat, and of the next group's first beat.
+        hwc = Signal()
+        groups = Signal(range(c.max_groups + 1))
+        word_next = Signal(range(total // lanes + 1))
+        word_group = Signal(range(c.max_groups + 1))
+        word_addr = Signal.like(word_next)
+        word_en = Signal()
+        m.d.sync += word_en.eq(0)
+
         take = self.i.valid & self.i.ready
         m.d.comb += self.i.ready.eq(active & (left <= 1))
         on = Signal(range(lanes + 1))
@@ -91,31 +112,39 @@ class Flatten(wiring.Component):
         m.d.comb += on.eq(Mux(remaining > lanes, lanes, remaining))
         last_pos = pos == plane_end
 
+        log2_lanes = lanes.bit_length() - 1
         with m.If(self.start):
             m.d.sync += [pos.eq(0), group_base.eq(0), first_channel.eq(0), active.eq(1),
                          left.eq(0), self.overflow.eq(0),
-                         last_group.eq(self.channels <= lanes)]
+                         last_group.eq(self.channels <= lanes),
+                         hwc.eq(self.hwc), groups.eq(self.channels >> log2_lanes),
+                         word_next.eq(0), word_group.eq(0)]
         with m.Elif(take):
-            m.d.sync += [hold.eq(self.i.payload), lane.eq(0), left.eq(on),
-                         addr.eq(group_base + pos)]
+            m.d.sync += [hold.eq(self.i.payload), lane.eq(0), left.eq(Mux(hwc, 0, on)),
+                         addr.eq(group_base + pos),
+                         word_addr.eq(word_next), word_en.eq(hwc)]
             with m.If(last_pos):
                 m.d.sync += [pos.eq(0), group_base.eq(group_base + group_step),
                              first_channel.eq(first_channel + lanes),
-                             last_group.eq(first_channel + 2 * lanes >= channels)]
+                             last_group.eq(first_channel + 2 * lanes >= channels),
+                             word_next.eq(word_group + 1), word_group.eq(word_group + 1)]
                 with m.If(last_group):
                     m.d.sync += active.eq(0)
             with m.Else():
-                m.d.sync += pos.eq(pos + 1)
+                m.d.sync += [pos.eq(pos + 1), word_next.eq(word_next + groups)]
         with m.Elif(left != 0):
             m.d.sync += [lane.eq(lane + 1), left.eq(left - 1), addr.eq(addr + plane)]
 
         fits = addr < self.capacity
+        word_fits = word_addr < self.capacity // lanes
         m.d.comb += [
-            self.write.addr.eq(addr),
+            self.write.addr.eq(Mux(word_en, word_addr, addr)),
             self.write.data.eq(Array(hold[n] for n in range(lanes))[lane]),
-            self.write.en.eq((left != 0) & fits),
-            self.busy.eq(active | (left != 0)),
+            self.write.word.eq(hold),
+            self.write.wide.eq(word_en),
+            self.write.en.eq(Mux(word_en, word_fits, (left != 0) & fits)),
+            self.busy.eq(active | (left != 0) | word_en),
         ]
-        with m.If((left != 0) & ~fits):
+        with m.If(((left != 0) & ~fits) | (word_en & ~word_fits)):
             m.d.sync += self.overflow.eq(1)
         return m

@@ -226,7 +226,7 @@ class Sequencer(wiring.Component):
                 "busy": In(1)})),
             "flatten": Out(wiring.Signature({
                 "start": Out(1), "channels": Out(range(c.max_channels + 1)), **shape,
-                "busy": In(1), "overflow": In(1)})),
+                "hwc": Out(1), "busy": In(1), "overflow": In(1)})),
             "dense": Out(wiring.Signature({
                 "cmd": Out(stream.Signature(command_layout(config.dense))), "busy": In(1)})),
             "offered": In(data.StructLayout(dict.fromkeys(OFFERED, 1))),
@@ -372,7 +372,8 @@ class Sequencer(wiring.Component):
                      pool.width.eq(mp.width), pool.start.eq(kick & is_op(Opcode.POOL) &
                                                            ~pool_load),
                      flat.channels.eq(mp.channels), flat.height.eq(mp.height),
-                     flat.width.eq(mp.width), flat.start.eq(kick & is_op(Opcode.FLATTEN))]
+                     flat.width.eq(mp.width), flat.hwc.eq(mp.hwc),
+                     flat.start.eq(kick & is_op(Opcode.FLATTEN))]
         cmd = dense.cmd.payload
         m.d.comb += [cmd.n_seg.eq(dn.n_seg), cmd.s.eq(dn.s), cmd.index_bits.eq(dn.index_bits),
                      cmd.n_out.eq(dn.n_out), cmd.relu.eq(dn.relu), cmd.logits.eq(dn.logits),
@@ -440,7 +441,9 @@ class Sequencer(wiring.Component):
         decode_checks = {
             Opcode.LOAD_MAP: map_shape,
             Opcode.STORE_MAP: map_shape,
-            Opcode.FLATTEN: map_shape,
+            Opcode.FLATTEN: map_shape | (mp.hwc & (
+                ((mp.channels[:exact_log2(lanes)] != 0) if lanes > 1 else Const(0, 1)) |
+                Const(int(8 * lanes > d.width), 1))),
             Opcode.POOL: map_shape | (mp.height < 2) | (mp.width < 2),
             Opcode.CONV: beyond(cv.c_in, c.max_channels) | beyond(cv.c_out, c.max_channels) |
             beyond(cv.height, c.max_height) | beyond(cv.width, c.max_width),

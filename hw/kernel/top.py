@@ -285,12 +285,25 @@ class VelcroKernel(wiring.Component):
         vec_take = unpack["vec"].records.valid & unpack["vec"].records.ready
         m.d.comb += unpack["vec"].records.ready.eq(1)
         x_byte = flat.write.addr[:exact_log2(xb)]
+        # Channel-last words per activation-buffer word (the sequencer refuses
+        # channel-last flattening when a beat is wider than a word).
+        per_word = max(1, xb // lanes)
         with m.Switch(route.vector):
             with m.Case(VectorWrite.FLATTEN):
-                m.d.comb += [x_write.addr.eq(route.vector_base +
-                                             (flat.write.addr >> exact_log2(xb))),
-                             x_write.data.eq(Cat(flat.write.data for _ in range(xb))),
-                             x_write.en.eq(Mux(flat.write.en, Const(1, xb) << x_byte, 0))]
+                # A byte, or a word of `lanes` bytes (channel-last), `per_word` to a word.
+                slots = exact_log2(per_word)
+                slot = flat.write.addr[:slots] if slots else Const(0, 1)
+                lane_bytes = (1 << lanes) - 1
+                m.d.comb += [
+                    x_write.addr.eq(route.vector_base + Mux(
+                        flat.write.wide, flat.write.addr >> slots,
+                        flat.write.addr >> exact_log2(xb))),
+                    x_write.data.eq(Mux(flat.write.wide,
+                                        Cat(flat.write.word for _ in range(per_word)),
+                                        Cat(flat.write.data for _ in range(xb)))),
+                    x_write.en.eq(Mux(flat.write.en, Mux(
+                        flat.write.wide, Const(lane_bytes, xb) << (slot * lanes),
+                        Const(1, xb) << x_byte), 0))]
             with m.Case(VectorWrite.LOAD):
                 m.d.comb += [x_write.addr.eq(route.vector_base + x_count),
                              x_write.data.eq(unpack["vec"].records.payload),

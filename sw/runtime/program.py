@@ -276,6 +276,7 @@ def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
             dst=half, io={"offset": 0, "stride": input_stride, "records": records}),
             kernel_cost.load_vector_cost(records)))
     output_stride = 0
+    order = None            # the input order a flatten gave the next dense layer
     for index, layer in enumerate(layers):
         final = index == len(layers) - 1
         if layer.op in ("conv3x3", "conv"):
@@ -288,11 +289,15 @@ def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
                               kernel_cost.pool_cost(c, h, w, cfg)))
         elif layer.op == "flatten":
             c, h, w = layer.in_shape
+            hwc = not final and channel_last(c, layers[index + 1], cfg)
+            if hwc:
+                order = np.arange(c * h * w).reshape(c, h * w).T.reshape(-1)
             steps.append(Step(Opcode.FLATTEN, layer.name, dict(buf=buf, dst=half, channels=c,
-                                                               height=h, width=w),
-                              kernel_cost.flatten_cost(c, h, w, cfg)))
+                                                               height=h, width=w, hwc=int(hwc)),
+                              kernel_cost.flatten_cost(c, h, w, cfg, hwc=hwc)))
         else:
-            step, out_records = _dense_step(layer, half, final, cfg, constants, indices)
+            step, out_records = _dense_step(layer, half, final, cfg, constants, indices, order)
+            order = None
             steps.append(step)
             half ^= 1
             if final:
@@ -355,9 +360,34 @@ def _conv_step(layer: Layer, buf: int, cfg: KernelConfig, image: _Image) -> Step
     return Step(Opcode.CONV, layer.name, fields, kernel_cost.conv_cost(shape, mask, cfg))
 
 
+def channel_last(channels: int, consumer: Layer, cfg: KernelConfig) -> bool:
+    """Whether a flatten of ``channels`` channels feeding ``consumer`` runs channel-last.
+
+    The kernel then writes a word per beat instead of a byte per cycle, and the dense
+    layer takes its inputs in that order, which needs one segment per input: int8
+    weights, or codebooks with ``segment = 1``.
+    """
+    lanes = cfg.conv.lanes
+    if channels % lanes or 8 * lanes > cfg.dense.width:
+        return False
+    return consumer.op == "dense" or (consumer.op == "dense_codebook" and
+                                      consumer.attrs["segment"] == 1)
+
+
 def _dense_step(layer: Layer, half: int, final: bool, cfg: KernelConfig, image: _Image,
-                indices: _Image) -> tuple[Step, int]:
-    a = layer.arrays
+                indices: _Image, order: np.ndarray | None = None) -> tuple[Step, int]:
+    """The ``DENSE`` step; ``order[j]`` is the package input at position ``j`` of the
+    activation buffer (a channel-last flatten), ``None`` for the package's order."""
+    a = dict(layer.arrays)
+    if order is not None:
+        if layer.op == "dense":
+            a["weight"] = np.asarray(a["weight"])[:, order]
+        else:
+            run = -(-layer.out_shape[0] * layer.attrs["bits"] // 8)
+            packed = np.asarray(a["indices"], np.uint8).reshape(-1)
+            a["indices"] = packed[:len(order) * run].reshape(len(order), run)[order]
+            if np.asarray(a["codebooks"]).shape[0] > 1:
+                a["codebooks"] = np.asarray(a["codebooks"])[order]
     shape = dense_layer(layer).check(cfg.dense)
     beats = stream_beats(shape, cfg.dense)
     xb = cfg.dense.x_bytes

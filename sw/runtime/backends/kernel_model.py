@@ -343,11 +343,15 @@ class KernelModel:
 
     def _flatten(self, pc, args, n, maps, vectors):
         c, h, w = self._map_shape(pc, Opcode.FLATTEN, args)
-        if c * h * w > self.config.vector_bytes:
+        lanes = self.config.conv.lanes
+        hwc = bool(args.hwc)
+        if c * h * w > self.config.vector_bytes or \
+                (hwc and (c % lanes or 8 * lanes > self.config.dense.width)):
             raise self._bad(pc, Opcode.FLATTEN)
         x = self._map(pc, Opcode.FLATTEN, maps, args.buf, (c, h, w))
-        vectors[args.dst] = x.reshape(n, -1)
-        return kernel_cost.flatten_cost(c, h, w, self.config)
+        # Channel-last: x[(y * W + x) * C + c].
+        vectors[args.dst] = (x.transpose(0, 2, 3, 1) if hwc else x).reshape(n, -1)
+        return kernel_cost.flatten_cost(c, h, w, self.config, hwc=hwc)
 
     def _load_vec(self, pc, args, n, maps, vectors):
         count = args.io.records

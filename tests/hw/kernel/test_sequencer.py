@@ -122,3 +122,13 @@ def test_an_unknown_opcode_faults():
     assert status["status"] == 1 << ERROR_BIT["BAD_DESCRIPTOR"]
     assert status["error_at"] == 2 << ERROR_AT["PC"]
     check_block(status)
+
+
+def test_a_channel_last_flatten_of_a_partial_channel_group_faults():
+    lanes = SMALL.conv.lanes
+    flatten = encode(Opcode.FLATTEN, buf=0, dst=0, channels=lanes + 1, height=2, width=2,
+                     hwc=1)
+    status = run([flatten, encode(Opcode.END)])
+    assert status["status"] == 1 << ERROR_BIT["BAD_DESCRIPTOR"]
+    assert status["error_at"] == Opcode.FLATTEN << ERROR_AT["OPCODE"]
+    check_block(status)
