@@ -130,8 +130,11 @@ class VelcroKernel(wiring.Component):
         m.submodules.rd_program = rd_prog = ReadDma(
             data_width=W, max_burst=B,
             channels={"desc": B, "bulk": 4 * B, "small": B, "mask": 2 * B})
+        # The indices port carries int8 weights at a word per cycle: eight bursts in
+        # flight keep that rate through a run's first image under HBM-like latency.
         m.submodules.rd_indices = rd_idx = ReadDma(data_width=W, max_burst=B,
-                                                   channels={"indices": 4 * B})
+                                                   channels={"indices": 8 * B},
+                                                   max_outstanding=8)
         m.submodules.rd_data = rd_data = ReadDma(data_width=W, max_burst=B,
                                                  channels={"act": 2 * B})
         m.submodules.wr_data = wr = WriteDma(data_width=W, depth=2 * B, max_burst=B)
