@@ -146,29 +146,44 @@ class DenseLutBuilder(wiring.Component):
         with m.If(x_wr.en):
             m.d.sync += rows.eq(rows + 1)
 
-        # Stage A: sequence segments, blocks and elements.
+        # Stage A: sequence segments, blocks and elements. Beside each count a register
+        # says whether it is at its end (and where the segment's activations end), so
+        # that no subtraction or comparison of a count decides the issue.
         segs_left = Signal.like(st.n_seg)
+        segs_more = Signal()                                # segs_left != 0
         base = Signal(range(cfg.max_n_in + cfg.max_s + 1))    # x index of element 0
+        base_end = Signal(range(cfg.max_n_in + 2 * cfg.max_s + 1))    # base + s
         t = Signal.like(st.s)
+        last_t = Signal()                                   # t == s - 1
         block = Signal.like(st.blocks)
+        last_block = Signal()                               # block == blocks - 1
         bank = Signal()
         advance = Signal()                                  # no stall at stage C
         element = base + t
-        loaded = (segs_left != 0) & (base + st.s <= (rows << log2_bytes))
+        # Whether the segment's activations are stored, ``base_end <= rows * x_bytes``,
+        # registered from the values both take in the next cycle.
+        stored = Signal()
+        loaded = segs_more & stored
         issue = advance & loaded & self.codebook.valid
+        segment_done = issue & last_t & last_block
+        stored_bytes = (rows + x_wr.en) << log2_bytes
+        m.d.sync += stored.eq(Mux(segment_done, base_end + st.s <= stored_bytes,
+                                  base_end <= stored_bytes))
         m.d.comb += [
             self.codebook.ready.eq(advance & loaded),
             x_rd.addr.eq(element >> log2_bytes),
             x_rd.en.eq(advance),
         ]
-        last_t = t == st.s - 1
-        last_block = block == st.blocks - 1
         with m.If(issue):
-            m.d.sync += t.eq(Mux(last_t, 0, t + 1))
+            m.d.sync += [t.eq(Mux(last_t, 0, t + 1)),
+                         last_t.eq(Mux(last_t, st.s == 1, t + 2 == st.s))]
             with m.If(last_t):
-                m.d.sync += block.eq(Mux(last_block, 0, block + 1))
+                m.d.sync += [block.eq(Mux(last_block, 0, block + 1)),
+                             last_block.eq(Mux(last_block, st.blocks == 1,
+                                               block + 2 == st.blocks))]
                 with m.If(last_block):
-                    m.d.sync += [base.eq(base + st.s), segs_left.eq(segs_left - 1),
+                    m.d.sync += [base.eq(base_end), base_end.eq(base_end + st.s),
+                                 segs_left.eq(segs_left - 1), segs_more.eq(segs_left != 1),
                                  bank.eq(~bank)]
 
         # Stage B: the activation row arrives; multiply.
@@ -239,6 +254,9 @@ class DenseLutBuilder(wiring.Component):
                 m.d.sync += self.full[b].eq(1)
 
         with m.If(self.start):
-            m.d.sync += [rows.eq(0), segs_left.eq(st.n_seg), base.eq(0), t.eq(0),
-                         block.eq(0), bank.eq(0), stage_b.valid.eq(0), stage_c.valid.eq(0)]
+            m.d.sync += [rows.eq(0), stored.eq(0), segs_left.eq(st.n_seg),
+                         segs_more.eq(st.n_seg != 0),
+                         base.eq(0), base_end.eq(st.s), t.eq(0), last_t.eq(st.s == 1),
+                         block.eq(0), last_block.eq(st.blocks == 1), bank.eq(0),
+                         stage_b.valid.eq(0), stage_c.valid.eq(0)]
         return m
