@@ -152,7 +152,11 @@ class DenseLutBuilder(wiring.Component):
         segs_left = Signal.like(st.n_seg)
         segs_more = Signal()                                # segs_left != 0
         base = Signal(range(cfg.max_n_in + cfg.max_s + 1))    # x index of element 0
-        base_end = Signal(range(cfg.max_n_in + 2 * cfg.max_s + 1))    # base + s
+        # Where the segment's activations end, and the next segment's (int8 mode: one
+        # segment of up to max_n_in).
+        ends = range(2 * (cfg.max_n_in + cfg.max_s) + 1)
+        base_end = Signal(ends)                             # base + s
+        next_end = Signal(ends)                             # base + 2 * s
         t = Signal.like(st.s)
         last_t = Signal()                                   # t == s - 1
         block = Signal.like(st.blocks)
@@ -167,7 +171,7 @@ class DenseLutBuilder(wiring.Component):
         issue = advance & loaded & self.codebook.valid
         segment_done = issue & last_t & last_block
         stored_bytes = (rows + x_wr.en) << log2_bytes
-        m.d.sync += stored.eq(Mux(segment_done, base_end + st.s <= stored_bytes,
+        m.d.sync += stored.eq(Mux(segment_done, next_end <= stored_bytes,
                                   base_end <= stored_bytes))
         m.d.comb += [
             self.codebook.ready.eq(advance & loaded),
@@ -182,7 +186,8 @@ class DenseLutBuilder(wiring.Component):
                              last_block.eq(Mux(last_block, st.blocks == 1,
                                                block + 2 == st.blocks))]
                 with m.If(last_block):
-                    m.d.sync += [base.eq(base_end), base_end.eq(base_end + st.s),
+                    m.d.sync += [base.eq(base_end), base_end.eq(next_end),
+                                 next_end.eq(next_end + st.s),
                                  segs_left.eq(segs_left - 1), segs_more.eq(segs_left != 1),
                                  bank.eq(~bank)]
 
@@ -256,7 +261,8 @@ class DenseLutBuilder(wiring.Component):
         with m.If(self.start):
             m.d.sync += [rows.eq(0), stored.eq(0), segs_left.eq(st.n_seg),
                          segs_more.eq(st.n_seg != 0),
-                         base.eq(0), base_end.eq(st.s), t.eq(0), last_t.eq(st.s == 1),
+                         base.eq(0), base_end.eq(st.s), next_end.eq(st.s << 1), t.eq(0),
+                         last_t.eq(st.s == 1),
                          block.eq(0), last_block.eq(st.blocks == 1), bank.eq(0),
                          stage_b.valid.eq(0), stage_c.valid.eq(0)]
         return m
