@@ -159,6 +159,12 @@ class KernelConfig:
         """AXI words holding ``records`` records of ``stream``."""
         return words_for(records, self.payload_bits(stream), self.word_bytes)
 
+    def flattens_channel_last(self, channels: int) -> bool:
+        """Whether ``FLATTEN`` may write ``channels`` channels channel-last (``hwc``):
+        whole channel groups, each beat no wider than an activation-buffer word."""
+        lanes = self.conv.lanes
+        return channels % lanes == 0 and 8 * lanes <= self.dense.width
+
     @property
     def status_bytes(self) -> int:
         """Bytes of the status block, a whole number of words: the per-descriptor

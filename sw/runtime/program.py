@@ -367,8 +367,7 @@ def channel_last(channels: int, consumer: Layer, cfg: KernelConfig) -> bool:
     layer takes its inputs in that order, which needs one segment per input: int8
     weights, or codebooks with ``segment = 1``.
     """
-    lanes = cfg.conv.lanes
-    if channels % lanes or 8 * lanes > cfg.dense.width:
+    if not cfg.flattens_channel_last(channels):
         return False
     return consumer.op == "dense" or (consumer.op == "dense_codebook" and
                                       consumer.attrs["segment"] == 1)

@@ -343,10 +343,9 @@ class KernelModel:
 
     def _flatten(self, pc, args, n, maps, vectors):
         c, h, w = self._map_shape(pc, Opcode.FLATTEN, args)
-        lanes = self.config.conv.lanes
         hwc = bool(args.hwc)
         if c * h * w > self.config.vector_bytes or \
-                (hwc and (c % lanes or 8 * lanes > self.config.dense.width)):
+                (hwc and not self.config.flattens_channel_last(c)):
             raise self._bad(pc, Opcode.FLATTEN)
         x = self._map(pc, Opcode.FLATTEN, maps, args.buf, (c, h, w))
         # Channel-last: x[(y * W + x) * C + c].
