@@ -10,6 +10,19 @@ from velcro.hw.conv.format import pack_activations
 from velcro.hw.kernel.flatten import Flatten
 
 
+async def flatten_tensor(ctx, dut, bench, shape, *, hwc=0):
+    """Start ``dut`` on a ``shape`` tensor (channel-last with ``hwc``), then feed it."""
+    c, h, w = shape
+    ctx.set(dut.channels, c)
+    ctx.set(dut.height, h)
+    ctx.set(dut.width, w)
+    ctx.set(dut.hwc, hwc)
+    ctx.set(dut.start, 1)
+    await ctx.tick()
+    ctx.set(dut.start, 0)
+    await bench(ctx)
+
+
 @pytest.mark.parametrize("shape", [(4, 3, 3), (10, 2, 5), (7, 1, 1)])
 def test_flatten_writes_c_order(shape, rng, simulate, run_stream_unit, small_array):
     x = rng.integers(-128, 128, shape).astype(np.int8)
@@ -28,14 +41,7 @@ def test_flatten_writes_c_order(shape, rng, simulate, run_stream_unit, small_arr
                             rng=random.Random(2))
 
     async def start(ctx):
-        c, h, w = shape
-        ctx.set(dut.channels, c)
-        ctx.set(dut.height, h)
-        ctx.set(dut.width, w)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await bench(ctx)
+        await flatten_tensor(ctx, dut, bench, shape)
         assert not ctx.get(dut.overflow)
 
     simulate(dut, start)
@@ -56,13 +62,7 @@ def test_flatten_flags_a_tensor_that_does_not_fit(rng, simulate, run_stream_unit
                             rng=random.Random(3))
 
     async def start(ctx):
-        ctx.set(dut.channels, 4)
-        ctx.set(dut.height, 3)
-        ctx.set(dut.width, 3)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await bench(ctx)
+        await flatten_tensor(ctx, dut, bench, (4, 3, 3))
         assert ctx.get(dut.overflow)
 
     simulate(dut, start)
@@ -92,15 +92,7 @@ def test_flatten_channel_last_writes_a_word_per_beat(shape, rng, simulate, run_s
     bench = run_stream_unit(dut, beats, collect=collect, rng=random.Random(4))
 
     async def start(ctx):
-        c, h, w = shape
-        ctx.set(dut.channels, c)
-        ctx.set(dut.height, h)
-        ctx.set(dut.width, w)
-        ctx.set(dut.hwc, 1)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await bench(ctx)
+        await flatten_tensor(ctx, dut, bench, shape, hwc=1)
         assert not ctx.get(dut.overflow)
 
     simulate(dut, start)
@@ -122,14 +114,7 @@ def test_flatten_channel_last_flags_a_tensor_that_does_not_fit(rng, simulate, ru
                             rng=random.Random(5))
 
     async def start(ctx):
-        ctx.set(dut.channels, 8)
-        ctx.set(dut.height, 3)
-        ctx.set(dut.width, 3)
-        ctx.set(dut.hwc, 1)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await bench(ctx)
+        await flatten_tensor(ctx, dut, bench, (8, 3, 3), hwc=1)
         assert ctx.get(dut.overflow)
 
     simulate(dut, start)
