@@ -2,8 +2,8 @@
 
 The payload (:func:`velcro.sim.runner.load_payload`) holds the array configuration,
 stream stress settings and a list of cases built by :mod:`velcro.sim.conv_cases`.
-A case loads an input tensor, runs one or more chained ``CONV`` layers (ping-pong
-between the two buffers) and drains the last output. The scoreboard compares the
+A case loads an input tensor, runs a chain of ``CONV`` layers and 2x2 ``POOL`` steps
+(each from one buffer into the other) and drains the last output. The scoreboard compares the
 output bit-exactly with the golden output carried by the case and every measured
 cycle count with the cost model's: exactly when no stream is held back, otherwise
 within the idle and back-pressure cycles injected during that operation. The
@@ -136,6 +136,18 @@ async def run_case(tb: ConvTB, case: dict) -> dict:
                                       height=h, width=w)
     _check_cycles(f"{case['name']} LOAD", cycles, case["load_cycles"], stress)
     for n, spec in enumerate(case["layers"]):
+        if spec.get("pool"):
+            cycles, stress = await tb.operate(8 * spec["cycles"] + 100, op=Op.POOL, buf=buf,
+                                              c_in=c, height=h, width=w)
+            what = f"{case['name']} pool {n}"
+            _check_cycles(what, cycles, spec["cycles"], stress)
+            stats = tb.stats()
+            assert stats["cycles"] == cycles, f"{what}: cycle counter {stats['cycles']} != {cycles}"
+            assert stats["mac_cycles"] == 0 and stats["skipped"] == 0, f"{what}: {stats}"
+            record["layers"].append({"cycles": cycles, "stress": stress, **stats})
+            buf ^= 1
+            h, w = h // 2, w // 2
+            continue
         layer = spec["layer"]
         tb.weights.send(pack_weights(spec["w"], lanes))
         tb.requant.send(pack_requant(spec["bias"], spec["mult"], spec["shift"]))

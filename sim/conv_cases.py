@@ -24,11 +24,15 @@ from velcro.hw.conv.cost import (
     expected_drain_cycles,
     expected_load_cycles,
     expected_mac_cycles,
+    expected_pool_cycles,
 )
 from velcro.sw import golden
 
-__all__ = ["edge_cases", "finish_case", "layer_spec", "random_case", "random_mask",
+__all__ = ["POOL", "edge_cases", "finish_case", "layer_spec", "random_case", "random_mask",
            "reference_cases"]
+
+POOL = {"pool": True}
+"""A step of a case's chain that max-pools the tensor 2x2 on the array (``POOL``)."""
 
 
 def finish_case(name: str, x: np.ndarray, specs: list[dict], config: ConvArrayConfig) -> dict:
@@ -36,11 +40,18 @@ def finish_case(name: str, x: np.ndarray, specs: list[dict], config: ConvArrayCo
 
     Each spec holds ``layer`` (:class:`ConvLayer`), int8 ``w``, int32 ``bias``,
     ``mult``, ``shift``, and ``mask`` (bool, or ``None`` for no skipping) with int8
-    ``mean``.
+    ``mean``; or it is :data:`POOL` (a copy is taken), a 2x2 max-pooling
+    (:func:`velcro.sw.golden.maxpool2x2`).
     """
     y = np.asarray(x, np.int8)
     shape = y.shape
+    specs = [dict(spec) if spec.get("pool") else spec for spec in specs]
     for spec in specs:
+        if spec.get("pool"):
+            spec.update(cycles=expected_pool_cycles(*y.shape, config), mac_cycles=0,
+                        skipped=0, shape=list(y.shape))
+            y = golden.maxpool2x2(y)
+            continue
         layer = spec["layer"].check(config)
         if y.shape != (layer.c_in, layer.height, layer.width):
             raise ValueError(f"{name}: layer {layer} does not take a {list(y.shape)} input")

@@ -21,10 +21,12 @@ pass in one cycle, written together with the computed ones of their block.
 Each bank holds two buffers (ping-pong): a ``CONV`` reads buffer ``buf`` and writes
 its output, channel by channel, into the other one, where the next ``CONV`` finds
 it; ``LOAD`` and ``DRAIN`` move a tensor between a buffer and the ``ifmap``/``ofmap``
-streams. Kernels, requantization factors and skip masks arrive on their own streams
-while the layer runs (the kernels of the next output channel load while the current
-one is computed). One ``start`` pulse with the ``layer`` inputs begins an operation;
-``busy`` stays high until the cycle in which ``done`` pulses.
+streams, and ``POOL`` max-pools buffer ``buf`` by 2x2 windows into the other one, a
+pooled position (all lanes) per cycle (:mod:`~velcro.hw.conv.pool`). Kernels,
+requantization factors and skip masks arrive on their own streams while the layer runs
+(the kernels of the next output channel load while the current one is computed). One
+``start`` pulse with the ``layer`` inputs begins an operation; ``busy`` stays high
+until the cycle in which ``done`` pulses.
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ from ..requant import Requantizer
 from .config import SHIPPED, ConvArrayConfig, Op
 from .format import MASK_LAYOUT, REQUANT_LAYOUT, TAPS, activations_layout, weights_layout
 from .lane import ConvLane
+from .pool import WindowPool
 from .scan import SkipScanner, descriptor_layout, issue_layout
 from .walk import PlaneWalker
 
 __all__ = ["ConvArray", "LayerSignature", "StatsSignature", "pipeline_latency",
-           "tree_latency"]
+           "pool_latency", "tree_latency"]
 
 STAT_BITS = 32
 ACC_BITS = 34     # bias plus partial sums of any order, before the final fits int32
@@ -52,7 +55,7 @@ class LayerSignature(wiring.Signature):
     """Parameters of one operation, as the sender (a sequencer or a testbench) sees them.
 
     ``c_in``, ``height`` and ``width`` always describe the tensor in buffer ``buf``
-    (the input of a ``CONV``, the tensor moved by ``LOAD``/``DRAIN``); ``c_out``,
+    (the input of a ``CONV`` or ``POOL``, the tensor moved by ``LOAD``/``DRAIN``); ``c_out``,
     ``stride``, ``relu`` and ``skip`` matter to ``CONV`` only.
     """
 
@@ -91,6 +94,12 @@ def tree_latency(lanes: int) -> int:
 def pipeline_latency(config: ConvArrayConfig) -> int:
     """Cycles from issuing an element's last group to writing its block."""
     return (1 + ConvLane.LATENCY + tree_latency(config.lanes) + 1 + Requantizer.LATENCY)
+
+
+def pool_latency() -> int:
+    """Cycles from a pooled position's walk to its write
+    (:class:`~velcro.hw.conv.pool.WindowPool`)."""
+    return WindowPool.LATENCY
 
 
 def _delayed(m: Module, value, cycles: int, name: str):
@@ -190,15 +199,22 @@ class ConvArray(wiring.Component):
         groups = Signal(range(max_groups + 1))
         out_height = Signal.like(p.height)
         out_width = Signal.like(p.width)
+        # What the plane walker walks: the tensor in ``buf``, or for ``POOL`` the pooled
+        # map it writes into the other buffer.
+        walk_height = Signal.like(p.height)
+        walk_width = Signal.like(p.width)
+        walk_buf = Signal()
 
         def within(value, limit):
             return (value >= 1) & (value <= limit)
 
         is_conv = p.op == Op.CONV
+        is_pool = p.op == Op.POOL
         valid = (within(p.c_in, c.max_channels) & within(p.height, c.max_height) &
-                 within(p.width, c.max_width) & (p.op <= Op.DRAIN) &
+                 within(p.width, c.max_width) &
                  (~is_conv | (within(p.c_out, c.max_channels) &
-                              ((p.stride == 1) | (p.stride == 2)))))
+                              ((p.stride == 1) | (p.stride == 2)))) &
+                 (~is_pool | ((p.height >= 2) & (p.width >= 2))))
         accept = Signal()
         m.d.comb += accept.eq(self.start & ~self.busy)
         start_conv = accept & valid & is_conv
@@ -210,6 +226,9 @@ class ConvArray(wiring.Component):
                 groups.eq(sum(p.c_in > g * lanes for g in range(max_groups))),
                 out_height.eq(Mux(p.stride == 2, (p.height + 1) >> 1, p.height)),
                 out_width.eq(Mux(p.stride == 2, (p.width + 1) >> 1, p.width)),
+                walk_height.eq(Mux(is_pool, p.height >> 1, p.height)),
+                walk_width.eq(Mux(is_pool, p.width >> 1, p.width)),
+                walk_buf.eq(p.buf ^ is_pool),
             ]
 
         # The scanner starts a cycle after the layer is accepted, from a register and
@@ -220,6 +239,7 @@ class ConvArray(wiring.Component):
 
         # --- units -------------------------------------------------------------
         m.submodules.walker = walker = PlaneWalker(c)
+        m.submodules.pool = pool = WindowPool(c)
         m.submodules.scanner = scan = SkipScanner(c)
         m.submodules.requantizer = rq = Requantizer()
         lane_units = []
@@ -239,7 +259,10 @@ class ConvArray(wiring.Component):
 
         m.d.comb += [
             walker.start.eq(accept), walker.channels.eq(c_in), walker.groups.eq(groups),
-            walker.height.eq(height), walker.width.eq(width), walker.buf.eq(buf),
+            walker.height.eq(walk_height), walker.width.eq(walk_width),
+            walker.buf.eq(walk_buf),
+            pool.start.eq(accept), pool.groups.eq(groups), pool.height.eq(walk_height),
+            pool.width.eq(walk_width), pool.buf.eq(buf),
             scan.start.eq(scan_start), scan.groups.eq(groups), scan.c_in.eq(c_in),
             scan.c_out.eq(c_out), scan.height.eq(height), scan.width.eq(width),
             scan.out_height.eq(out_height), scan.out_width.eq(out_width),
@@ -248,9 +271,9 @@ class ConvArray(wiring.Component):
         wiring.connect(m, wiring.flipped(self.mask), scan.mask)
 
         # --- control --------------------------------------------------------------
-        load_done, conv_done, drain_done = Signal(), Signal(), Signal()
+        load_done, conv_done, drain_done, pool_done = Signal(), Signal(), Signal(), Signal()
         running = {name: Signal(name=f"in_{name.lower()}")
-                   for name in ("LOAD", "CONV", "DRAIN")}
+                   for name in ("LOAD", "CONV", "DRAIN", "POOL")}
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(accept):
@@ -260,10 +283,12 @@ class ConvArray(wiring.Component):
                         m.next = "LOAD"
                     with m.Elif(p.op == Op.CONV):
                         m.next = "CONV"
-                    with m.Else():
+                    with m.Elif(p.op == Op.DRAIN):
                         m.next = "DRAIN"
+                    with m.Else():
+                        m.next = "POOL"
             for name, finished in (("LOAD", load_done), ("CONV", conv_done),
-                                   ("DRAIN", drain_done)):
+                                   ("DRAIN", drain_done), ("POOL", pool_done)):
                 with m.State(name):
                     m.d.comb += [self.busy.eq(1), running[name].eq(1),
                                  self.done.eq(finished)]
@@ -338,7 +363,9 @@ class ConvArray(wiring.Component):
 
         # --- window read and routing (issue cycle t -> t + 1) -------------------------
         for bank, read in enumerate(read_ports):
-            m.d.comb += read.addr.eq(Mux(running["DRAIN"], walker.addr, scan.bank_addr[bank]))
+            m.d.comb += read.addr.eq(Mux(running["DRAIN"], walker.addr,
+                                         Mux(running["POOL"], pool.addr[bank],
+                                             scan.bank_addr[bank])))
         issue1 = Signal(issue_layout(c))
         m.d.sync += issue1.eq(scan.issue)
         # Tap (ky, kx) of a centre with (y mod 3, x mod 3) = (a, b) lives in bank
@@ -396,7 +423,23 @@ class ConvArray(wiring.Component):
             m.d.sync += values[tok.k].eq(rq.y)
         m.d.comb += [blocks.r_en.eq(write_block), conv_done.eq(write_block & tok.layer_end)]
 
-        # --- bank writes: LOAD from ifmap, CONV from the block writer ---------------------
+        # --- POOL: one pooled position per cycle, all lanes --------------------------------
+        # The window of the position the plane walker holds is written pool_latency()
+        # cycles later, at that position of the other buffer.
+        pool_now = Signal()
+        issued_all = Signal()
+        m.d.comb += [pool_now.eq(running["POOL"] & ~issued_all), pool.advance.eq(pool_now)]
+        m.d.comb += [pool.words[bank].eq(bank_data[bank]) for bank in range(TAPS)]
+        delay = pool_latency()
+        pool_write = _delayed(m, pool_now, delay, "pool_write")
+        pool_last = _delayed(m, pool_now & walker.last, delay, "pool_last")
+        pool_addr = _delayed(m, walker.addr, delay, "pool_addr")
+        pool_row = _delayed(m, walker.bank_row, delay, "pool_bank_row")
+        pool_col = _delayed(m, walker.bank_col, delay, "pool_bank_col")
+        m.d.comb += pool_done.eq(pool_last)
+
+        # --- bank writes: LOAD from ifmap, POOL from the window maxima, CONV from the
+        # block writer -------------------------------------------------------------------
         ifmap_take = Signal()
         m.d.comb += [self.ifmap.ready.eq(running["LOAD"]),
                      ifmap_take.eq(self.ifmap.valid & self.ifmap.ready),
@@ -411,6 +454,10 @@ class ConvArray(wiring.Component):
                 here = (walker.bank_row == r) & (walker.bank_col == col)
                 m.d.comb += [write.addr.eq(walker.addr), write.data.eq(self.ifmap.payload),
                              write.en.eq(Mux(ifmap_take & here, (1 << lanes) - 1, 0))]
+            with m.Elif(running["POOL"]):
+                here = (pool_row == r) & (pool_col == col)
+                m.d.comb += [write.addr.eq(pool_addr), write.data.eq(pool.pooled),
+                             write.en.eq(Mux(pool_write & here, (1 << lanes) - 1, 0))]
             with m.Else():
                 m.d.comb += [write.addr.eq(head.addr),
                              write.data.eq(Cat(element[:8] for _ in range(lanes))),
@@ -419,7 +466,6 @@ class ConvArray(wiring.Component):
         # --- DRAIN: reads one beat per cycle into a small FIFO before ofmap -------------
         # Lanes beyond the last channel read words nobody wrote; they leave as zero.
         m.submodules.drain_fifo = out_fifo = fifo.SyncFIFO(width=word.size, depth=4)
-        issued_all = Signal()
         in_flight = Signal()
         from_row = Signal(range(3))
         from_col = Signal(range(3))
@@ -427,14 +473,14 @@ class ConvArray(wiring.Component):
         read_now = Signal()
         m.d.comb += read_now.eq(running["DRAIN"] & ~issued_all &
                                 (out_fifo.level + in_flight < out_fifo.depth))
-        m.d.comb += walker.advance.eq(ifmap_take | read_now)
+        m.d.comb += walker.advance.eq(ifmap_take | read_now | pool_now)
         m.d.sync += [in_flight.eq(read_now), from_row.eq(walker.bank_row),
                      from_col.eq(walker.bank_col), from_lanes.eq(walker.lanes_on)]
         drained = data.View(word, Array(Array(bank_data[3 * r:3 * r + 3]) for r in range(3))
                                  [from_row][from_col])
         with m.If(accept):
             m.d.sync += issued_all.eq(0)
-        with m.Elif(read_now & walker.last):
+        with m.Elif((read_now | pool_now) & walker.last):
             m.d.sync += issued_all.eq(1)
         m.d.comb += [
             out_fifo.w_en.eq(in_flight),

@@ -34,6 +34,7 @@ class Op(enum.IntEnum):
     LOAD = 0   #: write the ``ifmap`` stream into buffer ``buf``
     CONV = 1   #: convolve buffer ``buf`` into the other buffer
     DRAIN = 2  #: read buffer ``buf`` out on the ``ofmap`` stream
+    POOL = 3   #: 2x2 max-pool (stride 2, floor) buffer ``buf`` into the other buffer
 
 
 def _positive(name: str, value) -> int:

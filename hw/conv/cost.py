@@ -22,18 +22,21 @@ cycles (:func:`~velcro.hw.conv.array.pipeline_latency`):
   ``cycles = f_{C_out - 1} + P``.
 
 ``LOAD`` takes one beat per cycle (``G * H * W`` cycles) and ``DRAIN`` two cycles
-more (memory read and output FIFO).
+more (memory read and output FIFO). ``POOL`` walks one pooled position per cycle
+(``G * (H div 2) * (W div 2)``) and ends when the last one is written,
+:func:`~velcro.hw.conv.array.pool_latency` cycles later.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .array import pipeline_latency
+from .array import pipeline_latency, pool_latency
 from .config import SHIPPED, ConvArrayConfig, ConvLayer
 
 __all__ = ["block_counts", "expected_cycles", "expected_drain_cycles", "expected_load_cycles",
-           "expected_mac_cycles", "ideal_mac_cycles", "resource_estimate"]
+           "expected_mac_cycles", "expected_pool_cycles", "ideal_mac_cycles",
+           "resource_estimate"]
 
 
 def _check_mask(layer: ConvLayer, mask) -> np.ndarray:
@@ -92,6 +95,15 @@ def expected_drain_cycles(channels: int, height: int, width: int,
                           config: ConvArrayConfig = SHIPPED) -> int:
     """Busy cycles of a ``DRAIN`` into a sink that is always ready."""
     return expected_load_cycles(channels, height, width, config) + 2
+
+
+def expected_pool_cycles(channels: int, height: int, width: int,
+                         config: ConvArrayConfig = SHIPPED) -> int:
+    """Busy cycles of a ``POOL`` of a ``channels x height x width`` tensor."""
+    if height < 2 or width < 2:
+        raise ValueError(f"a 2x2 pooling needs a map of at least 2x2, not {height}x{width}")
+    return (expected_load_cycles(channels, height // 2, width // 2, config) +
+            pool_latency())
 
 
 def resource_estimate(config: ConvArrayConfig = SHIPPED) -> dict:

@@ -12,7 +12,14 @@ import pytest
 from velcro.hw.conv.array import ConvArray
 from velcro.hw.conv.config import SHIPPED, ConvArrayConfig, ConvLayer, Op
 from velcro.sim import runner
-from velcro.sim.conv_cases import edge_cases, finish_case, layer_spec, random_case, reference_cases
+from velcro.sim.conv_cases import (
+    POOL,
+    edge_cases,
+    finish_case,
+    layer_spec,
+    random_case,
+    reference_cases,
+)
 
 SMALL = ConvArrayConfig(lanes=4, max_height=16, max_width=16, max_channels=12)
 TINY = ConvArrayConfig(lanes=2, max_height=8, max_width=8, max_channels=5)
@@ -64,7 +71,24 @@ def breadth_cases(config):
     first = ConvLayer(lanes + 2, cmax, hmax, wmax - 3, stride=2)
     second = ConvLayer(cmax, 3, first.out_height, first.out_width)
     cases.append(chained_case(config, rng, "chained_stride2_then_1", first, second, skip=0.25))
-    return cases + edge_cases(config, rng)
+    return cases + pool_cases(config, rng) + edge_cases(config, rng)
+
+
+def pool_cases(config, rng):
+    """``POOL`` on loaded maps (even, odd, smallest, largest) and between conv layers."""
+    lanes, hmax, wmax, cmax = (config.lanes, config.max_height, config.max_width,
+                               config.max_channels)
+    cases = []
+    for c, h, w in ((cmax, hmax, wmax), (lanes + 1, hmax - 1, wmax - 3), (1, 2, 2),
+                    (2 * lanes, 5, 2), (lanes - 1 or 1, 3, 7)):
+        x = rng.integers(-128, 128, (c, h, w)).astype(np.int8)
+        cases.append(finish_case(f"pool_{c}x{h}x{w}", x, [POOL], config))
+    first = ConvLayer(lanes + 1, cmax, hmax, wmax - 1)
+    second = ConvLayer(cmax, lanes, hmax // 2, (wmax - 1) // 2)
+    x = rng.integers(-128, 128, (first.c_in, first.height, first.width)).astype(np.int8)
+    chain = [layer_spec(first, rng, 0.25), POOL, layer_spec(second, rng), POOL, POOL]
+    cases.append(finish_case("conv_pool_conv_pool_pool", x, chain, config))
+    return cases
 
 
 INVALID = [
@@ -73,7 +97,9 @@ INVALID = [
     {"op": Op.CONV, "buf": 0, "c_in": 1, "c_out": 1, "height": 4, "width": 4, "stride": 3},
     {"op": Op.LOAD, "buf": 1, "c_in": 2, "height": 17, "width": 4},
     {"op": Op.DRAIN, "buf": 1, "c_in": 2, "height": 4, "width": 0},
-    {"op": 3, "buf": 0, "c_in": 1, "height": 1, "width": 1},
+    {"op": Op.POOL, "buf": 0, "c_in": 1, "height": 1, "width": 1},
+    {"op": Op.POOL, "buf": 1, "c_in": 2, "height": 4, "width": 1},
+    {"op": Op.POOL, "buf": 0, "c_in": 13, "height": 4, "width": 4},
 ]
 
 
@@ -97,6 +123,8 @@ def test_tiny_array_under_icarus():
              random_case("icarus_5to2_8x8_s2", ConvLayer(5, 2, 8, 8, stride=2), rng, TINY),
              random_case("icarus_1to1_1x1_skip100", ConvLayer(1, 1, 1, 1), rng, TINY, 1.0)]
     cases += edge_cases(TINY, rng)[:1]
+    x = rng.integers(-128, 128, (5, 8, 7)).astype(np.int8)
+    cases.append(finish_case("icarus_pool_5x8x7_twice", x, [POOL, POOL], TINY))
     run_cases(TINY, cases, "icarus", stress=0.2, seed=3,
               invalid=[{"op": Op.LOAD, "buf": 0, "c_in": 6, "height": 1, "width": 1}])
 
@@ -109,6 +137,8 @@ def shipped_cases():
                              SHIPPED, 0.25))
     cases.append(random_case("shipped_17to3_64x61_s2", ConvLayer(17, 3, 64, 61, stride=2), rng,
                              SHIPPED))
+    x = rng.integers(-128, 128, (64, 64, 64)).astype(np.int8)
+    cases.append(finish_case("shipped_pool_64x64x64", x, [POOL], SHIPPED))
     return cases
 
 
