@@ -182,12 +182,6 @@ class KernelConfig:
         return self.vector_words * self.dense.x_bytes
 
     @property
-    def pool_words(self) -> int:
-        """Words of the pooling buffer: the largest pooled map."""
-        c = self.conv
-        return c.max_groups * max(1, c.max_height // 2) * max(1, c.max_width // 2)
-
-    @property
     def weight_fifo_depth(self) -> int:
         """Kernel beats held ahead of the conv array: two output channels' worth."""
         return max(2, 2 * self.conv.max_groups)

@@ -3,15 +3,15 @@
 A descriptor's cycles split three ways (:mod:`velcro.hw.kernel.sequencer`):
 
 ``busy``
-    Cycles in ``RUN`` (and ``POOL_RUN``): the cycle that starts an engine plus the
+    Cycles in ``RUN``: the cycle that starts an engine plus the
     engine's own cycles, which come from the engines' cost models
     (:func:`velcro.hw.conv.cost.expected_cycles` and friends,
     :func:`velcro.hw.dense.cost.expected_cycles`). Exact whenever no input stream
     runs dry; a starved engine only takes longer.
 ``fixed``
     The sequencer's own cycles: fetch request, decode, address computation, command
-    issue, check and accounting (one each), plus the tails of pooling (the pooler's
-    last output, the pooled map's first read) and flattening (the last beat's bytes).
+    issue, check and accounting (one each), plus the tail of flattening (the last
+    beat's bytes).
 ``stall``
     Cycles spent waiting for device memory (descriptor fetch, first data of every
     input stream, write completion); measured by the kernel, not modelled.
@@ -35,10 +35,10 @@ from ..conv.cost import (
     expected_drain_cycles,
     expected_load_cycles,
     expected_mac_cycles,
+    expected_pool_cycles,
 )
 from ..dense.config import DenseLayer
 from ..dense.cost import expected_cycles as dense_cycles
-from .buffers import BufferReader
 from .config import KernelConfig
 
 __all__ = ["END_FIXED", "RUN_FIXED", "StepCost", "conv_cost", "dense_cost", "flatten_cost",
@@ -85,14 +85,9 @@ def store_map_cost(channels: int, height: int, width: int, config: KernelConfig)
 
 
 def pool_cost(channels: int, height: int, width: int, config: KernelConfig) -> StepCost:
-    """``POOL``: a ``DRAIN`` through the pooler, then a ``LOAD`` of the pooled map.
-
-    Each ends the cycle after the array is done. Between them the pooler writes its
-    last output (in that cycle, or one later) and the pooled map's first word is read.
-    """
-    drain = 2 + expected_drain_cycles(channels, height, width, config.conv)
-    load = 2 + expected_load_cycles(channels, height // 2, width // 2, config.conv)
-    return StepCost(drain + load, fixed=STEP_FIXED + 1 + BufferReader.LATENCY)
+    """``POOL``: start cycle plus the conv array's ``POOL``, and the cycle that sees it
+    done."""
+    return StepCost(2 + expected_pool_cycles(channels, height, width, config.conv))
 
 
 def flatten_cost(channels: int, height: int, width: int, config: KernelConfig, *,

@@ -15,8 +15,8 @@ record count. Offsets and strides are multiples of the AXI word size.
     A conv3x3 layer from buffer ``buf`` into the other buffer; ``weights``,
     ``requant`` and (when ``skip``) ``mask`` are streams in ``program``.
 ``POOL`` (``map``)
-    2x2 max-pooling of buffer ``buf`` (``channels x height x width``), back into
-    ``buf``.
+    2x2 max-pooling (stride 2, floor) of buffer ``buf`` (``channels x height x
+    width``) into the other buffer.
 ``FLATTEN`` (``map``)
     Buffer ``buf`` flattened in C order into half ``dst`` of the activation buffer, or
     with ``hwc`` in channel-last order, a word per beat (``channels`` a multiple of the

@@ -4,9 +4,9 @@ Takes ``ap_start`` and the arguments from the control registers, the descriptors
 (:mod:`velcro.hw.kernel.descriptor`) from the program DMA's ``desc`` channel, and what
 it watches of the datapath: the busy, done and error flags of the DMAs, record
 adapters, buffer readers and engines, which input streams offer their first beat, the
-dense engine's output beats and the words in the pooling buffer. Gives every DMA
+dense engine's output beats. Gives every DMA
 command, the start and record count of every adapter and buffer reader, the settings
-and start of the conv array, pooler, flattener and dense engine, the selects of the
+and start of the conv array, flattener and dense engine, the selects of the
 kernel's stream multiplexers, the datapath reset, ``ap_idle``/``ap_done``, the status
 registers, the per-descriptor counter records and the status block. Each of its
 ports bundles the members of one unit under that unit's own names; :func:`attach`
@@ -85,18 +85,16 @@ UNPACKED = ("desc", "weights", "codebook", "requant", "params", "mask", "indices
             "dense_weights", "act", "vec")
 PACKED = ("map", "out", "counters", "status")
 #: Input streams whose first beat the sequencer waits for (``weights``: the weight
-#: FIFO's output, ``x``: the activation buffer's, ``pooled``: the pooling buffer's).
-OFFERED = ("act", "vec", "weights", "requant", "mask", "indices", "codebook", "params", "x",
-           "pooled")
+#: FIFO's output, ``x``: the activation buffer's).
+OFFERED = ("act", "vec", "weights", "requant", "mask", "indices", "codebook", "params", "x")
 
 
 class Ofmap(enum.IntEnum):
     """Where the conv array's output stream goes."""
 
     NONE = 0
-    POOL = 1
-    FLATTEN = 2
-    STORE = 3        # the map packer
+    FLATTEN = 1
+    STORE = 2        # the map packer
 
 
 class VectorWrite(enum.IntEnum):
@@ -167,17 +165,15 @@ class Sequencer(wiring.Component):
     unpack_<name>, pack_<name> : Out(bundle)
         ``start``, ``count`` and ``busy`` of the record adapters (:data:`UNPACKED`,
         :data:`PACKED`); ``unpack_desc`` also delivers the descriptors.
-    vector_reader, pool_reader, counter_reader : Out(bundle)
+    vector_reader, counter_reader : Out(bundle)
         ``start``, ``base``, ``count`` and ``busy`` of the buffer readers.
-    conv, pool, flatten, dense : Out(bundle)
+    conv, flatten, dense : Out(bundle)
         Settings, start, done, busy and error flags of the engines; the conv array's
         statistics.
     offered : In(struct of :data:`OFFERED`)
         The input streams that offer a beat.
     weights_full, out_taken : In(1)
         The weight FIFO is full; a dense output beat is taken.
-    pooled_words : In
-        Words written to the pooling buffer since ``issue``.
     issue : Out(1)
         The descriptor's commands are issued: the buffer write counters restart.
     resident : Out(bundle)
@@ -185,7 +181,7 @@ class Sequencer(wiring.Component):
         buffers answer their reads, :mod:`velcro.hw.axi.resident`) and the ``program``
         and ``indices`` base addresses of the run.
     route : Out(bundle)
-        Stream selects: ``ifmap_pooled``, ``ofmap`` (:class:`Ofmap`), ``vector``
+        Stream selects: ``ofmap`` (:class:`Ofmap`), ``vector``
         (:class:`VectorWrite`) at ``vector_base``, ``to_memory``, ``write``
         (:class:`WriteData`).
     counter_records : Out(bundle)
@@ -198,7 +194,7 @@ class Sequencer(wiring.Component):
         if not isinstance(config, KernelConfig):
             raise TypeError(f"config must be a KernelConfig, not {config!r}")
         self.config = config
-        c, vw, pw = config.conv, config.vector_words, config.pool_words
+        c, vw = config.conv, config.vector_words
         programs = config.max_program
         shape = {"height": Out(range(c.max_height + 1)), "width": Out(range(c.max_width + 1))}
         adapters = {f"unpack_{name}": _transfer(COUNT_BITS) for name in UNPACKED}
@@ -216,14 +212,10 @@ class Sequencer(wiring.Component):
             "wr_data": Out(_dma("cmd", busy=True)),
             **{name: Out(signature) for name, signature in adapters.items()},
             "vector_reader": Out(_transfer(range(2 * vw + 1), range(2 * vw))),
-            "pool_reader": Out(_transfer(range(pw + 1), range(pw))),
             "counter_reader": Out(_transfer(range(programs + 1), range(programs))),
             "conv": Out(wiring.Signature({
                 "start": Out(1), "done": In(1), "error": In(1),
                 "layer": Out(LayerSignature(c)), "stats": In(StatsSignature())})),
-            "pool": Out(wiring.Signature({
-                "start": Out(1), "groups": Out(range(c.max_groups + 1)), **shape,
-                "busy": In(1)})),
             "flatten": Out(wiring.Signature({
                 "start": Out(1), "channels": Out(range(c.max_channels + 1)), **shape,
                 "hwc": Out(1), "busy": In(1), "overflow": In(1)})),
@@ -232,12 +224,11 @@ class Sequencer(wiring.Component):
             "offered": In(data.StructLayout(dict.fromkeys(OFFERED, 1))),
             "weights_full": In(1),
             "out_taken": In(1),
-            "pooled_words": In(range(pw + 1)),
             "issue": Out(1),
             "resident": Out(wiring.Signature({"hold": Out(1), "program": Out(64),
                                               "indices": Out(64)})),
             "route": Out(wiring.Signature({
-                "ifmap_pooled": Out(1), "ofmap": Out(2), "vector": Out(2),
+                "ofmap": Out(2), "vector": Out(2),
                 "vector_base": Out(range(2 * vw)), "to_memory": Out(1), "write": Out(2)})),
             "counter_records": Out(wiring.Signature({
                 "addr": In(range(programs)), "data": Out(COUNTERS)})),
@@ -258,8 +249,8 @@ class Sequencer(wiring.Component):
         wr = self.wr_data
         unpack = {name: getattr(self, f"unpack_{name}") for name in UNPACKED}
         pack = {name: getattr(self, f"pack_{name}") for name in PACKED}
-        x_reader, t_reader, c_reader = self.vector_reader, self.pool_reader, self.counter_reader
-        conv, pool, flat, dense = self.conv, self.pool, self.flatten, self.dense
+        x_reader, c_reader = self.vector_reader, self.counter_reader
+        conv, flat, dense = self.conv, self.flatten, self.dense
         dp_reset = self.reset
 
         # Counter records: one per descriptor, accumulated over the images of a run.
@@ -292,7 +283,7 @@ class Sequencer(wiring.Component):
         wr_addr = Signal(64)
         addr = {name: Signal(64, name=f"addr_{name}")
                 for name in ("bulk", "small", "mask", "indices")}
-        kick = Signal()                   # first cycle of RUN / POOL_RUN
+        kick = Signal()                   # first cycle of RUN
         # The next descriptor is requested while this one runs: ISSUE sends the request
         # for pc + 1 with the op's own commands (every op but END has a successor, since
         # a program ends with END), END_IMAGE the one for the next image's first
@@ -348,10 +339,7 @@ class Sequencer(wiring.Component):
         layer = conv.layer
         # The conv array's settings are registers, set from the opcode flags and the
         # descriptor (stable from DECODE, a register each) in the cycle after: its
-        # range checks at ``start`` then begin at flip-flops. POOL_RUN, the pooled map's
-        # LOAD, is a flag beside the state, raised in POOL_TAIL so that the settings
-        # are in place when POOL_RUN starts the array.
-        pool_load = Signal()
+        # range checks at ``start`` then begin at flip-flops.
         with m.If(is_op(Opcode.CONV)):
             m.d.sync += [layer.op.eq(Op.CONV), layer.buf.eq(cv.buf),
                          layer.c_in.eq(cv.c_in), layer.c_out.eq(cv.c_out),
@@ -359,19 +347,14 @@ class Sequencer(wiring.Component):
                          layer.stride.eq(cv.stride), layer.relu.eq(cv.relu),
                          layer.skip.eq(cv.skip)]
         with m.Elif(is_op(Opcode.LOAD_MAP, Opcode.POOL, Opcode.FLATTEN, Opcode.STORE_MAP)):
-            loading = is_op(Opcode.LOAD_MAP) | pool_load
-            m.d.sync += [layer.op.eq(Mux(loading, Op.LOAD, Op.DRAIN)),
+            m.d.sync += [layer.op.eq(Mux(is_op(Opcode.LOAD_MAP), Op.LOAD,
+                                         Mux(is_op(Opcode.POOL), Op.POOL, Op.DRAIN))),
                          layer.buf.eq(mp.buf), layer.c_in.eq(mp.channels), layer.c_out.eq(0),
-                         layer.height.eq(Mux(pool_load, mp.height >> 1, mp.height)),
-                         layer.width.eq(Mux(pool_load, mp.width >> 1, mp.width)),
+                         layer.height.eq(mp.height), layer.width.eq(mp.width),
                          layer.stride.eq(0), layer.relu.eq(0), layer.skip.eq(0)]
         m.d.comb += conv.start.eq(kick & is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL,
                                                Opcode.FLATTEN, Opcode.STORE_MAP))
-        groups = sum(mp.channels > g * lanes for g in range(cfg.conv.max_groups))
-        m.d.comb += [pool.groups.eq(groups), pool.height.eq(mp.height),
-                     pool.width.eq(mp.width), pool.start.eq(kick & is_op(Opcode.POOL) &
-                                                           ~pool_load),
-                     flat.channels.eq(mp.channels), flat.height.eq(mp.height),
+        m.d.comb += [flat.channels.eq(mp.channels), flat.height.eq(mp.height),
                      flat.width.eq(mp.width), flat.hwc.eq(mp.hwc),
                      flat.start.eq(kick & is_op(Opcode.FLATTEN))]
         cmd = dense.cmd.payload
@@ -386,10 +369,9 @@ class Sequencer(wiring.Component):
                          out_done.eq(one_left)]
 
         # --- stream selects -----------------------------------------------------------------
-        m.d.comb += [route.ifmap_pooled.eq(is_op(Opcode.POOL)), route.to_memory.eq(dn.to_memory),
+        m.d.comb += [route.to_memory.eq(dn.to_memory),
                      route.vector_base.eq(half["dst"])]
         for code, routes in (
-                (Opcode.POOL, [route.ofmap.eq(Ofmap.POOL)]),
                 (Opcode.FLATTEN, [route.ofmap.eq(Ofmap.FLATTEN),
                                   route.vector.eq(VectorWrite.FLATTEN)]),
                 (Opcode.STORE_MAP, [route.ofmap.eq(Ofmap.STORE)]),
@@ -675,10 +657,8 @@ class Sequencer(wiring.Component):
             with active("RUN"):
                 m.d.comb += in_busy.eq(1)
                 m.d.sync += kick.eq(0)
-                with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV) & conv_done):
+                with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL) & conv_done):
                     m.next = "CHECK"
-                with m.If(is_op(Opcode.POOL) & conv_done):
-                    m.next = "POOL_TAIL"
                 with m.If(is_op(Opcode.FLATTEN) & conv_done):
                     m.next = "FLATTEN_TAIL"
                 with m.If(is_op(Opcode.STORE_MAP) & conv_done):
@@ -689,25 +669,6 @@ class Sequencer(wiring.Component):
                     with m.Else():
                         m.next = "CHECK"
                 with m.If(is_op(Opcode.LOAD_VEC) & ~unpack["vec"].busy):
-                    m.next = "CHECK"
-
-            with active("POOL_TAIL"):
-                with m.If(~pool.busy):
-                    m.d.comb += [t_reader.start.eq(1), t_reader.base.eq(0),
-                                 t_reader.count.eq(self.pooled_words)]
-                    m.d.sync += pool_load.eq(1)
-                    m.next = "POOL_PREFETCH"
-
-            with active("POOL_PREFETCH"):
-                with m.If(offered.pooled):
-                    m.d.sync += kick.eq(1)
-                    m.next = "POOL_RUN"
-
-            with active("POOL_RUN"):
-                m.d.comb += in_busy.eq(1)
-                m.d.sync += kick.eq(0)
-                with m.If(conv_done):
-                    m.d.sync += pool_load.eq(0)
                     m.next = "CHECK"
 
             with active("FLATTEN_TAIL"):
@@ -775,7 +736,7 @@ class Sequencer(wiring.Component):
                     m.next = "STATUS"
 
             with m.State("ABORT"):
-                m.d.sync += [wr_addr.eq(base["counters"]), pool_load.eq(0)]
+                m.d.sync += wr_addr.eq(base["counters"])
                 with m.If(Cat(r.idle for r in readers).all() & wr.idle):
                     m.d.sync += aborting.eq(0)
                     m.next = "STATUS"

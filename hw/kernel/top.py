@@ -30,10 +30,10 @@ Three read DMAs (:class:`~velcro.hw.axi.read.ReadDma`) feed the engines through
 stream (conv kernels or dense codebooks, conv requantization or dense parameters)
 fans out to both adapters, and only the one started by the current descriptor takes
 words. The conv array keeps feature maps on chip between layers (its ping-pong
-buffers). Pooling drains the array through :class:`~velcro.hw.kernel.pool.MaxPool2x2` into
-an on-chip buffer and loads the pooled map back; flattening drains it through
-:class:`~velcro.hw.kernel.flatten.Flatten` into the dense engine's activation buffer, two
-halves that dense layers read and write alternately. Results leave through
+buffers) and pools them there (its ``POOL``, from one buffer into the other);
+flattening drains it through :class:`~velcro.hw.kernel.flatten.Flatten` into the
+dense engine's activation buffer, two halves that dense layers read and write
+alternately. Results leave through
 :class:`~velcro.hw.kernel.records.Packer` and the write DMA.
 
 Sequencer
@@ -74,7 +74,6 @@ from .config import COUNTERS, SHIPPED, STATUS_BLOCK, KernelConfig
 from .csr import ControlRegisters
 from .descriptor import DESCRIPTOR_BYTES
 from .flatten import Flatten
-from .pool import MaxPool2x2
 from .records import Packer, Unpacker
 from .regmap import PORTS, REGMAP
 from .sequencer import Ofmap, Sequencer, VectorWrite, WriteData, attach
@@ -189,7 +188,6 @@ class VelcroKernel(wiring.Component):
             datapath(name, unit)
         wfifo = datapath("weight_fifo", fifo.SyncFIFOBuffered(
             width=weights_layout(lanes).size, depth=cfg.weight_fifo_depth))
-        pool = datapath("pool", MaxPool2x2(cfg.conv))
         flat = datapath("flatten", Flatten(cfg.conv, cfg.vector_bytes))
 
         def fan_out(source, *adapters):
@@ -229,18 +227,6 @@ class VelcroKernel(wiring.Component):
         ]
         wiring.connect(m, unpack["params"].records, dense.params)
 
-        # Pooling buffer: pooled map in, loaded back into the array.
-        m.submodules.pool_buffer = tmem = Memory(shape=act, depth=cfg.pool_words, init=[])
-        t_write = tmem.write_port()
-        t_reader = datapath("pool_reader", BufferReader(act, cfg.pool_words))
-        t_read = tmem.read_port()
-        m.d.comb += [t_read.addr.eq(t_reader.read.addr), t_reader.data.eq(t_read.data)]
-        t_count = Signal(range(cfg.pool_words + 1))
-        m.d.comb += [pool.o.ready.eq(1), t_write.addr.eq(t_count),
-                     t_write.data.eq(pool.o.payload), t_write.en.eq(pool.o.valid)]
-        with m.If(pool.o.valid):
-            m.d.sync += t_count.eq(t_count + 1)
-
         # Activation buffer of the dense engine: two halves of vector_words words.
         vw = cfg.vector_words
         xb = dense_cfg.x_bytes
@@ -262,13 +248,8 @@ class VelcroKernel(wiring.Component):
 
         # --- stream selects -------------------------------------------------------------------
         # Where the array's input comes from and its output goes.
-        with m.If(route.ifmap_pooled):
-            wiring.connect(m, t_reader.o, conv.ifmap)
-        with m.Else():
-            wiring.connect(m, unpack["act"].records, conv.ifmap)
+        wiring.connect(m, unpack["act"].records, conv.ifmap)
         with m.Switch(route.ofmap):
-            with m.Case(Ofmap.POOL):
-                wiring.connect(m, conv.ofmap, pool.i)
             with m.Case(Ofmap.FLATTEN):
                 wiring.connect(m, conv.ofmap, flat.i)
             with m.Case(Ofmap.STORE):
@@ -319,7 +300,7 @@ class VelcroKernel(wiring.Component):
             m.d.sync += x_count.eq(x_count + 1)
         # Both buffers are written from their first word for every descriptor.
         with m.If(seq.issue):
-            m.d.sync += [x_count.eq(0), t_count.eq(0)]
+            m.d.sync += x_count.eq(0)
 
         # The write DMA's source.
         with m.Switch(route.write):
@@ -335,8 +316,8 @@ class VelcroKernel(wiring.Component):
         # --- the sequencer ---------------------------------------------------------------------
         controlled = {"csr": csr, "rd_program": rd_prog, "rd_indices": rd_idx,
                       "rd_data": rd_data, "wr_data": wr, **adapters, "conv": conv,
-                      "pool": pool, "flatten": flat, "dense": dense, "vector_reader": x_reader,
-                      "pool_reader": t_reader, "counter_reader": c_reader}
+                      "flatten": flat, "dense": dense, "vector_reader": x_reader,
+                      "counter_reader": c_reader}
         for name, unit in controlled.items():
             attach(m, getattr(seq, name), unit)
         offered = seq.offered
@@ -345,7 +326,6 @@ class VelcroKernel(wiring.Component):
         m.d.comb += offered.indices.eq(unpack["indices"].records.valid |
                                        unpack["dense_weights"].records.valid)
         m.d.comb += [offered.weights.eq(wfifo.r_rdy), offered.x.eq(x_reader.o.valid),
-                     offered.pooled.eq(t_reader.o.valid),
                      seq.weights_full.eq(wfifo.level == wfifo.depth),
-                     seq.out_taken.eq(out_taken), seq.pooled_words.eq(t_count)]
+                     seq.out_taken.eq(out_taken)]
         return m

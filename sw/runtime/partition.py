@@ -5,8 +5,7 @@ the kernel has its op and it fits the hardware configuration:
 
 * ``conv3x3``, and ``conv`` layers that are 3x3 with padding 1, stride 1 or 2, one
   group, ReLU or no activation: channels, map size within the conv array's limits;
-* ``maxpool2x2``: a map the conv array holds, of non-negative values (the pooling
-  unit compares bytes unsigned), so not behind a convolution without ReLU;
+* ``maxpool2x2``: a map the conv array holds (it pools in place, signed);
 * ``flatten``: only between a map on chip and a dense layer on chip (elsewhere the
   host reshapes), and only if the flattened vector fits the activation buffer;
 * ``dense``, ``dense_codebook``: within the dense engine's limits (at most 8-bit
@@ -91,17 +90,6 @@ def supported(layer: Layer, config: KernelConfig) -> str | None:
     return f"the kernel has no {layer.op}"
 
 
-def _signed(layer: Layer, inputs: list[bool]) -> bool:
-    """Whether a layer's output may hold negative values, given whether its inputs may."""
-    if layer.op in ("maxpool2x2", "maxpool", "avgpool", "flatten", "concat"):
-        return any(inputs)
-    if layer.op == "conv3x3":
-        return False
-    if layer.op in ("dense", "dense_codebook"):
-        return not layer.attrs["relu"]
-    return layer.attrs.get("clamp", (-128, 127))[0] < 0
-
-
 def partition(package: Package, config: KernelConfig) -> list[Stage]:
     """Split the package's layers into device and host stages, in order."""
     layers = package.layers
@@ -116,11 +104,6 @@ def partition(package: Package, config: KernelConfig) -> list[Stage]:
         """Layer ``i`` reads only layer ``i - 1``, which nothing else reads."""
         return i > 0 and inputs[i] == (layers[i - 1].name,) and readers[layers[i - 1].name] == 1
 
-    signed: dict[str, bool] = {"input": False}
-    for i, layer in enumerate(layers):
-        signed[layer.name] = _signed(layer, [signed[name] for name in inputs[i]])
-        if layer.op == "maxpool2x2" and signed[inputs[i][0]]:
-            on_device[i] = False
     # Flatten runs on chip only from a map on chip into a dense layer on chip.
     for i, layer in enumerate(layers):
         if layer.op == "flatten":

@@ -287,6 +287,7 @@ def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
             steps.append(Step(Opcode.POOL, layer.name, dict(buf=buf, channels=c, height=h,
                                                             width=w),
                               kernel_cost.pool_cost(c, h, w, cfg)))
+            buf ^= 1
         elif layer.op == "flatten":
             c, h, w = layer.in_shape
             hwc = not final and channel_last(c, layers[index + 1], cfg)

@@ -338,7 +338,8 @@ class KernelModel:
         c, h, w = self._map_shape(pc, Opcode.POOL, args)
         if h < 2 or w < 2:
             raise self._bad(pc, Opcode.POOL)
-        maps[args.buf] = golden.maxpool2x2(self._map(pc, Opcode.POOL, maps, args.buf, (c, h, w)))
+        maps[args.buf ^ 1] = golden.maxpool2x2(
+            self._map(pc, Opcode.POOL, maps, args.buf, (c, h, w)))
         return kernel_cost.pool_cost(c, h, w, self.config)
 
     def _flatten(self, pc, args, n, maps, vectors):
