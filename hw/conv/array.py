@@ -15,8 +15,9 @@ Per cycle every lane multiplies one 3x3 window by one 3x3 kernel (``9 * lanes``
 MACs), an adder tree sums the lanes, and an output element accumulates over
 ``ceil(c_in / lanes)`` cycles before requantization; output channels are processed
 one after another. :class:`~velcro.hw.conv.scan.SkipScanner` decides what is
-computed: skipped elements cost no MAC cycle and whole blocks of skipped elements
-pass in one cycle, written together with the computed ones of their block.
+computed: skipped elements cost no MAC cycle, written together with the computed
+ones of their block, and a block of skipped elements only is written in a cycle the
+computed blocks leave free.
 
 Each bank holds two buffers (ping-pong): a ``CONV`` reads buffer ``buf`` and writes
 its output, channel by channel, into the other one, where the next ``CONV`` finds
@@ -407,21 +408,38 @@ class ConvArray(wiring.Component):
         desc_layout = descriptor_layout(c)
         m.submodules.blocks = blocks = fifo.SyncFIFO(width=desc_layout.size,
                                                      depth=pipeline_latency(c) + 4)
-        # Room for a descriptor, registered: the FIFO had a free place beyond the one a
-        # push in that cycle could take. Blocks in flight never fill it (one per cycle at
-        # most, each written P cycles after it ends), so this costs no cycle; it keeps the
-        # FIFO's level comparison off the scanner's load decision.
+        # Void blocks (nothing computed) wait in their own FIFO and are written in any
+        # cycle no computed block is: they pass the computed ones, which is harmless, as
+        # every block has its own words.
+        m.submodules.voids = voids = fifo.SyncFIFO(width=desc_layout.size,
+                                                   depth=pipeline_latency(c) + 4)
+        # Room for a descriptor, registered: each FIFO had a free place beyond the one a
+        # push in that cycle could take. Neither ever fills (blocks are taken one per
+        # cycle at most and written one per cycle, each computed one P cycles after it
+        # ends, so at most P + 1 void blocks wait), so this costs no cycle; it keeps the
+        # FIFOs' level comparisons off the scanner's load decision.
         room = Signal(init=1)
-        m.d.sync += room.eq(blocks.level < blocks.depth - 1)
-        m.d.comb += [blocks.w_data.eq(scan.desc.payload), blocks.w_en.eq(scan.desc.valid),
+        m.d.sync += room.eq((blocks.level < blocks.depth - 1) & (voids.level < voids.depth - 1))
+        taken_void = scan.desc.payload.void
+        m.d.comb += [blocks.w_data.eq(scan.desc.payload), voids.w_data.eq(scan.desc.payload),
+                     blocks.w_en.eq(scan.desc.valid & ~taken_void),
+                     voids.w_en.eq(scan.desc.valid & taken_void),
                      scan.desc.ready.eq(room)]
         head = data.View(desc_layout, blocks.r_data)
+        void_head = data.View(desc_layout, voids.r_data)
         values = Array(Signal(signed(8), name=f"value{k}") for k in range(TAPS))
         result = tok.mac & tok.last
         write_block = running["CONV"] & tok.valid & tok.block_end
         with m.If(result):
             m.d.sync += values[tok.k].eq(rq.y)
-        m.d.comb += [blocks.r_en.eq(write_block), conv_done.eq(write_block & tok.layer_end)]
+        write_void = Signal()
+        m.d.comb += [write_void.eq(running["CONV"] & ~write_block & voids.r_rdy),
+                     blocks.r_en.eq(write_block), voids.r_en.eq(write_void)]
+        # The layer is done once the scanner has taken every block and both FIFOs are
+        # empty: the cycle after the last write (the first CONV cycle, when the scanner
+        # only starts, excepted).
+        m.d.comb += conv_done.eq(running["CONV"] & ~scan_start & scan.idle & ~blocks.r_rdy &
+                                 ~voids.r_rdy)
 
         # --- POOL: one pooled position per cycle, all lanes --------------------------------
         # The window of the position the plane walker holds is written pool_latency()
@@ -444,11 +462,13 @@ class ConvArray(wiring.Component):
         m.d.comb += [self.ifmap.ready.eq(running["LOAD"]),
                      ifmap_take.eq(self.ifmap.valid & self.ifmap.ready),
                      load_done.eq(ifmap_take & walker.last)]
-        lane_enable = Signal(lanes)
-        m.d.comb += lane_enable.eq(Const(1, lanes) << head.lane)
+        lane_enable, void_lanes = Signal(lanes), Signal(lanes)
+        m.d.comb += [lane_enable.eq(Const(1, lanes) << head.lane),
+                     void_lanes.eq(Const(1, lanes) << void_head.lane)]
         for bank, write in enumerate(write_ports):
             r, col = divmod(bank, 3)
-            element = Mux(head.skip[bank], head.mean[bank],
+            element = Mux(~write_block | head.skip[bank],
+                          Mux(write_block, head.mean[bank], void_head.mean[bank]),
                           Mux(result & (tok.k == bank), rq.y, values[bank]))
             with m.If(running["LOAD"]):
                 here = (walker.bank_row == r) & (walker.bank_col == col)
@@ -459,9 +479,11 @@ class ConvArray(wiring.Component):
                 m.d.comb += [write.addr.eq(pool_addr), write.data.eq(pool.pooled),
                              write.en.eq(Mux(pool_write & here, (1 << lanes) - 1, 0))]
             with m.Else():
-                m.d.comb += [write.addr.eq(head.addr),
+                m.d.comb += [write.addr.eq(Mux(write_block, head.addr, void_head.addr)),
                              write.data.eq(Cat(element[:8] for _ in range(lanes))),
-                             write.en.eq(Mux(write_block & head.inside[bank], lane_enable, 0))]
+                             write.en.eq(Mux(write_block & head.inside[bank], lane_enable, 0) |
+                                         Mux(write_void & void_head.inside[bank], void_lanes,
+                                             0))]
 
         # --- DRAIN: reads one beat per cycle into a small FIFO before ofmap -------------
         # Lanes beyond the last channel read words nobody wrote; they leave as zero.

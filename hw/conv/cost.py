@@ -8,18 +8,23 @@ back, and within the injected idle cycles otherwise.
 ``CONV`` with ``G = ceil(c_in / lanes)`` channel groups and a pipeline of ``P``
 cycles (:func:`~velcro.hw.conv.array.pipeline_latency`):
 
-* a block of 3x3 output elements with ``n`` computed elements costs
-  ``D = max(1, n * G)`` scanner cycles; channel ``c`` costs ``D_c = sum D``;
+* blocks of 3x3 output elements are taken in order, one per cycle at most, once
+  their channel is usable: a block with ``n >= 1`` computed elements is loaded in
+  cycle ``t = max(t' + 1, e, u_c)`` (``t'`` the previous block's take, ``e`` the
+  cycle the current block issues its last work, ``u_c`` the channel's first usable
+  cycle), issues in ``t + 1 .. t + n * G`` and is written ``P`` cycles after that; a
+  *void* block (``n = 0``) is taken in ``t = max(t' + 1, u_c)``, whatever the current
+  block is doing, and written in the first cycle from ``t + 1`` on that no computed
+  block is written in (void blocks in order);
+* channel ``c`` has issued its work in cycle ``f_c``, the latest of its computed
+  blocks' last issue and its void blocks' takes; that releases its half of the
+  kernel buffers;
 * the kernels of channel ``c`` arrive as ``G`` beats, one per cycle, as soon as the
-  loader is free and the half they go to was released, which happens when
-  channel ``c - 2`` has issued its last block: the last beat is taken in cycle
-  ``W_c = max(W_{c-1}, f_{c-2}) + G`` (``W_0 = G``) and the channel is usable from
-  ``W_c + 1`` (the single requantization beat is never later);
-* the scanner loads the first block of channel ``c`` in cycle
-  ``l_c = max(f_{c-1}, W_c + 1)`` (``f_{-1} = 1``, the first busy cycle), and
-  channel ``c`` finishes issuing in cycle ``f_c = l_c + D_c``;
-* the last block reaches the writer ``P`` cycles later, which ends the operation:
-  ``cycles = f_{C_out - 1} + P``.
+  loader is free and the half they go to was released by channel ``c - 2``: the
+  last beat is taken in cycle ``W_c = max(W_{c-1}, f_{c-2}) + G`` (``W_0 = G``) and
+  the channel is usable from ``u_c = W_c + 1`` (the single requantization beat is
+  never later); the first take is in cycle 1 at the earliest;
+* the operation ends the cycle after the last write: ``cycles = last write + 1``.
 
 ``LOAD`` takes one beat per cycle (``G * H * W`` cycles) and ``DRAIN`` two cycles
 more (memory read and output FIFO). ``POOL`` walks one pooled position per cycle
@@ -63,15 +68,35 @@ def expected_cycles(layer: ConvLayer, mask=None, config: ConvArrayConfig = SHIPP
     """Busy cycles of a ``CONV`` of ``layer`` with skip ``mask`` (``None``: no skipping)."""
     layer.check(config)
     groups = layer.groups(config)
-    per_channel = np.maximum(1, block_counts(layer, mask) * groups).sum(axis=(1, 2))
-    finish = {-1: 1}
+    latency = pipeline_latency(config)
+    counts = block_counts(layer, mask).reshape(layer.c_out, -1) * groups
+    finish = {}
     loaded = {-1: 0}
-    for chan, cost in enumerate(per_channel.tolist()):
-        released = finish.get(chan - 2, 0)
-        loaded[chan] = max(loaded[chan - 1], released) + groups
-        start = max(finish[chan - 1], loaded[chan] + 1)
-        finish[chan] = start + cost
-    return finish[layer.c_out - 1] + pipeline_latency(config)
+    taken, issued = 0, 1          # the previous take; the current block's last issue
+    writes, void_takes = set(), []
+    for chan, costs in enumerate(counts.tolist()):
+        loaded[chan] = max(loaded[chan - 1], finish.get(chan - 2, 0)) + groups
+        usable = loaded[chan] + 1
+        end = 0
+        for cost in costs:
+            if cost:
+                taken = max(taken + 1, issued, usable)
+                issued = taken + cost
+                writes.add(issued + latency)
+                end = max(end, issued)
+            else:
+                taken = max(taken + 1, usable)
+                void_takes.append(taken)
+                end = max(end, taken)
+        finish[chan] = end
+    last = max(writes, default=0)
+    slot = 0
+    for take in void_takes:
+        slot = max(slot + 1, take + 1)
+        while slot in writes:
+            slot += 1
+        last = max(last, slot)
+    return last + 1
 
 
 def expected_mac_cycles(layer: ConvLayer, mask=None,

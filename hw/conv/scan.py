@@ -9,11 +9,14 @@ results of computed ones, is written in one cycle
 
 * ``groups`` cycles on every computed element (one per channel group of ``lanes``
   input channels; all lanes work on the same element in lockstep), and
-* one cycle on a block without any computed element, however many it skips,
+* no cycle of its own on a *void* block, one without any computed element: its
+  descriptor (the means) goes to the writer while the current block computes, one
+  mask beat per cycle, and the writer writes it in a cycle no computed block needs,
 
-so a block with ``n`` computed elements costs ``max(1, n * groups)`` cycles and cycles
-fall with the skipped fraction ``C`` down to one ninth of the unskipped cost.
-Loading the next block overlaps the last cycle of the current one.
+so a block with ``n`` computed elements costs ``n * groups`` cycles and cycles fall
+with the skipped fraction ``C``. Loading the next block overlaps the last cycle of the
+current one. A block of ``D`` cycles leaves ``D - 1`` cycles to pass void blocks in;
+a void block costs a cycle when none is left, or when no block computes before it.
 
 Each cycle with a block yields one *issue*: the bank words of the element's 3x3
 window (for synchronous reads this cycle), how to route the banks onto the taps,
@@ -41,7 +44,6 @@ def issue_layout(config: ConvArrayConfig) -> data.StructLayout:
         "first": 1,          # first channel group of the element
         "last": 1,           # last channel group: the accumulator is final
         "block_end": 1,      # last cycle of the block: write it
-        "layer_end": 1,      # last cycle of the layer
         "k": range(TAPS),    # element within the block, 3 * i + j
         "half": 1,           # which of the two loaded output channels
         "kernel": range(2 * config.max_groups),  # kernel slot in every lane
@@ -55,6 +57,7 @@ def issue_layout(config: ConvArrayConfig) -> data.StructLayout:
 def descriptor_layout(config: ConvArrayConfig) -> data.StructLayout:
     """One output block, as the writer needs it."""
     return data.StructLayout({
+        "void": 1,                                   # no element computed: means only
         "lane": range(config.lanes),                 # o mod lanes
         "addr": range(config.bank_depth),            # the block's word in all 9 banks
         "inside": TAPS,                              # elements inside the output map
@@ -149,7 +152,10 @@ class SkipScanner(wiring.Component):
     mask : In stream
         One :data:`~velcro.hw.conv.format.MASK_LAYOUT` beat per block (when ``skip``).
     desc : Out stream
-        One :func:`descriptor_layout` beat per block, sent when the block is loaded.
+        One :func:`descriptor_layout` beat per block, sent when the block is loaded
+        or, void, passed on.
+    idle : Out
+        Every block of the layer has been taken and none is being worked on.
     issue : Out
         :func:`issue_layout` record of this cycle.
     bank_addr : Out
@@ -176,6 +182,7 @@ class SkipScanner(wiring.Component):
             "mask": In(stream.Signature(MASK_LAYOUT)),
             "desc": Out(stream.Signature(descriptor_layout(c))),
             "issue": Out(issue_layout(c)),
+            "idle": Out(1),
             "bank_addr": Out(data.ArrayLayout(range(c.bank_depth), TAPS)),
         })
 
@@ -231,8 +238,7 @@ class SkipScanner(wiring.Component):
         cur_in_row = [Signal(range(-cb, 2 * c.row_blocks * cb + 3 * cb), name=f"in_row{n}")
                       for n in range(3)]
         cur_in_col = [Signal(range(-1, 2 * cb + 3), name=f"in_col{n}") for n in range(3)]
-        cur_chan_end = Signal()                      # last block of its output channel
-        cur_layer_end = Signal()                     # last block of the layer
+        cur_chan_end = Signal()                      # last work of its output channel
 
         # Of the pending elements, registered beside ``todo`` (:func:`_pending`): the
         # lowest, whether none or one is left, how its window reads the banks; and whether
@@ -256,7 +262,6 @@ class SkipScanner(wiring.Component):
             iss.first.eq(group == 0),
             iss.last.eq(last_group),
             iss.block_end.eq(finishing),
-            iss.layer_end.eq(finishing & cur_layer_end),
             iss.k.eq(k),
             iss.half.eq(cur_half),
             iss.kernel.eq(Mux(cur_half, c.max_groups, 0) + group),
@@ -288,21 +293,41 @@ class SkipScanner(wiring.Component):
             word = row_words[row_sel[r]] + col_words[col_sel[cc]]
             m.d.comb += self.bank_addr[bank].eq(Cat(word[:word_bits], plane))
 
-        # --- loading the next block ------------------------------------------------
+        # --- taking the next block: load it, or pass it on if void -------------------------
         want = ~have | finishing
-        load = Signal()
-        m.d.comb += load.eq(want & ~nxt_done & self.chan_ready.bit_select(nxt_half, 1) &
-                            (~self.skip | self.mask.valid) & self.desc.ready)
         skip_bits = Mux(self.skip, self.mask.payload.skip, 0) & inside
         loaded_todo, cleared_todo = Signal(TAPS), Signal(TAPS)
         m.d.comb += [loaded_todo.eq(inside & ~skip_bits),
                      cleared_todo.eq(todo & ~(Const(1, TAPS) << k))]
+        void = Signal()
+        m.d.comb += void.eq(self.skip & (loaded_todo == 0))
+        # A half reads as ready while it still holds the kernels of the current block's
+        # channel: a block of a later channel in that half (two channels on, after void
+        # blocks were passed on) waits until the half is released and refilled.
+        next_in_channel = Signal()       # the next block is in the current block's channel
+        foreign = have & (cur_half == nxt_half) & ~next_in_channel
+        can_take = Signal()
+        load, divert, take = Signal(), Signal(), Signal()
+        m.d.comb += [
+            can_take.eq(~nxt_done & self.chan_ready.bit_select(nxt_half, 1) & ~foreign &
+                        (~self.skip | self.mask.valid) & self.desc.ready),
+            load.eq(can_take & ~void & want),
+            divert.eq(can_take & void),
+            take.eq(load | divert),
+            self.idle.eq(nxt_done & ~have),
+        ]
+        # A void block that ends its channel releases the channel's half when the
+        # channel's work is done: now, or when the current block (of the same channel,
+        # still issuing) finishes.
+        same_channel_busy = have & ~finishing & (cur_half == nxt_half)
+        chan_end_now = col_last & row_last
         loaded = _pending(m, loaded_todo, self.stride2, "loaded")
         cleared = _pending(m, cleared_todo, self.stride2, "cleared")
         desc = self.desc.payload
         m.d.comb += [
-            self.mask.ready.eq(load & self.skip),
-            self.desc.valid.eq(load),
+            self.mask.ready.eq(take & self.skip),
+            self.desc.valid.eq(take),
+            desc.void.eq(void),
             desc.lane.eq(nxt_lane),
             desc.addr.eq(Cat((nxt_out_row + nxt_bc)[:word_bits],
                              Mux(self.buf, 0, c.max_groups) + nxt_slot)),
@@ -317,16 +342,7 @@ class SkipScanner(wiring.Component):
                          nxt_xc.eq(0), nxt_in_row.eq(0), nxt_in_col.eq(0),
                          nxt_out_row.eq(0), nxt_bc.eq(0), have.eq(0),
                          row_in.eq(rows_in(0)), col_in.eq(cols_in(0))]
-        with m.Elif(load):
-            m.d.sync += [todo.eq(loaded_todo), group.eq(0),
-                         last_group.eq(self.groups == 1),
-                         plane.eq(first_plane), *_take(state, loaded)]
-            m.d.sync += [have.eq(1), cur_half.eq(nxt_half), cur_yc.eq(nxt_yc),
-                         cur_xc.eq(nxt_xc),
-                         *(cur_in_row[n].eq(nxt_in_row + (n - 1) * cb) for n in range(3)),
-                         *(cur_in_col[n].eq(nxt_in_col + (n - 1)) for n in range(3)),
-                         cur_chan_end.eq(col_last & row_last),
-                         cur_layer_end.eq(col_last & row_last & chan_last)]
+        with m.Elif(take):
             with m.If(~col_last):
                 m.d.sync += [nxt_xo.eq(nxt_xo + 3), nxt_xc.eq(nxt_xc + Mux(self.stride2, 6, 3)),
                              nxt_in_col.eq(nxt_in_col + Mux(self.stride2, 2, 1)),
@@ -348,9 +364,27 @@ class SkipScanner(wiring.Component):
                         m.d.sync += [nxt_lane.eq(0), nxt_slot.eq(nxt_slot + 1)]
                     with m.Else():
                         m.d.sync += nxt_lane.eq(nxt_lane + 1)
+        with m.If(self.start):
+            pass
+        with m.Elif(take):
+            m.d.sync += next_in_channel.eq(Mux(load, ~chan_end_now,
+                                               next_in_channel & ~chan_end_now))
+        with m.If(self.start):
+            pass
+        with m.Elif(load):
+            m.d.sync += [todo.eq(loaded_todo), group.eq(0),
+                         last_group.eq(self.groups == 1),
+                         plane.eq(first_plane), *_take(state, loaded)]
+            m.d.sync += [have.eq(1), cur_half.eq(nxt_half), cur_yc.eq(nxt_yc),
+                         cur_xc.eq(nxt_xc),
+                         *(cur_in_row[n].eq(nxt_in_row + (n - 1) * cb) for n in range(3)),
+                         *(cur_in_col[n].eq(nxt_in_col + (n - 1)) for n in range(3)),
+                         cur_chan_end.eq(chan_end_now)]
         with m.Elif(finishing):
             m.d.sync += have.eq(0)
         with m.Elif(have & ~empty):
+            with m.If(divert & chan_end_now & (cur_half == nxt_half)):
+                m.d.sync += cur_chan_end.eq(1)
             with m.If(last_group):
                 m.d.sync += [todo.eq(cleared_todo), group.eq(0),
                              last_group.eq(self.groups == 1),
@@ -360,6 +394,7 @@ class SkipScanner(wiring.Component):
                              last_group.eq(group + 2 == self.groups),
                              plane.eq(first_plane + group + 1)]
 
-        m.d.comb += self.release.eq(Mux(finishing & cur_chan_end,
-                                        Mux(cur_half, 0b10, 0b01), 0))
+        m.d.comb += self.release.eq(
+            Mux(finishing & cur_chan_end, Mux(cur_half, 0b10, 0b01), 0) |
+            Mux(divert & chan_end_now & ~same_channel_busy, Mux(nxt_half, 0b10, 0b01), 0))
         return m

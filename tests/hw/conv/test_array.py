@@ -71,7 +71,27 @@ def breadth_cases(config):
     first = ConvLayer(lanes + 2, cmax, hmax, wmax - 3, stride=2)
     second = ConvLayer(cmax, 3, first.out_height, first.out_width)
     cases.append(chained_case(config, rng, "chained_stride2_then_1", first, second, skip=0.25))
-    return cases + pool_cases(config, rng) + edge_cases(config, rng)
+    return cases + void_cases(config, rng) + pool_cases(config, rng) + edge_cases(config, rng)
+
+
+def void_cases(config, rng):
+    """Masks with whole channels void, nearly void or barely skipped, side by side: void
+    blocks pass under computed ones and run ahead into later channels, whose halves
+    must still wait for their own kernels."""
+    cases = []
+    for n in range(6):
+        c_in = int(rng.integers(config.lanes + 1, config.max_channels + 1))
+        c_out = int(rng.integers(4, config.max_channels + 1))
+        h, w = int(rng.integers(3, 10)), int(rng.integers(3, 10))
+        layer = ConvLayer(c_in, c_out, h, w, stride=1 + n % 2)
+        spec = layer_spec(layer, rng, 0.0)
+        shape = (layer.out_height, layer.out_width)
+        for o, mode in enumerate(rng.integers(0, 4, c_out)):
+            spec["mask"][o] = (np.ones(shape, bool) if mode == 0 else
+                               rng.random(shape) < (0.95, 0.3, 0.7)[mode - 1])
+        x = rng.integers(-128, 128, (c_in, h, w)).astype(np.int8)
+        cases.append(finish_case(f"voids{n}_{c_in}to{c_out}_{h}x{w}", x, [spec], config))
+    return cases
 
 
 def pool_cases(config, rng):
