@@ -410,9 +410,10 @@ class ConvArray(wiring.Component):
                                                      depth=pipeline_latency(c) + 4)
         # Void blocks (nothing computed) wait in their own FIFO and are written in any
         # cycle no computed block is: they pass the computed ones, which is harmless, as
-        # every block has its own words.
-        m.submodules.voids = voids = fifo.SyncFIFO(width=desc_layout.size,
-                                                   depth=pipeline_latency(c) + 4)
+        # every block has its own words. A buffered FIFO, so that the write decision
+        # starts at its registered output flag.
+        m.submodules.voids = voids = fifo.SyncFIFOBuffered(width=desc_layout.size,
+                                                           depth=pipeline_latency(c) + 4)
         # Room for a descriptor, registered: each FIFO had a free place beyond the one a
         # push in that cycle could take. Neither ever fills (blocks are taken one per
         # cycle at most and written one per cycle, each computed one P cycles after it
@@ -439,7 +440,7 @@ class ConvArray(wiring.Component):
         # empty: the cycle after the last write (the first CONV cycle, when the scanner
         # only starts, excepted).
         m.d.comb += conv_done.eq(running["CONV"] & ~scan_start & scan.idle & ~blocks.r_rdy &
-                                 ~voids.r_rdy)
+                                 (voids.level == 0))
 
         # --- POOL: one pooled position per cycle, all lanes --------------------------------
         # The window of the position the plane walker holds is written pool_latency()

@@ -14,8 +14,8 @@ cycles (:func:`~velcro.hw.conv.array.pipeline_latency`):
   cycle the current block issues its last work, ``u_c`` the channel's first usable
   cycle), issues in ``t + 1 .. t + n * G`` and is written ``P`` cycles after that; a
   *void* block (``n = 0``) is taken in ``t = max(t' + 1, u_c)``, whatever the current
-  block is doing, and written in the first cycle from ``t + 1`` on that no computed
-  block is written in (void blocks in order);
+  block is doing, and written in the first cycle from ``t + 2`` on (through a
+  buffered FIFO) that no computed block is written in (void blocks in order);
 * channel ``c`` has issued its work in cycle ``f_c``, the latest of its computed
   blocks' last issue and its void blocks' takes; that releases its half of the
   kernel buffers;
@@ -64,12 +64,25 @@ def block_counts(layer: ConvLayer, mask=None) -> np.ndarray:
     return computed.reshape(c, bh, 3, bw, 3).sum(axis=(2, 4))
 
 
-def expected_cycles(layer: ConvLayer, mask=None, config: ConvArrayConfig = SHIPPED) -> int:
-    """Busy cycles of a ``CONV`` of ``layer`` with skip ``mask`` (``None``: no skipping)."""
+def expected_cycles(layer: ConvLayer, mask=None, config: ConvArrayConfig = SHIPPED,
+                    void=None) -> int:
+    """Busy cycles of a ``CONV`` of ``layer`` with skip ``mask`` (``None``: no skipping).
+
+    ``void`` (bool ``[c_out, block rows, block columns]``) says which blocks' mask beats
+    have all 9 skip bits set; by default every block without a computed element, as
+    :func:`~velcro.hw.conv.format.pack_mask` packs them. A block without a computed
+    element whose beat leaves a bit beyond the map clear is worked on like a computed
+    one, for one cycle.
+    """
     layer.check(config)
     groups = layer.groups(config)
     latency = pipeline_latency(config)
-    counts = block_counts(layer, mask).reshape(layer.c_out, -1) * groups
+    blocks = block_counts(layer, mask)
+    void = blocks == 0 if void is None else np.asarray(void, bool)
+    if void.shape != blocks.shape or np.any(void & (blocks > 0)):
+        raise ValueError("void must mark blocks without computed elements, shaped "
+                         f"{list(blocks.shape)}")
+    counts = np.where(void, 0, np.maximum(1, blocks * groups)).reshape(layer.c_out, -1)
     finish = {}
     loaded = {-1: 0}
     taken, issued = 0, 1          # the previous take; the current block's last issue
@@ -92,7 +105,7 @@ def expected_cycles(layer: ConvLayer, mask=None, config: ConvArrayConfig = SHIPP
     last = max(writes, default=0)
     slot = 0
     for take in void_takes:
-        slot = max(slot + 1, take + 1)
+        slot = max(slot + 1, take + 2)
         while slot in writes:
             slot += 1
         last = max(last, slot)

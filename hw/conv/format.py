@@ -16,7 +16,9 @@ Element 0 of an array layout sits in the least significant bits.
 ``mask`` (:data:`MASK_LAYOUT`)
     One beat per 3x3 block of output elements, in order ``(o, block row, block
     column)``; element ``(3 * br + i, 3 * bc + j)`` is bit/index ``3 * i + j`` of
-    ``skip``/``mean``. Elements outside the map are ignored by the hardware.
+    ``skip``/``mean``. Elements outside the map are never computed; their ``skip``
+    bits are set, so that a block whose 9 bits are all set is *void* (nothing to
+    compute) by its beat alone.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def pack_mask(mask: np.ndarray, mean: np.ndarray) -> list[int]:
     """``mask`` beats of a bool ``[C, Ho, Wo]`` skip mask and its int8 means."""
     c, h, w = mask.shape
     bh, bw = -(-h // 3), -(-w // 3)
-    blocks_mask = np.zeros((c, 3 * bh, 3 * bw), bool)
+    blocks_mask = np.ones((c, 3 * bh, 3 * bw), bool)
     blocks_mean = np.zeros((c, 3 * bh, 3 * bw), np.int8)
     blocks_mask[:, :h, :w] = mask
     blocks_mean[:, :h, :w] = mean

@@ -299,8 +299,10 @@ class SkipScanner(wiring.Component):
         loaded_todo, cleared_todo = Signal(TAPS), Signal(TAPS)
         m.d.comb += [loaded_todo.eq(inside & ~skip_bits),
                      cleared_todo.eq(todo & ~(Const(1, TAPS) << k))]
+        # Void by the beat alone (the skip bits of elements outside the map are set), so
+        # that the decision to take a block does not wait for the position's edges.
         void = Signal()
-        m.d.comb += void.eq(self.skip & (loaded_todo == 0))
+        m.d.comb += void.eq(self.skip & self.mask.payload.skip.all())
         # A half reads as ready while it still holds the kernels of the current block's
         # channel: a block of a later channel in that half (two channels on, after void
         # blocks were passed on) waits until the half is released and refilled.

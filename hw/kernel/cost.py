@@ -64,11 +64,13 @@ class StepCost:
     skipped: int = 0
 
 
-def conv_cost(layer: ConvLayer, mask, config: KernelConfig) -> StepCost:
-    """``CONV``: start cycle plus the conv array's cycles for ``layer`` and ``mask``,
-    and the cycle that sees the array done."""
+def conv_cost(layer: ConvLayer, mask, config: KernelConfig, void=None) -> StepCost:
+    """``CONV``: start cycle plus the conv array's cycles for ``layer`` and ``mask``
+    (``void``: as :func:`~velcro.hw.conv.cost.expected_cycles`), and the cycle that sees
+    the array done."""
     mask = None if mask is None or not np.any(mask) else np.asarray(mask, bool)
-    return StepCost(2 + expected_cycles(layer, mask, config.conv),
+    return StepCost(2 + expected_cycles(layer, mask, config.conv,
+                                        None if mask is None else void),
                     mac_cycles=expected_mac_cycles(layer, mask, config.conv),
                     skipped=0 if mask is None else int(mask.sum()))
 

@@ -36,7 +36,8 @@ bad descriptor (beyond ``max_program``, an unknown opcode, arguments beyond the
 configuration, a misaligned address, streams not consumed exactly, an engine that
 refused its parameters, a misaligned counter buffer) and the watchdog (a descriptor
 running for ``watchdog`` cycles). The first fault records the descriptor index and
-opcode in ``error_at``. Each descriptor check is registered and faults in the state
+opcode in ``error_at`` (an error response to a write arrives, and is recorded, while a
+later descriptor runs). Each descriptor check is registered and faults in the state
 after the one that makes it (a bad descriptor in ``ADDR``, a misaligned address in
 ``ISSUE``, streams not consumed in ``ACCOUNT``, a descriptor beyond ``max_program``
 in ``FETCH``), so that no state's next-state logic waits on the comparators.
@@ -675,9 +676,12 @@ class Sequencer(wiring.Component):
                 with m.If(~flat.busy):
                     m.next = "CHECK"
 
+            # A write is finished once the packer has handed the DMA its last word and
+            # the DMA has requested every burst: the responses are collected while the
+            # next descriptors run (the run waits for them before its counter records).
             with active("FINISH"):
                 m.d.comb += in_stall.eq(1)
-                with m.If(~wr.busy & ~pack["map"].busy & ~pack["out"].busy):
+                with m.If(wr.cmd.ready & ~pack["map"].busy & ~pack["out"].busy):
                     m.next = "CHECK"
 
             with active("CHECK"):

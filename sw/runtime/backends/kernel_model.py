@@ -315,7 +315,7 @@ class KernelModel:
         w = taps[:, :layer.c_in]
         q = fields(self._records("m_axi_program", base + args.requant.offset, "requant",
                                  layer.c_out, fault), REQUANT_LAYOUT)
-        mask = mean = None
+        mask = mean = void = None
         if args.skip:
             m = fields(self._records("m_axi_program", base + args.mask.offset, "mask",
                                      counts["mask"], fault), MASK_LAYOUT)
@@ -327,12 +327,13 @@ class KernelModel:
                 layer.c_out, 3 * bh, 3 * bw)[:, :layer.out_height, :layer.out_width]
             mask = mask.astype(bool)
             mean = np.where(mask, mean, 0).astype(np.int8)
+            void = (m["skip"] == (1 << 9) - 1).reshape(layer.c_out, bh, bw)
         y = np.concatenate([golden.conv3x3(x[i:i + 64], w, q["bias"], q["mult"], q["shift"],
                                            stride=layer.stride, mask=mask, mean=mean,
                                            relu=bool(args.relu))
                             for i in range(0, n, 64)])
         maps[args.buf ^ 1] = y
-        return kernel_cost.conv_cost(layer, mask, cfg)
+        return kernel_cost.conv_cost(layer, mask, cfg, void)
 
     def _pool(self, pc, args, n, maps, vectors):
         c, h, w = self._map_shape(pc, Opcode.POOL, args)

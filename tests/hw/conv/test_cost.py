@@ -46,6 +46,18 @@ def test_a_void_block_costs_no_cycle_behind_a_computed_one_and_one_in_front():
     assert expected_mac_cycles(layer, mask, SHIPPED) == 27
 
 
+def test_a_block_whose_beat_is_not_void_costs_a_cycle_even_with_nothing_to_compute():
+    layer = ConvLayer(16, 1, 4, 4)              # blocks of 9, 3, 3, 1 elements
+    mask = np.ones((1, 4, 4), bool)
+    # As packed, all four are void: taken in cycles 2-5, written from cycle 4 on.
+    assert expected_cycles(layer, mask, SHIPPED) == 8
+    # Beats that leave the bits beyond the map clear: a cycle each, through the pipeline.
+    assert expected_cycles(layer, mask, SHIPPED, void=np.zeros((1, 2, 2), bool)) == \
+        2 + 4 + P + 1
+    with pytest.raises(ValueError, match="void must mark blocks without computed"):
+        expected_cycles(layer, None, SHIPPED, void=np.ones((1, 2, 2), bool))
+
+
 def test_elements_outside_the_map_cost_nothing():
     layer = ConvLayer(16, 1, 4, 4)              # blocks of 9, 3, 3, 1 elements
     np.testing.assert_array_equal(block_counts(layer)[0], [[9, 3], [3, 1]])
@@ -58,9 +70,10 @@ def test_short_channels_wait_for_their_kernels():
     layer = ConvLayer(64, 3, 3, 3)
     mask = np.ones((3, 3, 3), bool)
     # kernels: ch0 beats 1-4, ch1 5-8; ch0's block is taken in cycle 5, which frees
-    # half 0, ch1's in 9; ch2 beats 9-12, its block taken in 13 and written in 14 (void
-    # blocks skip the pipeline), the cycle after ends the operation.
-    assert expected_cycles(layer, mask, SHIPPED) == 15
+    # half 0, ch1's in 9; ch2 beats 9-12, its block taken in 13 and written in 15 (void
+    # blocks skip the pipeline, through a buffered FIFO), the cycle after ends the
+    # operation.
+    assert expected_cycles(layer, mask, SHIPPED) == 16
 
 
 def test_cycles_fall_with_the_skipped_fraction(rng):

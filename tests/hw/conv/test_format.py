@@ -71,7 +71,7 @@ def test_requant_beats(rng):
                                                     "shift": int(s)})
 
 
-def test_mask_beats_cover_3x3_blocks_and_pad_outside(rng):
+def test_mask_beats_cover_3x3_blocks_and_mark_outside_elements_skipped(rng):
     mask = rng.random((2, 4, 5)) < 0.5
     mean = rng.integers(-128, 128, (2, 4, 5)).astype(np.int8)
     beats = pack_mask(mask, mean)
@@ -84,7 +84,7 @@ def test_mask_beats_cover_3x3_blocks_and_pad_outside(rng):
                 for k in range(9):
                     y, x = 3 * br + k // 3, 3 * bc + k % 3
                     inside = y < 4 and x < 5
-                    skip |= int(inside and mask[c, y, x]) << k
+                    skip |= int(not inside or mask[c, y, x]) << k
                     means.append(int(mean[c, y, x]) if inside else 0)
                 assert beats[n] == layout_bits(MASK_LAYOUT, {"skip": skip, "mean": means})
                 n += 1
