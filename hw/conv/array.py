@@ -40,7 +40,7 @@ from amaranth.lib.wiring import In, Out
 from ..requant import Requantizer
 from .config import SHIPPED, ConvArrayConfig, Op
 from .format import MASK_LAYOUT, REQUANT_LAYOUT, TAPS, activations_layout, weights_layout
-from .lane import ConvLane
+from .lane import ConvLane, adder_tree, tree_latency
 from .pool import WindowPool
 from .scan import SkipScanner, descriptor_layout, issue_layout
 from .walk import PlaneWalker
@@ -86,12 +86,6 @@ class StatsSignature(wiring.Signature):
         })
 
 
-def tree_latency(lanes: int) -> int:
-    """Register stages of the cross-lane adder tree (one every two adder levels)."""
-    levels = (lanes - 1).bit_length()
-    return levels // 2
-
-
 def pipeline_latency(config: ConvArrayConfig) -> int:
     """Cycles from issuing an element's last group to writing its block."""
     return (1 + ConvLane.LATENCY + tree_latency(config.lanes) + 1 + Requantizer.LATENCY)
@@ -111,22 +105,6 @@ def _delayed(m: Module, value, cycles: int, name: str):
         value = reg
     return value
 
-
-def _adder_tree(m: Module, values: list, name: str):
-    """Sum of ``values``, registered after every second adder level."""
-    level = 0
-    while len(values) > 1:
-        pairs = [values[n] + values[n + 1] for n in range(0, len(values) - 1, 2)]
-        values = pairs + values[len(values) - len(values) % 2:]
-        level += 1
-        if level % 2 == 0:
-            regs = []
-            for n, value in enumerate(values):
-                reg = Signal(signed(len(value)), name=f"{name}{level}_{n}")
-                m.d.sync += reg.eq(value)
-                regs.append(reg)
-            values = regs
-    return values[0]
 
 
 class ConvArray(wiring.Component):
@@ -386,7 +364,7 @@ class ConvArray(wiring.Component):
                     Mux(issue1.pad[tap] | ~issue1.lanes_on[lane], 0, window_word[lane]))
 
         # --- lanes -> adder tree -> accumulator -> requantizer ------------------------
-        total = _adder_tree(m, [unit.sum for unit in lane_units], "tree")
+        total = adder_tree(m, [unit.sum for unit in lane_units], "tree")
         acc_stage = 1 + ConvLane.LATENCY + tree_latency(lanes)
         tok_acc = _delayed(m, scan.issue, acc_stage, "tok")
         bias = _delayed(m, chan_bias[scan.issue.half], acc_stage, "bias")

@@ -4,6 +4,7 @@ A lane multiplies the 3x3 window of its current input channel by that channel's
 3x3 kernel of the current output channel (9 int8 multipliers) and sums the nine
 products. It keeps the kernels of two output channels, one being used while the
 other is loaded, in a small memory indexed by ``half * max_groups + group``.
+:func:`adder_tree` sums the lanes' results.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from .format import TAPS
 
-__all__ = ["ConvLane"]
+__all__ = ["ConvLane", "adder_tree", "tree_latency"]
 
 PRODUCT_BITS = 16                 # int8 * int8
 SUM_BITS = PRODUCT_BITS + 4       # nine products
@@ -75,3 +76,26 @@ class ConvLane(wiring.Component):
         m.d.sync += [p.eq(act[k] * weight[k]) for k, p in enumerate(products)]
         m.d.sync += self.sum.eq(sum(products))
         return m
+
+
+def tree_latency(lanes: int) -> int:
+    """Register stages of the cross-lane adder tree (one every two adder levels)."""
+    levels = (lanes - 1).bit_length()
+    return levels // 2
+
+
+def adder_tree(m: Module, values: list, name: str):
+    """Sum of ``values`` (the lanes' sums), registered after every second adder level."""
+    level = 0
+    while len(values) > 1:
+        pairs = [values[n] + values[n + 1] for n in range(0, len(values) - 1, 2)]
+        values = pairs + values[len(values) - len(values) % 2:]
+        level += 1
+        if level % 2 == 0:
+            regs = []
+            for n, value in enumerate(values):
+                reg = Signal(signed(len(value)), name=f"{name}{level}_{n}")
+                m.d.sync += reg.eq(value)
+                regs.append(reg)
+            values = regs
+    return values[0]
