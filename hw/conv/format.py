@@ -17,8 +17,9 @@ Element 0 of an array layout sits in the least significant bits.
     One beat per 3x3 block of output elements, in order ``(o, block row, block
     column)``; element ``(3 * br + i, 3 * bc + j)`` is bit/index ``3 * i + j`` of
     ``skip``/``mean``. Elements outside the map are never computed; their ``skip``
-    bits are set, so that a block whose 9 bits are all set is *void* (nothing to
-    compute) by its beat alone.
+    bits are set. ``void`` marks a block whose 9 bits are all set (nothing to
+    compute): every element inside the map takes its mean, whatever ``skip`` says,
+    and the array knows it from one bit of the beat.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ REQUANT_LAYOUT = data.StructLayout({"bias": signed(32), "mult": unsigned(16),
                                     "shift": unsigned(5)})
 """Per output channel: ``y = clamp((acc * mult + (1 << (shift-1))) >> shift)``, acc from bias."""
 
-MASK_LAYOUT = data.StructLayout({"skip": unsigned(TAPS), "mean": data.ArrayLayout(signed(8), TAPS)})
+MASK_LAYOUT = data.StructLayout({"skip": unsigned(TAPS), "mean": data.ArrayLayout(signed(8), TAPS),
+                                 "void": unsigned(1)})
 """Per 3x3 block of output elements: which are replaced, and by what."""
 
 
@@ -116,6 +118,7 @@ def pack_mask(mask: np.ndarray, mean: np.ndarray) -> list[int]:
     blocks_mask = blocks_mask.reshape(c, bh, 3, bw, 3).transpose(order).reshape(-1, TAPS)
     blocks_mean = blocks_mean.reshape(c, bh, 3, bw, 3).transpose(order)
     skip_bits = (blocks_mask.astype(np.int64) << np.arange(TAPS)).sum(axis=1)
-    skip, mean_field = MASK_LAYOUT["skip"], MASK_LAYOUT["mean"]
-    return [(int(s) << skip.offset) | (m << mean_field.offset)
+    skip, mean_field, void = MASK_LAYOUT["skip"], MASK_LAYOUT["mean"], MASK_LAYOUT["void"]
+    full = (1 << TAPS) - 1
+    return [(int(s) << skip.offset) | (m << mean_field.offset) | (int(s == full) << void.offset)
             for s, m in zip(skip_bits, _beats(blocks_mean, TAPS), strict=True)]

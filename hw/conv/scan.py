@@ -295,24 +295,47 @@ class SkipScanner(wiring.Component):
 
         # --- taking the next block: load it, or pass it on if void -------------------------
         want = ~have | finishing
-        skip_bits = Mux(self.skip, self.mask.payload.skip, 0) & inside
+        # The mask stream passes a two-entry skid buffer: the scanner reads a registered
+        # beat, and the stream's ready is a register (``~spare_valid``), so that the
+        # decision to take a block ends here instead of in the mask's adapter and DMA.
+        # It fills ahead while blocks compute, and passes a beat a cycle at a time.
+        beat_valid, spare_valid = Signal(), Signal()
+        beat, spare = Signal(MASK_LAYOUT), Signal(MASK_LAYOUT)
+        beat_taken = Signal()
+        arriving = self.mask.valid & ~spare_valid
+        m.d.comb += self.mask.ready.eq(~spare_valid)
+        with m.If(beat_taken):
+            with m.If(spare_valid):
+                m.d.sync += [beat.eq(spare), spare_valid.eq(0)]
+            with m.Elif(arriving):
+                m.d.sync += beat.eq(self.mask.payload)
+            with m.Else():
+                m.d.sync += beat_valid.eq(0)
+        with m.Elif(arriving):
+            with m.If(~beat_valid):
+                m.d.sync += [beat.eq(self.mask.payload), beat_valid.eq(1)]
+            with m.Else():
+                m.d.sync += [spare.eq(self.mask.payload), spare_valid.eq(1)]
+        skip_bits = Mux(self.skip, beat.skip, 0) & inside
         loaded_todo, cleared_todo = Signal(TAPS), Signal(TAPS)
         m.d.comb += [loaded_todo.eq(inside & ~skip_bits),
                      cleared_todo.eq(todo & ~(Const(1, TAPS) << k))]
-        # Void by the beat alone (the skip bits of elements outside the map are set), so
-        # that the decision to take a block does not wait for the position's edges.
+        # Void by one bit of the beat, so that the decision to take a block (and the
+        # mask stream's ready) waits neither for the position's edges nor for a
+        # comparison of the skip bits.
         void = Signal()
-        m.d.comb += void.eq(self.skip & self.mask.payload.skip.all())
+        m.d.comb += void.eq(self.skip & beat.void)
         # A half reads as ready while it still holds the kernels of the current block's
         # channel: a block of a later channel in that half (two channels on, after void
         # blocks were passed on) waits until the half is released and refilled.
-        next_in_channel = Signal()       # the next block is in the current block's channel
-        foreign = have & (cur_half == nxt_half) & ~next_in_channel
+        # Registers: the next block is one channel past the current block's, or two (in
+        # the current block's half: ``foreign``, which holds taking until it finishes).
+        one_ahead, foreign = Signal(), Signal()
         can_take = Signal()
         load, divert, take = Signal(), Signal(), Signal()
         m.d.comb += [
             can_take.eq(~nxt_done & self.chan_ready.bit_select(nxt_half, 1) & ~foreign &
-                        (~self.skip | self.mask.valid) & self.desc.ready),
+                        (~self.skip | beat_valid) & self.desc.ready),
             load.eq(can_take & ~void & want),
             divert.eq(can_take & void),
             take.eq(load | divert),
@@ -327,7 +350,7 @@ class SkipScanner(wiring.Component):
         cleared = _pending(m, cleared_todo, self.stride2, "cleared")
         desc = self.desc.payload
         m.d.comb += [
-            self.mask.ready.eq(take & self.skip),
+            beat_taken.eq(take & self.skip),
             self.desc.valid.eq(take),
             desc.void.eq(void),
             desc.lane.eq(nxt_lane),
@@ -335,7 +358,7 @@ class SkipScanner(wiring.Component):
                              Mux(self.buf, 0, c.max_groups) + nxt_slot)),
             desc.inside.eq(inside),
             desc.skip.eq(skip_bits),
-            desc.mean.eq(self.mask.payload.mean),
+            desc.mean.eq(beat.mean),
         ]
 
         with m.If(self.start):
@@ -367,10 +390,13 @@ class SkipScanner(wiring.Component):
                     with m.Else():
                         m.d.sync += nxt_lane.eq(nxt_lane + 1)
         with m.If(self.start):
-            pass
-        with m.Elif(take):
-            m.d.sync += next_in_channel.eq(Mux(load, ~chan_end_now,
-                                               next_in_channel & ~chan_end_now))
+            m.d.sync += [one_ahead.eq(0), foreign.eq(0)]
+        with m.Elif(load):
+            m.d.sync += [one_ahead.eq(chan_end_now), foreign.eq(0)]
+        with m.Elif(divert & chan_end_now):
+            m.d.sync += [one_ahead.eq(~one_ahead), foreign.eq(one_ahead & have & ~finishing)]
+        with m.Elif(finishing):
+            m.d.sync += foreign.eq(0)
         with m.If(self.start):
             pass
         with m.Elif(load):

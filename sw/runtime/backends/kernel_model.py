@@ -27,6 +27,8 @@ one image, and no cycles (the model does not time a run it ends early).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from velcro.hw.conv.config import ConvConfigError, ConvLayer
@@ -325,15 +327,20 @@ class KernelModel:
                 layer.c_out, 3 * bh, 3 * bw)[:, :layer.out_height, :layer.out_width]
             mean = m["mean"].reshape(layer.c_out, bh, bw, 3, 3).transpose(order).reshape(
                 layer.c_out, 3 * bh, 3 * bw)[:, :layer.out_height, :layer.out_width]
-            mask = mask.astype(bool)
+            # A void beat replaces every element of its block, whatever its skip bits;
+            # the skipped count is the skip bits', as the array counts them.
+            void = m["void"].astype(bool).reshape(layer.c_out, bh, bw)
+            skipped = int(mask.sum())
+            mask = mask.astype(bool) | np.repeat(np.repeat(void, 3, axis=1), 3, axis=2)[
+                :, :layer.out_height, :layer.out_width]
             mean = np.where(mask, mean, 0).astype(np.int8)
-            void = (m["skip"] == (1 << 9) - 1).reshape(layer.c_out, bh, bw)
         y = np.concatenate([golden.conv3x3(x[i:i + 64], w, q["bias"], q["mult"], q["shift"],
                                            stride=layer.stride, mask=mask, mean=mean,
                                            relu=bool(args.relu))
                             for i in range(0, n, 64)])
         maps[args.buf ^ 1] = y
-        return kernel_cost.conv_cost(layer, mask, cfg, void)
+        cost = kernel_cost.conv_cost(layer, mask, cfg, void)
+        return cost if mask is None else dataclasses.replace(cost, skipped=skipped)
 
     def _pool(self, pc, args, n, maps, vectors):
         c, h, w = self._map_shape(pc, Opcode.POOL, args)

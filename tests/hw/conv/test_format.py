@@ -73,8 +73,13 @@ def test_requant_beats(rng):
 
 def test_mask_beats_cover_3x3_blocks_and_mark_outside_elements_skipped(rng):
     mask = rng.random((2, 4, 5)) < 0.5
+    mask[1, :3, :3] = True                # a whole block: void
+    mask[1, 3:, 3:] = True                # the inside of an edge block: void too
     mean = rng.integers(-128, 128, (2, 4, 5)).astype(np.int8)
     beats = pack_mask(mask, mean)
+    void = MASK_LAYOUT["void"].offset
+    assert [b >> void & 1 for b in beats[4:]] == [1, int(mask[1, :3, 3:].all()),
+                                                  int(mask[1, 3:, :3].all()), 1]
     assert len(beats) == 2 * 2 * 2        # channels x block rows x block columns
     n = 0
     for c in range(2):
@@ -86,5 +91,6 @@ def test_mask_beats_cover_3x3_blocks_and_mark_outside_elements_skipped(rng):
                     inside = y < 4 and x < 5
                     skip |= int(not inside or mask[c, y, x]) << k
                     means.append(int(mean[c, y, x]) if inside else 0)
-                assert beats[n] == layout_bits(MASK_LAYOUT, {"skip": skip, "mean": means})
+                assert beats[n] == layout_bits(MASK_LAYOUT, {"skip": skip, "mean": means,
+                                                             "void": int(skip == 511)})
                 n += 1
