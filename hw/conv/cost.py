@@ -69,10 +69,10 @@ def expected_cycles(layer: ConvLayer, mask=None, config: ConvArrayConfig = SHIPP
     """Busy cycles of a ``CONV`` of ``layer`` with skip ``mask`` (``None``: no skipping).
 
     ``void`` (bool ``[c_out, block rows, block columns]``) says which blocks' mask beats
-    have all 9 skip bits set; by default every block without a computed element, as
+    carry the ``void`` bit; by default every block without a computed element, as
     :func:`~velcro.hw.conv.format.pack_mask` packs them. A block without a computed
-    element whose beat leaves a bit beyond the map clear is worked on like a computed
-    one, for one cycle.
+    element whose beat leaves that bit clear is worked on like a computed one, for one
+    cycle.
     """
     layer.check(config)
     groups = layer.groups(config)

@@ -411,7 +411,7 @@ class SkipScanner(wiring.Component):
         with m.Elif(finishing):
             m.d.sync += have.eq(0)
         with m.Elif(have & ~empty):
-            with m.If(divert & chan_end_now & (cur_half == nxt_half)):
+            with m.If(divert & chan_end_now & same_channel_busy):
                 m.d.sync += cur_chan_end.eq(1)
             with m.If(last_group):
                 m.d.sync += [todo.eq(cleared_todo), group.eq(0),
