@@ -7,17 +7,18 @@ shared by the lanes, each bank word holding one int8 per lane: all lanes always 
 the same word (the same position of their own channel), and a bank-wide word keeps
 the number of memories, and of initialised words in the generated Verilog, at 9
 instead of ``9 * lanes``. Writes carry a byte enable per lane. The banks ask for
-UltraRAM (``ram_style = "ultra"``): on the shipped array each is 4,096 words of 128
-bits, two URAM288 blocks instead of sixteen 36-kbit block RAMs, which leaves the
-block RAM that limited how many kernels fit a card to the rest of the design.
+UltraRAM, which leaves the block RAM that limited how many kernels fit a card to the
+rest of the design (:mod:`~velcro.hw.conv.banks`).
 
-Per cycle every lane multiplies one 3x3 window by one 3x3 kernel (``9 * lanes``
-MACs), an adder tree sums the lanes, and an output element accumulates over
-``ceil(c_in / lanes)`` cycles before requantization; output channels are processed
-one after another. :class:`~velcro.hw.conv.scan.SkipScanner` decides what is
-computed: skipped elements cost no MAC cycle, written together with the computed
-ones of their block, and a block of skipped elements only is written in a cycle the
-computed blocks leave free.
+Per cycle every lane multiplies the 3x3 windows of ``slots`` output elements of one
+block by one 3x3 kernel (``9 * lanes * slots`` MACs; with two slots, two products per
+DSP slice, :class:`~velcro.hw.conv.lane.ConvLane`), an adder tree per slot sums the
+lanes, and an output element accumulates over ``ceil(c_in / lanes)`` cycles before
+its slot's requantizer; output channels are processed one after another. Each slot
+reads its window from its own copy of the 9 banks.
+:class:`~velcro.hw.conv.scan.SkipScanner` decides what is computed: skipped elements
+cost no MAC cycle, written together with the computed ones of their block, and a block
+of skipped elements only is written in a cycle the computed blocks leave free.
 
 Each bank holds two buffers (ping-pong): a ``CONV`` reads buffer ``buf`` and writes
 its output, channel by channel, into the other one, where the next ``CONV`` finds
@@ -34,10 +35,10 @@ from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..requant import Requantizer
+from .banks import FeatureBanks, window_taps
 from .config import SHIPPED, ConvArrayConfig, Op
 from .format import MASK_LAYOUT, REQUANT_LAYOUT, TAPS, activations_layout, weights_layout
 from .lane import ConvLane, adder_tree, tree_latency
@@ -87,8 +88,11 @@ class StatsSignature(wiring.Signature):
 
 
 def pipeline_latency(config: ConvArrayConfig) -> int:
-    """Cycles from issuing an element's last group to writing its block."""
-    return (1 + ConvLane.LATENCY + tree_latency(config.lanes) + 1 + Requantizer.LATENCY)
+    """Cycles from issuing an element's last group to writing its block: window read,
+    lane, adder tree, accumulator, requantizer, and the register of the block's results
+    (so that a bank's write data is a register or a mean, not a requantizer's output)."""
+    return (1 + ConvLane.LATENCY + tree_latency(config.lanes) + 1 + Requantizer.LATENCY +
+            1)
 
 
 def pool_latency() -> int:
@@ -104,7 +108,6 @@ def _delayed(m: Module, value, cycles: int, name: str):
         m.d.sync += reg.eq(value)
         value = reg
     return value
-
 
 
 class ConvArray(wiring.Component):
@@ -220,21 +223,18 @@ class ConvArray(wiring.Component):
         m.submodules.walker = walker = PlaneWalker(c)
         m.submodules.pool = pool = WindowPool(c)
         m.submodules.scanner = scan = SkipScanner(c)
-        m.submodules.requantizer = rq = Requantizer()
+        slots = range(c.slots)
+        rqs = []
+        for slot in slots:
+            m.submodules[f"requantizer{slot}"] = unit = Requantizer()
+            rqs.append(unit)
         lane_units = []
         for lane in range(lanes):
-            unit = ConvLane(2 * max_groups)
+            unit = ConvLane(2 * max_groups, c.slots)
             m.submodules[f"lane{lane}"] = unit
             lane_units.append(unit)
         word = activations_layout(lanes)
-        write_ports, read_ports = [], []
-        for bank in range(TAPS):
-            mem = Memory(shape=word, depth=c.bank_depth, init=[],
-                         attrs={"ram_style": "ultra"})
-            m.submodules[f"bank{bank // 3}{bank % 3}"] = mem
-            # One write enable per lane (per element of the word).
-            write_ports.append(mem.write_port(granularity=1))
-            read_ports.append(mem.read_port())
+        m.submodules.banks = banks = FeatureBanks(c)
 
         m.d.comb += [
             walker.start.eq(accept), walker.channels.eq(c_in), walker.groups.eq(groups),
@@ -341,45 +341,42 @@ class ConvArray(wiring.Component):
                          unit.rd_addr.eq(scan.issue.kernel)]
 
         # --- window read and routing (issue cycle t -> t + 1) -------------------------
-        for bank, read in enumerate(read_ports):
-            m.d.comb += read.addr.eq(Mux(running["DRAIN"], walker.addr,
-                                         Mux(running["POOL"], pool.addr[bank],
-                                             scan.bank_addr[bank])))
+        for bank in range(TAPS):
+            m.d.comb += banks.read_addr[0][bank].eq(
+                Mux(running["DRAIN"], walker.addr,
+                    Mux(running["POOL"], pool.addr[bank], scan.bank_addr[0][bank])))
+        for slot in slots[1:]:
+            m.d.comb += banks.read_addr[slot].eq(scan.bank_addr[slot])
         issue1 = Signal(issue_layout(c))
         m.d.sync += issue1.eq(scan.issue)
-        # Tap (ky, kx) of a centre with (y mod 3, x mod 3) = (a, b) lives in bank
-        # ((a + ky - 1) mod 3, (b + kx - 1) mod 3).
-        bank_data = [read.data.as_value() for read in read_ports]
-        rows = []
-        for ky in range(3):
-            sel = Array((a + ky - 1) % 3 for a in range(3))[issue1.route_row]
-            rows.append([Array(bank_data[3 * r + col] for r in range(3))[sel]
-                         for col in range(3)])
-        for tap in range(TAPS):
-            ky, kx = divmod(tap, 3)
-            sel = Array((b + kx - 1) % 3 for b in range(3))[issue1.route_col]
-            window_word = data.View(word, Array(rows[ky])[sel])
-            for lane, unit in enumerate(lane_units):
-                m.d.comb += unit.act[tap].eq(
-                    Mux(issue1.pad[tap] | ~issue1.lanes_on[lane], 0, window_word[lane]))
+        bank_data = [banks.read_data[0][bank].as_value() for bank in range(TAPS)]
+        for slot in slots:
+            route = issue1.slot[slot]
+            taps = window_taps(banks.read_data[slot], route.route_row, route.route_col)
+            for tap in range(TAPS):
+                window_word = data.View(word, taps[tap])
+                for lane, unit in enumerate(lane_units):
+                    m.d.comb += unit.act[slot][tap].eq(
+                        Mux(route.pad[tap] | ~issue1.lanes_on[lane], 0, window_word[lane]))
 
-        # --- lanes -> adder tree -> accumulator -> requantizer ------------------------
-        total = adder_tree(m, [unit.sum for unit in lane_units], "tree")
+        # --- lanes -> adder trees -> accumulators -> requantizers, one per slot --------
         acc_stage = 1 + ConvLane.LATENCY + tree_latency(lanes)
         tok_acc = _delayed(m, scan.issue, acc_stage, "tok")
         bias = _delayed(m, chan_bias[scan.issue.half], acc_stage, "bias")
-        acc = Signal(signed(ACC_BITS))
-        acc_next = Signal(signed(ACC_BITS))
-        m.d.comb += acc_next.eq(Mux(tok_acc.first, bias, acc) + total)
-        with m.If(tok_acc.mac):
-            m.d.sync += acc.eq(acc_next)
-        final = Signal(signed(32))
-        m.d.sync += final.eq(acc_next[:32])   # the golden contract: the final sum fits int32
-        m.d.comb += [
-            rq.acc.eq(final), rq.relu.eq(relu),
-            rq.mult.eq(_delayed(m, chan_mult[scan.issue.half], acc_stage + 1, "mult")),
-            rq.shift.eq(_delayed(m, chan_shift[scan.issue.half], acc_stage + 1, "shift")),
-        ]
+        mult = _delayed(m, chan_mult[scan.issue.half], acc_stage + 1, "mult")
+        shift = _delayed(m, chan_shift[scan.issue.half], acc_stage + 1, "shift")
+        for slot, rq in zip(slots, rqs, strict=True):
+            total = adder_tree(m, [unit.sum[slot] for unit in lane_units], f"tree{slot}_")
+            acc = Signal(signed(ACC_BITS), name=f"acc{slot}")
+            acc_next = Signal(signed(ACC_BITS), name=f"acc{slot}_next")
+            m.d.comb += acc_next.eq(Mux(tok_acc.first, bias, acc) + total)
+            with m.If(tok_acc.slot[slot].on):
+                m.d.sync += acc.eq(acc_next)
+            final = Signal(signed(32), name=f"final{slot}")
+            # The golden contract: the final sum fits int32.
+            m.d.sync += final.eq(acc_next[:32])
+            m.d.comb += [rq.acc.eq(final), rq.relu.eq(relu), rq.mult.eq(mult),
+                         rq.shift.eq(shift)]
         tok = _delayed(m, tok_acc, 1 + Requantizer.LATENCY, "tokw")
 
         # --- block writer ---------------------------------------------------------------
@@ -407,10 +404,13 @@ class ConvArray(wiring.Component):
         head = data.View(desc_layout, blocks.r_data)
         void_head = data.View(desc_layout, voids.r_data)
         values = Array(Signal(signed(8), name=f"value{k}") for k in range(TAPS))
-        result = tok.mac & tok.last
-        write_block = running["CONV"] & tok.valid & tok.block_end
-        with m.If(result):
-            m.d.sync += values[tok.k].eq(rq.y)
+        results = [tok.slot[slot].on & tok.last for slot in slots]
+        # A block is written the cycle after its last result has been registered.
+        tok_write = _delayed(m, tok, 1, "tok_write")
+        write_block = running["CONV"] & tok_write.valid & tok_write.block_end
+        for slot, rq in zip(slots, rqs, strict=True):
+            with m.If(results[slot]):
+                m.d.sync += values[tok.slot[slot].k].eq(rq.y)
         write_void = Signal()
         m.d.comb += [write_void.eq(running["CONV"] & ~write_block & voids.r_rdy),
                      blocks.r_en.eq(write_block), voids.r_en.eq(write_void)]
@@ -444,11 +444,11 @@ class ConvArray(wiring.Component):
         lane_enable, void_lanes = Signal(lanes), Signal(lanes)
         m.d.comb += [lane_enable.eq(Const(1, lanes) << head.lane),
                      void_lanes.eq(Const(1, lanes) << void_head.lane)]
-        for bank, write in enumerate(write_ports):
+        for bank in range(TAPS):
             r, col = divmod(bank, 3)
             element = Mux(~write_block | head.skip[bank],
-                          Mux(write_block, head.mean[bank], void_head.mean[bank]),
-                          Mux(result & (tok.k == bank), rq.y, values[bank]))
+                          Mux(write_block, head.mean[bank], void_head.mean[bank]), values[bank])
+            write = banks.write[bank]      # lands a cycle later (:mod:`.banks`)
             with m.If(running["LOAD"]):
                 here = (walker.bank_row == r) & (walker.bank_col == col)
                 m.d.comb += [write.addr.eq(walker.addr), write.data.eq(self.ifmap.payload),

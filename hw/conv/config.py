@@ -55,16 +55,24 @@ class ConvArrayConfig:
         Largest input feature map.
     max_channels : int
         Most input or output channels of a layer (a buffer holds this many planes).
+    slots : int
+        Output elements of one block computed per cycle, 1 or 2. With 2, every lane
+        reads a second window from a copy of the banks and multiplies both by the same
+        kernel, two int8 products per DSP48E2 (:class:`~velcro.hw.conv.lane.ConvLane`).
     """
 
     lanes: int = 16
     max_height: int = 64
     max_width: int = 64
     max_channels: int = 64
+    slots: int = 2
 
     def __post_init__(self):
         for name in ("lanes", "max_height", "max_width", "max_channels"):
             _positive(name, getattr(self, name))
+        if not isinstance(self.slots, int) or isinstance(self.slots, bool) or \
+                self.slots not in (1, 2):
+            raise ConvConfigError(f"slots must be 1 or 2, not {self.slots!r}")
 
     @property
     def max_groups(self) -> int:
@@ -98,18 +106,19 @@ class ConvArrayConfig:
 
     @property
     def multipliers(self) -> int:
-        """int8 multipliers of the MAC array."""
-        return 9 * self.lanes
+        """int8 products of the MAC array per cycle (``9 * lanes * slots``)."""
+        return 9 * self.lanes * self.slots
 
     @property
     def name(self) -> str:
         """Short identifier, used for build folders and Verilog module names."""
         return (f"l{self.lanes}_h{self.max_height}_w{self.max_width}"
-                f"_c{self.max_channels}")
+                f"_c{self.max_channels}_s{self.slots}")
 
 
 SHIPPED = ConvArrayConfig()
-"""The configuration that goes on the card: 16 lanes, 64x64, up to 64 channels."""
+"""The configuration that goes on the card: 16 lanes, 64x64, up to 64 channels, two
+output elements per cycle."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,7 @@ class ConvLayer:
         return (self.width - 1) // self.stride + 1
 
     def groups(self, config: ConvArrayConfig) -> int:
-        """Cycles one output element takes: ``ceil(c_in / lanes)``."""
+        """Cycles one output element (or pair of them) takes: ``ceil(c_in / lanes)``."""
         return -(-self.c_in // config.lanes)
 
     def macs(self) -> int:

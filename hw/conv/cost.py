@@ -12,7 +12,8 @@ cycles (:func:`~velcro.hw.conv.array.pipeline_latency`):
   their channel is usable: a block with ``n >= 1`` computed elements is loaded in
   cycle ``t = max(t' + 1, e, u_c)`` (``t'`` the previous block's take, ``e`` the
   cycle the current block issues its last work, ``u_c`` the channel's first usable
-  cycle), issues in ``t + 1 .. t + n * G`` and is written ``P`` cycles after that; a
+  cycle), issues in ``t + 1 .. t + ceil(n / S) * G`` (``S`` elements a cycle, the
+  configuration's ``slots``) and is written ``P`` cycles after that; a
   *void* block (``n = 0``) is taken in ``t = max(t' + 1, u_c)``, whatever the current
   block is doing, and written in the first cycle from ``t + 2`` on (through a
   buffered FIFO) that no computed block is written in (void blocks in order);
@@ -82,7 +83,8 @@ def expected_cycles(layer: ConvLayer, mask=None, config: ConvArrayConfig = SHIPP
     if void.shape != blocks.shape or np.any(void & (blocks > 0)):
         raise ValueError("void must mark blocks without computed elements, shaped "
                          f"{list(blocks.shape)}")
-    counts = np.where(void, 0, np.maximum(1, blocks * groups)).reshape(layer.c_out, -1)
+    counts = np.where(void, 0, np.maximum(1, -(-blocks // config.slots) * groups))
+    counts = counts.reshape(layer.c_out, -1)
     finish = {}
     loaded = {-1: 0}
     taken, issued = 0, 1          # the previous take; the current block's last issue
@@ -114,12 +116,15 @@ def expected_cycles(layer: ConvLayer, mask=None, config: ConvArrayConfig = SHIPP
 
 def expected_mac_cycles(layer: ConvLayer, mask=None,
                         config: ConvArrayConfig = SHIPPED) -> int:
-    """Cycles in which the lanes compute: ``groups`` per unskipped element."""
-    return int(block_counts(layer, mask).sum()) * layer.groups(config)
+    """Cycles in which the lanes compute: ``groups`` per ``slots`` unskipped elements of a
+    block (rounded up per block)."""
+    pairs = -(-block_counts(layer, mask) // config.slots)
+    return int(pairs.sum()) * layer.groups(config)
 
 
 def ideal_mac_cycles(layer: ConvLayer, config: ConvArrayConfig = SHIPPED) -> float:
-    """The layer's MACs over the array's ``9 * lanes`` multipliers (no skipping)."""
+    """The layer's MACs over the array's ``9 * lanes * slots`` products per cycle (no
+    skipping)."""
     return layer.macs() / config.multipliers
 
 
@@ -147,12 +152,13 @@ def expected_pool_cycles(channels: int, height: int, width: int,
 def resource_estimate(config: ConvArrayConfig = SHIPPED) -> dict:
     """What the array is built from, by construction (Yosys gives the mapped figures).
 
-    ``multipliers`` counts the 9 int8 multipliers of every lane and the requantizer's
-    one; ``buffer_bits`` the two ping-pong feature buffers in their 9 banks;
-    ``kernel_bits`` the double-buffered kernels of all lanes.
+    ``multipliers`` counts the 9 int8 multipliers of every lane (each computing one
+    product per slot) and the requantizers' one each; ``buffer_bits`` the two ping-pong
+    feature buffers in their 9 banks, one copy per slot; ``kernel_bits`` the
+    double-buffered kernels of all lanes.
     """
     return {
-        "multipliers": config.multipliers + 1,
-        "buffer_bits": 9 * config.bank_depth * 8 * config.lanes,
+        "multipliers": 9 * config.lanes + config.slots,
+        "buffer_bits": 9 * config.bank_depth * 8 * config.lanes * config.slots,
         "kernel_bits": config.lanes * 2 * config.max_groups * 9 * 8,
     }

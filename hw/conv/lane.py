@@ -1,15 +1,22 @@
 """One input-channel lane of the conv array: a 3x3 convolution instance.
 
-A lane multiplies the 3x3 window of its current input channel by that channel's
-3x3 kernel of the current output channel (9 int8 multipliers) and sums the nine
-products. It keeps the kernels of two output channels, one being used while the
-other is loaded, in a small memory indexed by ``half * max_groups + group``.
-:func:`adder_tree` sums the lanes' results.
+A lane multiplies the 3x3 windows of its current input channel (one per slot: two
+output elements of one block) by that channel's 3x3 kernel of the current output
+channel and sums each window's nine products. It keeps the kernels of two output
+channels, one being used while the other is loaded, in a small memory indexed by
+``half * max_groups + group``. :func:`adder_tree` sums the lanes' results.
+
+Two slots share the kernel, so each tap is one multiplication in a DSP48E2 (the
+AMD INT8 packing of two products with a shared operand): the 27-bit operand is
+``(a1 << 18) + a0``, the 18-bit one the weight ``w``, and the product
+``P = (w * a1 << 18) + w * a0``. Bits ``[0, 18)`` of ``P``, read as signed, are
+``w * a0`` (``|w * a0| <= 2 ** 14``); bits ``[18, 36)`` are ``w * a1`` minus the borrow
+of a negative ``w * a0``, which is bit 17 of ``P``, added back in the lane's sum.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -20,6 +27,7 @@ __all__ = ["ConvLane", "adder_tree", "tree_latency"]
 
 PRODUCT_BITS = 16                 # int8 * int8
 SUM_BITS = PRODUCT_BITS + 4       # nine products
+PACK_SHIFT = 18                   # where the second window's element sits in the operand
 
 
 class ConvLane(wiring.Component):
@@ -29,6 +37,8 @@ class ConvLane(wiring.Component):
     ----------
     kernel_slots : int
         Kernels held (two output channels times the channel groups per lane).
+    slots : int
+        Windows multiplied by the kernel per cycle, 1 or 2.
 
     Attributes
     ----------
@@ -37,25 +47,28 @@ class ConvLane(wiring.Component):
     rd_addr : In
         Kernel to use, presented in the issue cycle ``t``.
     act : In
-        The routed, zero-padded 3x3 window, presented in cycle ``t + 1``.
+        The routed, zero-padded 3x3 window of each slot, presented in cycle ``t + 1``.
     sum : Out
-        ``sum(act[k] * kernel[k])``, valid in cycle ``t + 1 + LATENCY``.
+        ``sum(act[s][k] * kernel[k])`` of each slot ``s``, valid in cycle
+        ``t + 1 + LATENCY``.
     """
 
     LATENCY = 3
 
-    def __init__(self, kernel_slots: int):
+    def __init__(self, kernel_slots: int, slots: int = 1):
         if not isinstance(kernel_slots, int) or kernel_slots < 1:
             raise ValueError(f"kernel_slots must be a positive integer, not {kernel_slots!r}")
-        self.kernel_slots = kernel_slots
+        if slots not in (1, 2):
+            raise ValueError(f"slots must be 1 or 2, not {slots!r}")
+        self.kernel_slots, self.slots = kernel_slots, slots
         window = data.ArrayLayout(signed(8), TAPS)
         super().__init__({
             "w_addr": In(range(kernel_slots)),
             "w_data": In(window),
             "w_en": In(1),
             "rd_addr": In(range(kernel_slots)),
-            "act": In(window),
-            "sum": Out(signed(SUM_BITS)),
+            "act": In(data.ArrayLayout(window, slots)),
+            "sum": Out(data.ArrayLayout(signed(SUM_BITS), slots)),
         })
 
     def elaborate(self, platform):
@@ -69,12 +82,26 @@ class ConvLane(wiring.Component):
 
         # Registers on both multiplier inputs and on the products: the shape of a
         # DSP48E2 with AREG/BREG and MREG.
-        act = Signal(data.ArrayLayout(signed(8), TAPS))
+        act = Signal.like(self.act)
         weight = Signal(data.ArrayLayout(signed(8), TAPS))
         m.d.sync += [act.eq(self.act), weight.eq(read.data)]
-        products = [Signal(signed(PRODUCT_BITS), name=f"product{k}") for k in range(TAPS)]
-        m.d.sync += [p.eq(act[k] * weight[k]) for k, p in enumerate(products)]
-        m.d.sync += self.sum.eq(sum(products))
+        if self.slots == 1:
+            products = [Signal(signed(PRODUCT_BITS), name=f"product{k}") for k in range(TAPS)]
+            m.d.sync += [p.eq(act[0][k] * weight[k]) for k, p in enumerate(products)]
+            m.d.sync += self.sum[0].eq(sum(products))
+            return m
+        packed = []
+        for k in range(TAPS):
+            operand = Signal(signed(PACK_SHIFT + 9), name=f"operand{k}")
+            m.d.comb += operand.eq((act[1][k] << PACK_SHIFT) + act[0][k])
+            product = Signal(signed(PACK_SHIFT + 9 + 8), name=f"packed{k}")
+            m.d.sync += product.eq(operand * weight[k])
+            packed.append(product)
+        low = [p[:PACK_SHIFT].as_signed() for p in packed]
+        high = [p[PACK_SHIFT:].as_signed() for p in packed]
+        borrow = Cat(p[PACK_SHIFT - 1] for p in packed)
+        m.d.sync += [self.sum[0].eq(sum(low)),
+                     self.sum[1].eq(sum(high) + sum(borrow[k] for k in range(TAPS)))]
         return m
 
 

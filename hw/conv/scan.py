@@ -7,21 +7,22 @@ output buffer at the same word, so the whole block, means of skipped elements an
 results of computed ones, is written in one cycle
 (:class:`~velcro.hw.conv.array.ConvArray`). The scanner therefore spends
 
-* ``groups`` cycles on every computed element (one per channel group of ``lanes``
-  input channels; all lanes work on the same element in lockstep), and
+* ``groups`` cycles on every ``slots`` computed elements of a block (one per channel
+  group of ``lanes`` input channels; all lanes work on the same elements in lockstep,
+  the lowest pending ones of the block, one in each slot), and
 * no cycle of its own on a *void* block, one without any computed element: its
   descriptor (the means) goes to the writer while the current block computes, one
   mask beat per cycle, and the writer writes it in a cycle no computed block needs,
 
-so a block with ``n`` computed elements costs ``n * groups`` cycles and cycles fall
-with the skipped fraction ``C``. Loading the next block overlaps the last cycle of the
+so a block with ``n`` computed elements costs ``ceil(n / slots) * groups`` cycles and
+cycles fall with the skipped fraction ``C``. Loading the next block overlaps the last cycle of the
 current one. A block of ``D`` cycles leaves ``D - 1`` cycles to pass void blocks in;
 a void block costs a cycle when none is left, or when no block computes before it.
 
-Each cycle with a block yields one *issue*: the bank words of the element's 3x3
-window (for synchronous reads this cycle), how to route the banks onto the taps,
-which taps are zero padding, which lanes hold real channels, and flags that follow
-the work down the pipeline. Each block yields one *descriptor* for the writer.
+Each cycle with a block yields one *issue*: for each slot, the bank words of its
+element's 3x3 window (for synchronous reads this cycle), how to route the banks onto
+the taps and which taps are zero padding; which lanes hold real channels, and flags
+that follow the work down the pipeline. Each block yields one *descriptor* for the writer.
 """
 
 from __future__ import annotations
@@ -36,21 +37,27 @@ from .format import MASK_LAYOUT, TAPS
 __all__ = ["SkipScanner", "descriptor_layout", "issue_layout"]
 
 
+SLOT_LAYOUT = data.StructLayout({
+    "on": 1,             # the slot computes an element this cycle
+    "k": range(TAPS),    # element within the block, 3 * i + j
+    "route_row": range(3),   # (y mod 3) of the window centre
+    "route_col": range(3),   # (x mod 3) of the window centre
+    "pad": TAPS,         # taps that fall outside the input (zero padding)
+})
+
+
 def issue_layout(config: ConvArrayConfig) -> data.StructLayout:
     """What the scanner tells the datapath in one cycle."""
     return data.StructLayout({
         "valid": 1,          # a block is being worked on this cycle
-        "mac": 1,            # ... and an element of it is computed
-        "first": 1,          # first channel group of the element
-        "last": 1,           # last channel group: the accumulator is final
+        "mac": 1,            # ... and an element of it is computed (slot 0 is on)
+        "first": 1,          # first channel group of the elements
+        "last": 1,           # last channel group: the accumulators are final
         "block_end": 1,      # last cycle of the block: write it
-        "k": range(TAPS),    # element within the block, 3 * i + j
         "half": 1,           # which of the two loaded output channels
         "kernel": range(2 * config.max_groups),  # kernel slot in every lane
-        "route_row": range(3),   # (y mod 3) of the window centre
-        "route_col": range(3),   # (x mod 3) of the window centre
-        "pad": TAPS,         # taps that fall outside the input (zero padding)
         "lanes_on": config.lanes,   # lanes holding a channel below c_in
+        "slot": data.ArrayLayout(SLOT_LAYOUT, config.slots),
     })
 
 
@@ -89,38 +96,48 @@ def _row_col(k):
             Array(Const(n % 3, 2) for n in range(TAPS))[k])
 
 
-def _pending(m: Module, todo, stride2, name: str) -> dict:
-    """What the issue logic needs of a block's pending elements ``todo``: the lowest one
-    ``k``, whether none or at most one is left, and for ``k``'s window centre the bank
-    routing (``route_row``/``route_col``: centre mod 3) and the word offsets of each bank
-    row and column (``row_sel``/``col_sel``, -1/0/+1 as 0/1/2). Computed on the value
-    ``todo`` takes next, so that the issue logic reads them from registers.
+def _pending(m: Module, todo, stride2, slots: int, name: str) -> dict:
+    """What the issue logic needs of a block's pending elements ``todo``: whether none
+    is left (``empty``) or at most ``slots`` (``final``), and for each slot ``s`` the
+    element it takes (``k{s}``: the lowest pending for slot 0, the next one for slot 1),
+    whether there is one (``on{s}``), and for its window centre the bank routing
+    (``route_row{s}``/``route_col{s}``: centre mod 3) and the word offsets of each bank
+    row and column (``row_sel{s}``/``col_sel{s}``, -1/0/+1 as 0/1/2). Computed on the
+    value ``todo`` takes next, so that the issue logic reads them from registers; so is
+    ``rest``, what is left once the slots' elements are done.
 
-    Each figure is a table lookup by the lowest pending element, isolated as one hot
-    (``todo & -todo``), so that every output bit is an OR of the table rows that set it
-    rather than the end of a priority chain. With none pending, the figures are those
-    of element 0."""
-    lowest = Signal(TAPS, name=f"{name}_lowest")
-    m.d.comb += lowest.eq((todo & (~todo + 1)) | (todo == 0))
-
-    def lookup(values, width: int, label: str):
-        out = Signal(width, name=f"{name}_{label}")
-        m.d.comb += out.eq(Cat(Cat(lowest[n] for n in range(TAPS) if values[n] >> b & 1).any()
-                               for b in range(width)))
-        return out
-
-    found = {"k": lookup(range(TAPS), Shape.cast(range(TAPS)).width, "k"),
-             "empty": todo == 0, "single": (todo & (todo - 1)) == 0}
+    Each figure is a table lookup by the slot's element, isolated as one hot
+    (``rest & -rest`` of the elements the lower slots leave), so that every output bit
+    is an OR of the table rows that set it rather than the end of a priority chain.
+    With none pending, the figures are those of element 0."""
+    found = {"empty": todo == 0}
     tables = [_window_tables(stride) for stride in (1, 2)]
-    for axis, coord_of in (("row", lambda n: n // 3), ("col", lambda n: n % 3)):
-        route = [lookup([t[1][coord_of(n)] for n in range(TAPS)], 2, f"route_{axis}{s}")
-                 for s, t in enumerate(tables)]
-        found[f"route_{axis}"] = Mux(stride2, route[1], route[0])
-        found[f"{axis}_sel"] = []
-        for r in range(3):
-            sel = [lookup([t[0][coord_of(n)][r] + 1 for n in range(TAPS)], 2,
-                          f"{axis}_word{r}_{s}") for s, t in enumerate(tables)]
-            found[f"{axis}_sel"].append(Mux(stride2, sel[1], sel[0]))
+    rest = todo
+    for slot in range(slots):
+        lowest = Signal(TAPS, name=f"{name}_lowest{slot}")
+        m.d.comb += lowest.eq((rest & (~rest + 1)) | (rest == 0))
+
+        def lookup(values, width: int, label: str, lowest=lowest):
+            out = Signal(width, name=f"{name}_{label}")
+            m.d.comb += out.eq(Cat(Cat(lowest[n] for n in range(TAPS) if values[n] >> b & 1)
+                                   .any() for b in range(width)))
+            return out
+
+        found[f"on{slot}"] = rest != 0
+        found[f"k{slot}"] = lookup(range(TAPS), Shape.cast(range(TAPS)).width, f"k{slot}")
+        for axis, coord_of in (("row", lambda n: n // 3), ("col", lambda n: n % 3)):
+            route = [lookup([t[1][coord_of(n)] for n in range(TAPS)], 2,
+                            f"route_{axis}{slot}_{s}") for s, t in enumerate(tables)]
+            found[f"route_{axis}{slot}"] = Mux(stride2, route[1], route[0])
+            found[f"{axis}_sel{slot}"] = []
+            for r in range(3):
+                sel = [lookup([t[0][coord_of(n)][r] + 1 for n in range(TAPS)], 2,
+                              f"{axis}_word{r}_{slot}_{s}") for s, t in enumerate(tables)]
+                found[f"{axis}_sel{slot}"].append(Mux(stride2, sel[1], sel[0]))
+        left = Signal(TAPS, name=f"{name}_rest{slot + 1}")
+        m.d.comb += left.eq(rest & ~lowest)
+        rest = left
+    found["rest"], found["final"] = rest, rest == 0
     return found
 
 
@@ -183,7 +200,8 @@ class SkipScanner(wiring.Component):
             "desc": Out(stream.Signature(descriptor_layout(c))),
             "issue": Out(issue_layout(c)),
             "idle": Out(1),
-            "bank_addr": Out(data.ArrayLayout(range(c.bank_depth), TAPS)),
+            "bank_addr": Out(data.ArrayLayout(data.ArrayLayout(range(c.bank_depth), TAPS),
+                                              c.slots)),
         })
 
     def elaborate(self, platform):
@@ -229,7 +247,6 @@ class SkipScanner(wiring.Component):
 
         # --- current block ------------------------------------------------------
         have = Signal()
-        todo = Signal(TAPS)
         group = Signal(range(c.max_groups))
         cur_half = Signal()
         cur_yc = Signal.like(nxt_yc)
@@ -240,19 +257,26 @@ class SkipScanner(wiring.Component):
         cur_in_col = [Signal(range(-1, 2 * cb + 3), name=f"in_col{n}") for n in range(3)]
         cur_chan_end = Signal()                      # last work of its output channel
 
-        # Of the pending elements, registered beside ``todo`` (:func:`_pending`): the
-        # lowest, whether none or one is left, how its window reads the banks; and whether
-        # ``group`` is the last, which lanes it fills, its plane in the input buffer. Each
-        # is set with ``todo`` and ``group`` from that branch's own next value, so every
-        # path from them starts at a register instead of behind a priority encoder.
-        state = {"k": Signal(range(TAPS)), "empty": Signal(init=1), "single": Signal(init=1),
-                 "route_row": Signal(range(3)), "route_col": Signal(range(3)),
-                 "row_sel": [Signal(range(3), name=f"row_word{r}") for r in range(3)],
-                 "col_sel": [Signal(range(3), name=f"col_word{r}") for r in range(3)]}
-        k, empty, single = state["k"], state["empty"], state["single"]
+        # Of the block's pending elements, registered (:func:`_pending`): whether none or at
+        # most ``slots`` are left, what is left after this cycle's, each slot's element and
+        # how its window reads the banks; and whether ``group`` is the last, which lanes it
+        # fills, its plane in the input buffer. Each is set with ``group`` from that
+        # branch's own next pending set, so every path from them starts at a register
+        # instead of behind a priority encoder.
+        state = {"empty": Signal(init=1), "final": Signal(init=1), "rest": Signal(TAPS)}
+        for slot in range(c.slots):
+            state |= {f"on{slot}": Signal(name=f"on{slot}"),
+                      f"k{slot}": Signal(range(TAPS), name=f"k{slot}"),
+                      f"route_row{slot}": Signal(range(3), name=f"route_row{slot}"),
+                      f"route_col{slot}": Signal(range(3), name=f"route_col{slot}"),
+                      f"row_sel{slot}": [Signal(range(3), name=f"row_word{r}_{slot}")
+                                         for r in range(3)],
+                      f"col_sel{slot}": [Signal(range(3), name=f"col_word{r}_{slot}")
+                                         for r in range(3)]}
+        empty, final = state["empty"], state["final"]
         last_group = Signal()
         plane = Signal(range(c.planes))
-        finishing = have & (empty | (single & last_group))
+        finishing = have & (empty | (final & last_group))
 
         # --- issue record ---------------------------------------------------------
         iss = self.issue
@@ -262,7 +286,6 @@ class SkipScanner(wiring.Component):
             iss.first.eq(group == 0),
             iss.last.eq(last_group),
             iss.block_end.eq(finishing),
-            iss.k.eq(k),
             iss.half.eq(cur_half),
             iss.kernel.eq(Mux(cur_half, c.max_groups, 0) + group),
         ]
@@ -275,23 +298,28 @@ class SkipScanner(wiring.Component):
         else:
             m.d.comb += tail.eq((self.c_in - 1) % c.lanes)
         lanes_on = Cat(~last_group | (tail >= lane) for lane in range(c.lanes))
-        m.d.comb += [iss.lanes_on.eq(lanes_on), iss.route_row.eq(state["route_row"]),
-                     iss.route_col.eq(state["route_col"])]
+        m.d.comb += iss.lanes_on.eq(lanes_on)
         first_plane = Mux(self.buf, c.max_groups, 0)
-        k_i, k_j = _row_col(k)
-        row_sel, col_sel = state["row_sel"], state["col_sel"]
-        # Strides are 1 or 2: multiples of the stride are muxed shifts, not multipliers.
-        yc = cur_yc + Mux(self.stride2, k_i << 1, k_i)
-        xc = cur_xc + Mux(self.stride2, k_j << 1, k_j)
-        pad_rows = [yc == 0, Const(0), yc + 1 >= self.height]
-        pad_cols = [xc == 0, Const(0), xc + 1 >= self.width]
-        m.d.comb += iss.pad.eq(Cat(pad_rows[t // 3] | pad_cols[t % 3] for t in range(TAPS)))
         row_words = Array(cur_in_row)
         col_words = Array(cur_in_col)
-        for bank in range(TAPS):
-            r, cc = divmod(bank, 3)
-            word = row_words[row_sel[r]] + col_words[col_sel[cc]]
-            m.d.comb += self.bank_addr[bank].eq(Cat(word[:word_bits], plane))
+        for slot in range(c.slots):
+            out = iss.slot[slot]
+            m.d.comb += [out.on.eq(have & state[f"on{slot}"]), out.k.eq(state[f"k{slot}"]),
+                         out.route_row.eq(state[f"route_row{slot}"]),
+                         out.route_col.eq(state[f"route_col{slot}"])]
+            k_i, k_j = _row_col(state[f"k{slot}"])
+            row_sel, col_sel = state[f"row_sel{slot}"], state[f"col_sel{slot}"]
+            # Strides are 1 or 2: multiples of the stride are muxed shifts, not multipliers.
+            yc = cur_yc + Mux(self.stride2, k_i << 1, k_i)
+            xc = cur_xc + Mux(self.stride2, k_j << 1, k_j)
+            pad_rows = [yc == 0, Const(0), yc + 1 >= self.height]
+            pad_cols = [xc == 0, Const(0), xc + 1 >= self.width]
+            m.d.comb += out.pad.eq(Cat(pad_rows[t // 3] | pad_cols[t % 3]
+                                       for t in range(TAPS)))
+            for bank in range(TAPS):
+                r, cc = divmod(bank, 3)
+                word = row_words[row_sel[r]] + col_words[col_sel[cc]]
+                m.d.comb += self.bank_addr[slot][bank].eq(Cat(word[:word_bits], plane))
 
         # --- taking the next block: load it, or pass it on if void -------------------------
         want = ~have | finishing
@@ -319,7 +347,7 @@ class SkipScanner(wiring.Component):
         skip_bits = Mux(self.skip, beat.skip, 0) & inside
         loaded_todo, cleared_todo = Signal(TAPS), Signal(TAPS)
         m.d.comb += [loaded_todo.eq(inside & ~skip_bits),
-                     cleared_todo.eq(todo & ~(Const(1, TAPS) << k))]
+                     cleared_todo.eq(state["rest"])]
         # Void by one bit of the beat, so that the decision to take a block (and the
         # mask stream's ready) waits neither for the position's edges nor for a
         # comparison of the skip bits.
@@ -346,8 +374,8 @@ class SkipScanner(wiring.Component):
         # still issuing) finishes.
         same_channel_busy = have & ~finishing & (cur_half == nxt_half)
         chan_end_now = col_last & row_last
-        loaded = _pending(m, loaded_todo, self.stride2, "loaded")
-        cleared = _pending(m, cleared_todo, self.stride2, "cleared")
+        loaded = _pending(m, loaded_todo, self.stride2, c.slots, "loaded")
+        cleared = _pending(m, cleared_todo, self.stride2, c.slots, "cleared")
         desc = self.desc.payload
         m.d.comb += [
             beat_taken.eq(take & self.skip),
@@ -400,7 +428,7 @@ class SkipScanner(wiring.Component):
         with m.If(self.start):
             pass
         with m.Elif(load):
-            m.d.sync += [todo.eq(loaded_todo), group.eq(0),
+            m.d.sync += [group.eq(0),
                          last_group.eq(self.groups == 1),
                          plane.eq(first_plane), *_take(state, loaded)]
             m.d.sync += [have.eq(1), cur_half.eq(nxt_half), cur_yc.eq(nxt_yc),
@@ -414,7 +442,7 @@ class SkipScanner(wiring.Component):
             with m.If(divert & chan_end_now & same_channel_busy):
                 m.d.sync += cur_chan_end.eq(1)
             with m.If(last_group):
-                m.d.sync += [todo.eq(cleared_todo), group.eq(0),
+                m.d.sync += [group.eq(0),
                              last_group.eq(self.groups == 1),
                              plane.eq(first_plane), *_take(state, cleared)]
             with m.Else():

@@ -8,7 +8,8 @@ cycle counts against the engine's cost model (a mismatch stops the benchmark).
 Conv array figures:
 
 ``conv_utilization``
-    Ideal MAC cycles (``C_in * C_out * H * W * 9`` over ``9 * lanes`` multipliers)
+    Ideal MAC cycles (``C_in * C_out * H * W * 9`` over the ``9 * lanes * slots``
+    products per cycle)
     divided by the measured cycles of a 64x64, 16 -> 16 channel layer without skipping.
 ``skip_ratio_cycles_50``
     Cycles of that layer with half its output elements skipped (uniformly at random)
@@ -17,8 +18,8 @@ Conv array figures:
     Cycles of each conv layer of the reference CNN, without and with VELCRO masks
     replacing 40 % of each layer's elements.
 ``conv_dsp_per_multiplier``
-    DSP48E2 slices of the synthesized array over its multipliers (9 per lane and
-    one in the requantizer).
+    DSP48E2 slices of the synthesized array over its multipliers (9 per lane, each
+    computing both slots' products, and one in each slot's requantizer).
 
 Simulator speed (``sim_*_cycles_per_s``) is simulated cycles over the wall time of
 the cocotb test, bench included.
@@ -300,7 +301,8 @@ def energy_estimate(record: dict, config, hbm_bytes: float, moved_bytes: float) 
     cycles were checked against; codebook lookups count as MACs), on-chip buffer
     accesses and HBM bits (``hbm_bytes``: what an image moves over the memory ports).
     The on-chip accesses are the conv array's feature-buffer reads (each MAC cycle
-    reads one word of ``lanes`` bytes from each of the 9 banks), every byte the DMAs
+    reads one word of ``lanes`` bytes from each of the 9 banks of every slot's copy),
+    every byte the DMAs
     deliver or write (``moved_bytes``, from device memory or from the on-chip copies
     of the constants) once, for the FIFO or buffer it goes through on chip, and the
     bytes read from the copies (``moved_bytes - hbm_bytes``) once more, in 64-bit
@@ -309,7 +311,8 @@ def energy_estimate(record: dict, config, hbm_bytes: float, moved_bytes: float) 
     n = record["totals"]["images_done"]
     macs = sum(c.macs + c.lookups for c in record["counts"]) / n
     conv_cycles = sum(c.mac_cycles for c in record["steps"] if c.opcode == "CONV") / n
-    sram = (conv_cycles * 9 * config.conv.lanes + 2 * moved_bytes - hbm_bytes) / 8
+    sram = (conv_cycles * 9 * config.conv.lanes * config.conv.slots + 2 * moved_bytes -
+            hbm_bytes) / 8
     parts = {"mac": macs * ENERGY_PJ["mac"], "sram": sram * ENERGY_PJ["sram_64bit"],
              "hbm": hbm_bytes * 8 * ENERGY_PJ["hbm_bit"]}
     return {"pj": round(sum(parts.values())), "parts_pj": {k: round(v) for k, v in

@@ -22,7 +22,8 @@ from velcro.sim.conv_cases import (
 )
 
 SMALL = ConvArrayConfig(lanes=4, max_height=16, max_width=16, max_channels=12)
-TINY = ConvArrayConfig(lanes=2, max_height=8, max_width=8, max_channels=5)
+# One element per cycle: the single-slot datapath, on Icarus.
+TINY = ConvArrayConfig(lanes=2, max_height=8, max_width=8, max_channels=5, slots=1)
 SKIP_RATIOS = (None, 0.0, 0.25, 0.5, 0.9, 1.0)
 
 

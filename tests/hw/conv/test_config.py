@@ -52,7 +52,9 @@ def test_output_shape_follows_padding_one():
 
 def test_shipped_geometry():
     assert (SHIPPED.lanes, SHIPPED.max_height, SHIPPED.max_width) == (16, 64, 64)
-    assert SHIPPED.multipliers == 144
+    # 144 DSP multipliers, each computing the products of two windows with one weight.
+    assert (SHIPPED.slots, SHIPPED.multipliers) == (2, 288)
+    assert ConvArrayConfig(slots=1).multipliers == 144
     assert SHIPPED.max_groups == 4
     # 22 x 22 words per plane fit the 512 words of a 9-bit plane field; 8 planes.
     assert (SHIPPED.row_blocks, SHIPPED.col_blocks, SHIPPED.plane_bits) == (22, 22, 9)
@@ -63,3 +65,13 @@ def test_groups_round_up():
     assert ConvLayer(17, 1, 4, 4).groups(SHIPPED) == 2
     assert ConvLayer(16, 1, 4, 4).groups(SHIPPED) == 1
     assert ConvLayer(1, 1, 4, 4).groups(ConvArrayConfig(lanes=3)) == 1
+
+
+@pytest.mark.parametrize("slots", [0, 3, True, 1.0])
+def test_slots_are_one_or_two(slots):
+    with pytest.raises(ConvConfigError, match="slots must be 1 or 2"):
+        ConvArrayConfig(slots=slots)
+
+
+def test_the_name_tells_slot_counts_apart():
+    assert ConvArrayConfig(slots=1).name != ConvArrayConfig(slots=2).name
