@@ -89,10 +89,8 @@ class StatsSignature(wiring.Signature):
 
 def pipeline_latency(config: ConvArrayConfig) -> int:
     """Cycles from issuing an element's last group to writing its block: window read,
-    lane, adder tree, accumulator, requantizer, and the register of the block's results
-    (so that a bank's write data is a register or a mean, not a requantizer's output)."""
-    return (1 + ConvLane.LATENCY + tree_latency(config.lanes) + 1 + Requantizer.LATENCY +
-            1)
+    lane, adder tree, accumulator, requantizer."""
+    return (1 + ConvLane.LATENCY + tree_latency(config.lanes) + 1 + Requantizer.LATENCY)
 
 
 def pool_latency() -> int:
@@ -405,9 +403,7 @@ class ConvArray(wiring.Component):
         void_head = data.View(desc_layout, voids.r_data)
         values = Array(Signal(signed(8), name=f"value{k}") for k in range(TAPS))
         results = [tok.slot[slot].on & tok.last for slot in slots]
-        # A block is written the cycle after its last result has been registered.
-        tok_write = _delayed(m, tok, 1, "tok_write")
-        write_block = running["CONV"] & tok_write.valid & tok_write.block_end
+        write_block = running["CONV"] & tok.valid & tok.block_end
         for slot, rq in zip(slots, rqs, strict=True):
             with m.If(results[slot]):
                 m.d.sync += values[tok.slot[slot].k].eq(rq.y)
@@ -446,8 +442,12 @@ class ConvArray(wiring.Component):
                      void_lanes.eq(Const(1, lanes) << void_head.lane)]
         for bank in range(TAPS):
             r, col = divmod(bank, 3)
+            computed = values[bank]
+            for slot in reversed(slots):      # the block's last results, as they leave
+                computed = Mux(results[slot] & (tok.slot[slot].k == bank), rqs[slot].y,
+                               computed)
             element = Mux(~write_block | head.skip[bank],
-                          Mux(write_block, head.mean[bank], void_head.mean[bank]), values[bank])
+                          Mux(write_block, head.mean[bank], void_head.mean[bank]), computed)
             write = banks.write[bank]      # lands a cycle later (:mod:`.banks`)
             with m.If(running["LOAD"]):
                 here = (walker.bank_row == r) & (walker.bank_col == col)
