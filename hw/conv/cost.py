@@ -65,6 +65,11 @@ def block_counts(layer: ConvLayer, mask=None) -> np.ndarray:
     return computed.reshape(c, bh, 3, bw, 3).sum(axis=(2, 4))
 
 
+def _issue_cycles(blocks: np.ndarray, config: ConvArrayConfig) -> np.ndarray:
+    """Cycles of each block per channel group: its computed elements, ``slots`` a cycle."""
+    return -(-blocks // config.slots)
+
+
 def expected_cycles(layer: ConvLayer, mask=None, config: ConvArrayConfig = SHIPPED,
                     void=None) -> int:
     """Busy cycles of a ``CONV`` of ``layer`` with skip ``mask`` (``None``: no skipping).
@@ -83,7 +88,7 @@ def expected_cycles(layer: ConvLayer, mask=None, config: ConvArrayConfig = SHIPP
     if void.shape != blocks.shape or np.any(void & (blocks > 0)):
         raise ValueError("void must mark blocks without computed elements, shaped "
                          f"{list(blocks.shape)}")
-    counts = np.where(void, 0, np.maximum(1, -(-blocks // config.slots) * groups))
+    counts = np.where(void, 0, np.maximum(1, _issue_cycles(blocks, config) * groups))
     counts = counts.reshape(layer.c_out, -1)
     finish = {}
     loaded = {-1: 0}
@@ -118,8 +123,7 @@ def expected_mac_cycles(layer: ConvLayer, mask=None,
                         config: ConvArrayConfig = SHIPPED) -> int:
     """Cycles in which the lanes compute: ``groups`` per ``slots`` unskipped elements of a
     block (rounded up per block)."""
-    pairs = -(-block_counts(layer, mask) // config.slots)
-    return int(pairs.sum()) * layer.groups(config)
+    return int(_issue_cycles(block_counts(layer, mask), config).sum()) * layer.groups(config)
 
 
 def ideal_mac_cycles(layer: ConvLayer, config: ConvArrayConfig = SHIPPED) -> float:

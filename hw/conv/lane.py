@@ -10,13 +10,13 @@ Two slots share the kernel, so each tap is one multiplication in a DSP48E2 (the
 AMD INT8 packing of two products with a shared operand): the 27-bit operand is
 ``(a1 << 18) + a0``, the 18-bit one the weight ``w``, and the product
 ``P = (w * a1 << 18) + w * a0``. Bits ``[0, 18)`` of ``P``, read as signed, are
-``w * a0`` (``|w * a0| <= 2 ** 14``); bits ``[18, 36)`` are ``w * a1`` minus the borrow
-of a negative ``w * a0``, which is bit 17 of ``P``, added back in the lane's sum.
+``w * a0`` (``|w * a0| <= 2 ** 14``); the bits from 18 up are ``w * a1`` minus the
+borrow of a negative ``w * a0``, which is bit 17 of ``P``, added back in the lane's sum.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -99,9 +99,8 @@ class ConvLane(wiring.Component):
             packed.append(product)
         low = [p[:PACK_SHIFT].as_signed() for p in packed]
         high = [p[PACK_SHIFT:].as_signed() for p in packed]
-        borrow = Cat(p[PACK_SHIFT - 1] for p in packed)
-        m.d.sync += [self.sum[0].eq(sum(low)),
-                     self.sum[1].eq(sum(high) + sum(borrow[k] for k in range(TAPS)))]
+        borrows = [p[PACK_SHIFT - 1] for p in packed]
+        m.d.sync += [self.sum[0].eq(sum(low)), self.sum[1].eq(sum(high) + sum(borrows))]
         return m
 
 
