@@ -44,19 +44,24 @@ class Counters:
     last_totals : dict
         The run totals of the last run (empty before the first).
     last_steps : list of StepCounters
-        The counters of every descriptor the last run executed, in order.
+        The counters of every descriptor the last run executed, stage by stage (the
+        calls of a stage run in tiles summed, as :meth:`steps` sums runs).
     """
 
     def __init__(self):
         self._steps: dict[tuple[int, int], StepCounters] = {}
+        self._last: dict[tuple[int, int], StepCounters] = {}
         self.totals = dict.fromkeys(TOTALS, 0)
         self.last_totals: dict = {}
-        self.last_steps: list[StepCounters] = []
 
     def start(self) -> None:
         """Begin a run: the last run's figures start again from zero."""
         self.last_totals = dict.fromkeys(TOTALS, 0)
-        self.last_steps = []
+        self._last = {}
+
+    @property
+    def last_steps(self) -> list[StepCounters]:
+        return [self._last[key] for key in sorted(self._last)]
 
     def add(self, steps: Iterable[StepCounters], totals: dict, stage: int = 0) -> None:
         """Add the counters of one kernel call.
@@ -68,16 +73,16 @@ class Counters:
         totals : dict
             Its run totals; a missing name counts 0.
         stage : int
-            Which program ran: the descriptors of one stage are summed by position,
-            those of different stages apart.
+            Which program ran: the descriptors of one stage are summed by position (over
+            runs, and over the tiles of a run), those of different stages apart.
         """
         steps = list(steps)
-        self.last_steps += [_copy(step) for step in steps]
         for name in TOTALS:
             self.last_totals[name] = self.last_totals.get(name, 0) + totals.get(name, 0)
             self.totals[name] += totals.get(name, 0)
         for position, step in enumerate(steps):
-            self._sum((stage, position), step)
+            self._sum(self._steps, (stage, position), step)
+            self._sum(self._last, (stage, position), step)
 
     def add_units(self, calls: list[tuple[list[StepCounters], dict]], stage: int = 0) -> None:
         """Add the counters of one kernel call per compute unit, each unit running the
@@ -99,12 +104,13 @@ class Counters:
         for name in TOTALS:
             self.totals[name] += other.totals.get(name, 0)
         for key, step in other._steps.items():
-            self._sum(key, step)
+            self._sum(self._steps, key, step)
 
-    def _sum(self, key: tuple[int, int], step: StepCounters) -> None:
-        old = self._steps.get(key)
+    @staticmethod
+    def _sum(into: dict, key: tuple[int, int], step: StepCounters) -> None:
+        old = into.get(key)
         if old is None:
-            self._steps[key] = _copy(step)
+            into[key] = _copy(step)
         else:
             _accumulate(old, step)
 

@@ -43,4 +43,9 @@ def test_sums_do_not_change_the_callers_counters():
     counters.add(first, {})
     counters.add([step("a", 3)], {})
     assert first[0].cycles == 10
-    assert counters.steps()[0].cycles == 13 and counters.last_steps[0].cycles == 10
+    # Two calls of one stage in a run (tiles) add up in the run's figures too.
+    assert counters.steps()[0].cycles == 13
+    assert [s.cycles for s in counters.last_steps] == [13]
+    counters.start()
+    counters.add([step("a", 4)], {})
+    assert counters.steps()[0].cycles == 17 and counters.last_steps[0].cycles == 4
