@@ -141,3 +141,43 @@ def tiny_package_bytes(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "tiny.velcro"
     save(make_tiny_package(), path)
     return path.read_bytes()
+
+
+def make_conv_package(rng, c_in: int, c_out: int, side: int, stride: int, relu: bool = True,
+                      pool: int = 1):
+    """A traced conv (3x3, padding 1) on a ``side x side`` map, a ``pool x pool`` max-pooling
+    if ``pool > 1``, a flatten and a dense layer; with ReLU the conv is a ``conv3x3`` with
+    a random VELCRO mask on its output, without a ``conv`` that skips nothing."""
+    import torch
+    from torch import nn
+
+    from velcro.sw.data import Dataset, Task
+    from velcro.sw.export.quantize import quantize
+
+    torch.manual_seed(1)
+    out = ((side - 1) // stride + 1) // pool
+    model = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
+                          *([nn.ReLU()] if relu else []),
+                          *([nn.MaxPool2d(pool)] if pool > 1 else []), nn.Flatten(),
+                          nn.Linear(c_out * out * out, 3)).eval()
+    images = rng.integers(0, 256, (24, c_in, side, side), dtype=np.uint8)
+    task = Task("t", (0, 1, 2), Dataset(images, rng.integers(0, 3, 24), ("a", "b", "c")),
+                preprocessing_fraction=0.5)
+    package = quantize(model, task)
+    conv = package.layers[0]
+    if not relu:
+        assert conv.op == "conv" and "mask" not in conv.arrays
+        return package
+    mask = rng.random(conv.out_shape) < 0.4
+    conv.arrays["mask"] = pack_mask(mask)
+    conv.arrays["mean"] = np.where(mask, rng.integers(0, 128, conv.out_shape), 0).astype(np.int8)
+    conv.attrs["skipped"] = int(mask.sum())
+    package.velcro["C"] = mask.sum() / mask.size
+    return package
+
+
+@pytest.fixture
+def conv_package():
+    """``conv_package(rng, c_in, c_out, side, stride, relu=True, pool=1)``: see
+    :func:`make_conv_package`."""
+    return make_conv_package

@@ -434,7 +434,7 @@ def _run(args, specs: list[str]) -> None:
     seconds = time.perf_counter() - start - build
     predictions = logits.argmax(1)
     counts = device.counts()
-    where, fraction = placement(device, package, counts)
+    where, fraction, tiled = placement(device, package, counts)
     record = {
         "package": str(args.package),
         "device": args.device,
@@ -448,8 +448,10 @@ def _run(args, specs: list[str]) -> None:
         "macs": sum(c.macs for c in counts),
         "macs_skipped": sum(c.skipped for c in counts),
         "kernel_mac_fraction": fraction,
-        "layers": [{"name": c.name, "op": c.op, "device": where[c.name], "macs": c.macs,
-                    "macs_skipped": c.skipped, "lookups": c.lookups} for c in counts],
+        "layers": [{"name": c.name, "op": c.op, "device": where[c.name],
+                    "tiles": tiled.get(c.name, 1) if where[c.name] == "kernel" else 0,
+                    "macs": c.macs, "macs_skipped": c.skipped, "lookups": c.lookups}
+                   for c in counts],
         "seconds": round(seconds, 4),
         "images_per_second": round(n / seconds, 1),
         "predictions_sha256": predictions_sha256(predictions),
@@ -476,7 +478,7 @@ def _run(args, specs: list[str]) -> None:
     print(f"{printable(task.name)} on {args.device}: accuracy {100 * record['accuracy']:.2f}%"
           f"{versus} on {n} images, {skipped:.1%} of MACs skipped, "
           f"{record['images_per_second']} images/s", flush=True)
-    print(partition_report(package, where, fraction), flush=True)
+    print(partition_report(package, where, fraction, tiled), flush=True)
     if "build_seconds" in record:
         print(f"simulator: {record['build_seconds']} s to generate the Verilog and compile it, "
               f"{record['run_seconds']} s to run", flush=True)

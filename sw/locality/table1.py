@@ -144,8 +144,9 @@ def kernel_cycles(package) -> int:
     from ..runtime.partition import partition
     from ..runtime.program import compile_segment
 
-    return sum(_expected_cycles(compile_segment(list(stage.layers), SHIPPED))
-               for stage in partition(package, SHIPPED) if stage.device)
+    return sum(_expected_cycles(compile_segment(layers, SHIPPED))
+               for stage in partition(package, SHIPPED) if stage.device
+               for layers in stage.segments())
 
 
 def format_table1(records: list[dict]) -> str:

@@ -17,7 +17,9 @@
 ``load`` partitions the package (:mod:`velcro.sw.runtime.partition`), compiles every
 device stage (:mod:`velcro.sw.runtime.program`) and puts it in device memory; ``run``
 quantizes the images like the golden model, sends them through the stages (host
-stages with the golden rules) and returns int32 logits. Counters of every
+stages with the golden rules) and returns int32 logits. A stage run in tiles
+(:mod:`velcro.sw.runtime.tiles`) has one program per tile; ``run`` makes one kernel
+call per tile, each on its window of the input, and places the outputs each keeps. Counters of every
 descriptor accumulate over runs (:meth:`Accelerator.counters`,
 :mod:`velcro.sw.runtime.counters`).
 
@@ -91,6 +93,8 @@ class Accelerator:
         self.unit_cycles = [0] * self.cus
         self.package: Package | None = None
         self.stages: list[Stage] = []
+        #: The program of each device stage (a tiled stage's first tile's), ``None`` for
+        #: a host stage.
         self.programs: list[Program | None] = []
         self._loaded = []
         self._counters = Counters()
@@ -129,17 +133,20 @@ class Accelerator:
         self.stages = partition(package, self.config)
         for stage in self.stages:
             if stage.device:
-                program = compile_segment(list(stage.layers), self.config)
-                self.programs.append(program)
-                self._loaded.append([driver.load(program) for driver in self.drivers])
+                programs = [compile_segment(layers, self.config)
+                            for layers in stage.segments()]
+                self.programs.append(programs[0])
+                self._loaded.append([[driver.load(program) for driver in self.drivers]
+                                     for program in programs])
             else:
                 self.programs.append(None)
                 self._loaded.append(None)
 
     def unload(self) -> None:
-        for loaded in self._loaded:
-            for driver, one in zip(self.drivers, loaded or (), strict=False):
-                driver.unload(one)
+        for calls in self._loaded:
+            for loaded in calls or ():
+                for driver, one in zip(self.drivers, loaded, strict=True):
+                    driver.unload(one)
         self._loaded, self.programs, self.stages = [], [], []
 
     def run(self, images: np.ndarray, *, timeout: float | None = None) -> np.ndarray:
@@ -157,17 +164,23 @@ class Accelerator:
         self.last_unit_cycles = [0] * self.cus
         for index, (stage, loaded) in enumerate(zip(self.stages, self._loaded, strict=True)):
             xs = [values[name] for name in stage.inputs]
-            if stage.device:
+            if stage.tiles:
+                (x,) = xs
+                (layer,) = stage.layers
+                y = np.zeros((len(x), *layer.out_shape), np.int8)
+                for tile, one in zip(stage.tiles, loaded, strict=True):
+                    (i0, i1), (j0, j1) = tile.rows, tile.cols
+                    (c0, c1), (o0, o1), (p0, p1) = tile.channels, tile.keep_rows, tile.keep_cols
+                    rows, cols = tile.kept
+                    part = self._call(index, one, np.ascontiguousarray(x[:, :, i0:i1, j0:j1]),
+                                      timeout)
+                    y[:, c0:c1, o0:o1, p0:p1] = part[:, :, rows, cols]
+                x = y
+            elif stage.device:
                 (x,) = xs
                 if self.programs[index].input_kind == "vector":
                     x = x.reshape(len(x), -1)
-                results = self._run_units(loaded, x, timeout)
-                for cu, result in enumerate(results):
-                    self.last_unit_cycles[cu] += result.totals.get("cycles", 0)
-                    self.unit_cycles[cu] += result.totals.get("cycles", 0)
-                self._counters.add_units([(r.steps, r.totals) for r in results], stage=index)
-                x = np.concatenate([result.outputs for result in results]) \
-                    if len(results) > 1 else results[0].outputs
+                x = self._call(index, loaded[0], x, timeout)
             else:
                 (layer,) = stage.layers
                 x = host.run_layer(layer, *xs)
@@ -177,6 +190,17 @@ class Accelerator:
             values[stage.output] = x
         self.images += len(images)
         return np.asarray(x, np.int32)
+
+    def _call(self, stage: int, loaded: list, x: np.ndarray, timeout: float | None):
+        """One kernel call of device stage ``stage`` on the batch ``x``, over the units;
+        its counters added to the stage's."""
+        results = self._run_units(loaded, x, timeout)
+        for cu, result in enumerate(results):
+            self.last_unit_cycles[cu] += result.totals.get("cycles", 0)
+            self.unit_cycles[cu] += result.totals.get("cycles", 0)
+        self._counters.add_units([(r.steps, r.totals) for r in results], stage=stage)
+        return np.concatenate([result.outputs for result in results]) \
+            if len(results) > 1 else results[0].outputs
 
     def _run_units(self, loaded: list, x: np.ndarray, timeout: float | None) -> list:
         """One device stage on the compute units, each on its share of ``x`` (units
@@ -205,7 +229,7 @@ class Accelerator:
     def buffers(self, stage: int = 0, cu: int = 0) -> dict:
         """Device buffers of the ``stage``-th device stage on compute unit ``cu``, by
         kernel argument."""
-        loaded = [item for item in self._loaded if item is not None]
+        loaded = [calls[0] for calls in self._loaded if calls is not None]
         return loaded[stage][cu].buffers
 
     @property

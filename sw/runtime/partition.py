@@ -13,8 +13,11 @@ the kernel has its op and it fits the hardware configuration:
 
 A *device* stage is a chain of kernel layers, each reading only the one before,
 whose intermediate outputs nothing else reads (one kernel call per batch, split
-when a stage would exceed ``max_program`` descriptors); every other layer is a
-*host* stage run with the golden model's integer rules
+when a stage would exceed ``max_program`` descriptors). A convolution the conv array
+computes but whose map or output channels exceed its buffers is a device stage of its
+own, run in tiles (:mod:`velcro.sw.runtime.tiles`, one kernel call per tile); one
+with more input channels than the array holds runs on the host. Every other layer
+is a *host* stage run with the golden model's integer rules
 (:mod:`velcro.sw.runtime.host`). A stage reads the value its first layer reads and
 gives its last layer's output.
 """
@@ -30,6 +33,7 @@ from velcro.hw.kernel.config import SHIPPED, KernelConfig
 from ..export.package import Layer, Package
 from ..export.schema import layer_inputs
 from .program import conv_form, conv_layer, dense_layer
+from .tiles import Tile, tile_layer, tiles
 
 __all__ = ["Stage", "devices", "kernel_mac_fraction", "partition", "partition_report",
            "placement", "supported"]
@@ -41,11 +45,20 @@ _OVERHEAD = 3
 
 @dataclass(frozen=True)
 class Stage:
-    """Consecutive layers run on the kernel (``device``) or on the host."""
+    """Consecutive layers run on the kernel (``device``) or on the host; a device stage
+    with ``tiles`` is one convolution, run a tile per kernel call."""
 
     device: bool
     layers: tuple[Layer, ...]
     inputs: tuple[str, ...] = ()
+    tiles: tuple[Tile, ...] = ()
+
+    def segments(self) -> list[list[Layer]]:
+        """The layers of each kernel call of a device stage: one call, or one per tile."""
+        if not self.tiles:
+            return [list(self.layers)]
+        (layer,) = self.layers
+        return [[tile_layer(layer, tile)] for tile in self.tiles]
 
     @property
     def names(self) -> list[str]:
@@ -135,9 +148,17 @@ def partition(package: Package, config: KernelConfig) -> list[Stage]:
             current.append(layer)
         else:
             close()
-            stages.append(Stage(False, (layer,), inputs[i]))
+            parts = _tiles(layer, config)
+            stages.append(Stage(bool(parts), (layer,), inputs[i], tuple(parts or ())))
     close()
     return stages
+
+
+def _tiles(layer: Layer, config: KernelConfig) -> list[Tile] | None:
+    """The tiles of a convolution the conv array computes only in parts, else ``None``."""
+    if layer.op not in ("conv3x3", "conv") or conv_form(layer) is not None:
+        return None
+    return tiles(layer, config.conv)
 
 
 def devices(stages: list[Stage]) -> dict[str, str]:
@@ -155,18 +176,22 @@ def kernel_mac_fraction(stages: list[Stage], macs: dict[str, int]) -> float:
     return on_kernel / total if total else 0.0
 
 
-def placement(device, package, counts) -> tuple[dict[str, str], float]:
-    """Where each layer of ``package`` runs on ``device`` (``kernel`` or ``host``) and the
+def placement(device, package, counts) -> tuple[dict[str, str], float, dict[str, int]]:
+    """Where each layer of ``package`` runs on ``device`` (``kernel`` or ``host``), the
     kernel's share of the MACs in ``counts`` (the device's per-layer
-    :class:`~velcro.sw.golden.LayerMacs`, skipped ones included)."""
+    :class:`~velcro.sw.golden.LayerMacs`, skipped ones included) and the tiles of each
+    layer run in tiles."""
     stages = (getattr(device, "stages", None)
               or partition(package, getattr(device, "config", None) or SHIPPED))
     macs = {c.name: c.macs + c.skipped for c in counts}
-    return devices(stages), kernel_mac_fraction(stages, macs)
+    tiled = {stage.layers[0].name: len(stage.tiles) for stage in stages if stage.tiles}
+    return devices(stages), kernel_mac_fraction(stages, macs), tiled
 
 
-def partition_report(package, where: dict[str, str], fraction: float) -> str:
-    """The partition as people read it: runs of layers on the kernel or the host."""
+def partition_report(package, where: dict[str, str], fraction: float,
+                     tiled: dict[str, int] | None = None) -> str:
+    """The partition as people read it: runs of layers on the kernel or the host, and
+    the layers run in tiles (``tiled``: layer name -> tiles)."""
     runs: list[tuple[str, list[str]]] = []
     for layer in package.layers:
         if runs and runs[-1][0] == where[layer.name]:
@@ -176,5 +201,6 @@ def partition_report(package, where: dict[str, str], fraction: float) -> str:
     parts = [f"{kind} [{names[0]}{' .. ' + names[-1] if len(names) > 1 else ''}"
              f"{f' ({len(names)} layers)' if len(names) > 2 else ''}]" for kind, names in runs]
     on_kernel = sum(where[layer.name] == "kernel" for layer in package.layers)
+    tiles_note = "".join(f"; {name} in {count} tiles" for name, count in (tiled or {}).items())
     return (f"partition: {on_kernel} of {len(package.layers)} layers on the kernel, "
-            f"{fraction:.1%} of MACs: " + ", ".join(parts))
+            f"{fraction:.1%} of MACs: " + ", ".join(parts) + tiles_note)

@@ -15,6 +15,7 @@ from velcro.sw.locality.profile import profile
 from velcro.sw.locality.taps import tap
 from velcro.sw.models import torchvision_model
 from velcro.sw.runtime.partition import devices, kernel_mac_fraction, partition
+from velcro.sw.runtime.program import conv_form
 
 from . import torch_integer
 
@@ -128,3 +129,9 @@ def test_torchvision_networks_export_and_golden_equals_int64_torch(name, minimum
     on_kernel = sum(m for n, m in model_macs.items() if where[n] == "kernel")
     assert fraction == pytest.approx(on_kernel / sum(model_macs.values()))
     assert {where[layer.name] for layer in package.layers if layer.op == "add"} <= {"host"}
+    # Every convolution the conv array computes runs on the kernel, in tiles where it
+    # exceeds the buffers, unless it has more input channels than they hold.
+    for layer in package.layers:
+        if layer.op in ("conv3x3", "conv") and conv_form(layer) is None:
+            fits = layer.in_shape[0] <= SHIPPED.conv.max_channels
+            assert where[layer.name] == ("kernel" if fits else "host"), layer.name

@@ -315,6 +315,26 @@ def test_sim_device_splits_a_run_across_simulator_jobs(tiny_package):
     assert devices[2].totals["cycles"] > devices[1].totals["cycles"]  # two runs' fixed cost
 
 
+def test_a_conv_beyond_the_shipped_buffers_runs_in_tiles_on_the_rtl(conv_package):
+    """66 output channels of a 66x66 map (stride 2): 8 kernel calls per batch, one per
+    tile, whose joined outputs give the golden model's logits, and whose MAC cycles and
+    skips equal the golden kernel model's descriptor by descriptor."""
+    rng = np.random.default_rng(4)
+    package = conv_package(rng, 2, 66, 66, 2, pool=3)
+    (stage, *_) = partition(package, SHIPPED)
+    assert len(stage.tiles) == 8
+    images = rng.integers(0, 256, (2, *package.input_shape), dtype=np.uint8)
+    device = Accelerator.open("sim", simulator="verilator")
+    device.load(package)
+    np.testing.assert_array_equal(device.run(images), golden.run(package, images))
+    reference = Accelerator(GoldenPlatform(SHIPPED), SHIPPED, "golden")
+    reference.load(package)
+    reference.run(images)
+    assert [(c.name, c.mac_cycles, c.skipped) for c in device.counters()] == \
+        [(c.name, c.mac_cycles, c.skipped) for c in reference.counters()]
+    assert device.totals["mac_cycles"] > 0
+
+
 @pytest.mark.slow
 def test_hundred_footwear_images_under_verilator(footwear):
     package, program = footwear
