@@ -406,7 +406,7 @@ def _run(args, specs: list[str]) -> None:
     from ..evaluate import predict
     from ..export.package import load
     from ..locality.plan import applied
-    from ..runtime.partition import partition_report, placement
+    from ..runtime.partition import partition_report, placement, round_trip_report, round_trips
 
     if args.weights is None and args.model is not None:
         raise ModelError("--model needs --weights (the trained parameters)")
@@ -432,8 +432,7 @@ def _run(args, specs: list[str]) -> None:
     # The RTL simulation's first run builds the simulator; that is not run time.
     build = getattr(device, "sim", {}).get("build_seconds", 0)
     seconds = time.perf_counter() - start - build
-    predictions = logits.argmax(1)
-    counts = device.counts()
+    predictions, counts = logits.argmax(1), device.counts()
     where, fraction, tiled = placement(device, package, counts)
     record = {
         "package": str(args.package),
@@ -448,8 +447,7 @@ def _run(args, specs: list[str]) -> None:
         "macs": sum(c.macs for c in counts),
         "macs_skipped": sum(c.skipped for c in counts),
         "kernel_mac_fraction": fraction,
-        "layers": [{"name": c.name, "op": c.op, "device": where[c.name],
-                    "tiles": tiled.get(c.name, 1) if where[c.name] == "kernel" else 0,
+        "layers": [{"name": c.name, "op": c.op, "device": where[c.name], "tiles": tiled[c.name],
                     "macs": c.macs, "macs_skipped": c.skipped, "lookups": c.lookups}
                    for c in counts],
         "seconds": round(seconds, 4),
@@ -463,6 +461,7 @@ def _run(args, specs: list[str]) -> None:
             with applied(tapped, plan):
                 float_predictions = predict(tapped.module, images)
         record["float_accuracy"] = float(np.mean(float_predictions == labels))
+    record["round_trips"] = round_trips(device, package)
     units = getattr(device, "unit_cycles", None)
     if units is not None and args.cus > 1:
         record["unit_cycles"] = list(units)
@@ -478,7 +477,8 @@ def _run(args, specs: list[str]) -> None:
     print(f"{printable(task.name)} on {args.device}: accuracy {100 * record['accuracy']:.2f}%"
           f"{versus} on {n} images, {skipped:.1%} of MACs skipped, "
           f"{record['images_per_second']} images/s", flush=True)
-    print(partition_report(package, where, fraction, tiled), flush=True)
+    print(partition_report(package, where, fraction, tiled), round_trip_report(
+        record["round_trips"]), sep="\n", flush=True)
     if "build_seconds" in record:
         print(f"simulator: {record['build_seconds']} s to generate the Verilog and compile it, "
               f"{record['run_seconds']} s to run", flush=True)

@@ -36,6 +36,7 @@ run takes as long as the largest).
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 
@@ -99,6 +100,9 @@ class Accelerator:
         self._loaded = []
         self._counters = Counters()
         self.images = 0
+        #: Seconds of the last run in host stages and in kernel calls (each call from
+        #: its inputs' copy to the card to its outputs' copy back).
+        self.last_seconds = {"host": 0.0, "kernel": 0.0}
 
     @classmethod
     def open(cls, spec: str, *, config: KernelConfig | None = None, cus: int = 1, **options):
@@ -162,8 +166,10 @@ class Accelerator:
         last_read = {name: i for i, stage in enumerate(self.stages) for name in stage.inputs}
         self._counters.start()
         self.last_unit_cycles = [0] * self.cus
+        self.last_seconds = {"host": 0.0, "kernel": 0.0}
         for index, (stage, loaded) in enumerate(zip(self.stages, self._loaded, strict=True)):
             xs = [values[name] for name in stage.inputs]
+            start = time.perf_counter()
             if stage.tiles:
                 (x,) = xs
                 (layer,) = stage.layers
@@ -184,6 +190,8 @@ class Accelerator:
             else:
                 (layer,) = stage.layers
                 x = host.run_layer(layer, *xs)
+            self.last_seconds["kernel" if stage.device else "host"] += \
+                time.perf_counter() - start
             for name in stage.inputs:
                 if last_read[name] == index:
                     del values[name]

@@ -32,11 +32,11 @@ from velcro.hw.kernel.config import SHIPPED, KernelConfig
 
 from ..export.package import Layer, Package
 from ..export.schema import layer_inputs
-from .program import conv_form, conv_layer, dense_layer
+from .program import compile_segment, conv_form, conv_layer, dense_layer
 from .tiles import Tile, tile_layer, tiles
 
 __all__ = ["Stage", "devices", "kernel_mac_fraction", "partition", "partition_report",
-           "placement", "supported"]
+           "placement", "round_trip_report", "round_trips", "supported"]
 
 _DENSE = ("dense", "dense_codebook")
 # Descriptors a stage needs besides one per layer: input, output and END.
@@ -179,19 +179,50 @@ def kernel_mac_fraction(stages: list[Stage], macs: dict[str, int]) -> float:
 def placement(device, package, counts) -> tuple[dict[str, str], float, dict[str, int]]:
     """Where each layer of ``package`` runs on ``device`` (``kernel`` or ``host``), the
     kernel's share of the MACs in ``counts`` (the device's per-layer
-    :class:`~velcro.sw.golden.LayerMacs`, skipped ones included) and the tiles of each
-    layer run in tiles."""
+    :class:`~velcro.sw.golden.LayerMacs`, skipped ones included) and the kernel calls of
+    each layer per batch (0 on the host, 1 on the kernel, its tiles in tiles)."""
     stages = (getattr(device, "stages", None)
               or partition(package, getattr(device, "config", None) or SHIPPED))
     macs = {c.name: c.macs + c.skipped for c in counts}
-    tiled = {stage.layers[0].name: len(stage.tiles) for stage in stages if stage.tiles}
+    tiled = {layer.name: len(stage.tiles) or int(stage.device)
+             for stage in stages for layer in stage.layers}
     return devices(stages), kernel_mac_fraction(stages, macs), tiled
+
+
+def round_trips(device, package) -> dict:
+    """What crossing between host and card costs a batch of ``package`` on ``device``:
+    kernel calls (one per device stage, one per tile of a tiled one), host stages, the
+    bytes one image moves to and from the card's memory (each call's input and output
+    buffers) and, where the device measures them (``last_seconds``), the seconds of its
+    last run in kernel calls and in host stages."""
+    config = getattr(device, "config", None) or SHIPPED
+    stages = getattr(device, "stages", None) or partition(package, config)
+    calls = [compile_segment(layers, config) for stage in stages if stage.device
+             for layers in stage.segments()]
+    record = {"kernel_calls": len(calls),
+              "host_stages": sum(not stage.device for stage in stages),
+              "bytes_per_image": sum(p.input_stride + p.output_stride for p in calls)}
+    seconds = getattr(device, "last_seconds", None)
+    if seconds is not None:
+        record.update(kernel_seconds=round(seconds["kernel"], 4),
+                      host_seconds=round(seconds["host"], 4))
+    return record
+
+
+def round_trip_report(trips: dict) -> str:
+    """:func:`round_trips` as one line."""
+    timing = (f"; this run: {trips['kernel_seconds']:.3f} s in kernel calls, "
+              f"{trips['host_seconds']:.3f} s in host stages" if "host_seconds" in trips else "")
+    return (f"round trips: {trips['kernel_calls']} kernel call(s) and {trips['host_stages']} "
+            f"host stage(s) per batch, {trips['bytes_per_image']:,} bytes per image to and "
+            f"from the card's memory{timing}")
 
 
 def partition_report(package, where: dict[str, str], fraction: float,
                      tiled: dict[str, int] | None = None) -> str:
     """The partition as people read it: runs of layers on the kernel or the host, and
-    the layers run in tiles (``tiled``: layer name -> tiles)."""
+    the layers run in tiles (``tiled``: layer name -> kernel calls, as
+    :func:`placement` gives)."""
     runs: list[tuple[str, list[str]]] = []
     for layer in package.layers:
         if runs and runs[-1][0] == where[layer.name]:
@@ -201,6 +232,7 @@ def partition_report(package, where: dict[str, str], fraction: float,
     parts = [f"{kind} [{names[0]}{' .. ' + names[-1] if len(names) > 1 else ''}"
              f"{f' ({len(names)} layers)' if len(names) > 2 else ''}]" for kind, names in runs]
     on_kernel = sum(where[layer.name] == "kernel" for layer in package.layers)
-    tiles_note = "".join(f"; {name} in {count} tiles" for name, count in (tiled or {}).items())
+    tiles_note = "".join(f"; {name} in {count} tiles" for name, count in (tiled or {}).items()
+                         if count > 1)
     return (f"partition: {on_kernel} of {len(package.layers)} layers on the kernel, "
             f"{fraction:.1%} of MACs: " + ", ".join(parts) + tiles_note)

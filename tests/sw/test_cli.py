@@ -395,9 +395,10 @@ def test_stdout_holds_the_summary_even_when_writing_fails(package, tmp_path):
     first = result.stdout.splitlines()[0]
     assert re.match(r"footwear on golden: accuracy \d+\.\d\d% on 5 images", first)
     assert load(package).C > 0
-    # The summary and the partition line, nothing more: no "wrote" line.
-    assert io.StringIO(result.stdout).read().count("\n") == 2
+    # The summary, the partition and round-trip lines, nothing more: no "wrote" line.
+    assert io.StringIO(result.stdout).read().count("\n") == 3
     assert result.stdout.splitlines()[1].startswith("partition: 9 of 9 layers on the kernel")
+    assert result.stdout.splitlines()[2].startswith("round trips: 1 kernel call(s)")
 
 
 def test_two_commands_writing_one_json_leave_one_complete_record(package, tmp_path):

@@ -94,6 +94,13 @@ def test_a_user_model_file_with_bn_residual_and_avgpool_compresses_exports_and_r
         "host", "kernel", "host", "host", "host", "kernel"]
     macs = np.array([layer["macs"] + layer["macs_skipped"] for layer in record["layers"]])
     assert record["kernel_mac_fraction"] == pytest.approx((macs[1] + macs[-1]) / macs.sum())
+    # Two kernel calls a batch, each moving its input and output through card memory.
+    trips = record["round_trips"]
+    assert (trips["kernel_calls"], trips["host_stages"]) == (2, 4)
+    conv_in = np.prod(package.layers[1].in_shape)
+    assert trips["bytes_per_image"] >= 2 * conv_in + package.layers[-1].in_shape[0]
+    assert trips["host_seconds"] > 0 and trips["kernel_seconds"] > 0
+    assert "round trips: 2 kernel call(s) and 4 host stage(s) per batch" in printed
     # The integer package follows the float model with the same plan.
     assert abs(record["accuracy"] - record["float_accuracy"]) <= 0.05
 
@@ -154,5 +161,6 @@ def test_the_small_resnet_on_the_kernel_simulation_predicts_as_the_golden_model(
     assert sim_run["kernel_mac_fraction"] == pytest.approx(golden_run["kernel_mac_fraction"])
     assert sim_run["kernel_mac_fraction"] > 0.95
     assert sim_run["kernel_counters"]["match"]
+    assert sim_run["round_trips"]["kernel_calls"] == golden_run["round_trips"]["kernel_calls"] == 5
     # One kernel call per device stage and image batch: the five stages' descriptors.
     assert len(sim_run["cycles"]["layers"]) >= 5
