@@ -12,13 +12,20 @@ through a port must live in that port's channel: the runtime allocates each buff
 there (PYNQ's ``allocate(target=ol.HBM<n>)``), and the simulation's memory model
 answers a port only inside its channel.
 
-Every port gets a channel of its own, so the three streams (constants, dense
-indices, activations) never share a channel's bandwidth.
+A compute unit takes :data:`CHANNELS_PER_CU` channels. The two ports of constants,
+``m_axi_program`` (descriptors, conv kernels, requantization, masks and means, dense
+parameters and codebooks) and ``m_axi_indices`` (dense weights and indices), share
+one: a run reads its constants from device memory for its first image only, and
+every later image from the kernel's on-chip copies of them
+(:mod:`velcro.hw.axi.resident`), so after the first image that channel carries
+nothing but the reads beyond the copies. ``m_axi_data`` (each image's input and
+output, the counters and the status block) has a channel of its own, whose
+bandwidth no constant takes.
 
 A design can hold up to :data:`MAX_CUS` compute units: compute unit ``cu`` (counted from
-0) is :func:`instance` ``velcro_kernel_<cu + 1>`` and its ports reach the three channels
+0) is :func:`instance` ``velcro_kernel_<cu + 1>`` and its ports reach the two channels
 after those of compute unit ``cu - 1`` (:func:`bank_of`): ``velcro_kernel_2`` is on
-``HBM[3..5]``. No two compute units share a channel, so each has the bandwidth one
+``HBM[2..3]``. No two compute units share a channel, so each has the bandwidth one
 alone would have.
 """
 
@@ -29,8 +36,8 @@ from types import MappingProxyType
 
 from .regmap import PORTS
 
-__all__ = ["BANKS", "CLOCK_HZ", "CONNECTIVITY", "INSTANCE", "KERNEL_NAME", "MAX_CUS", "Bank",
-           "bank_of", "check_cus", "instance"]
+__all__ = ["BANKS", "CHANNELS_PER_CU", "CLOCK_HZ", "CONNECTIVITY", "INSTANCE", "KERNEL_NAME",
+           "MAX_CUS", "Bank", "bank_of", "check_cus", "instance"]
 
 #: The kernel's top module, and its name in ``kernel.xml`` and the ``.xclbin``.
 KERNEL_NAME = "velcro_kernel"
@@ -76,20 +83,22 @@ class Bank:
 
 BANKS = tuple(Bank(n, n * HBM_CHANNEL_BYTES, HBM_CHANNEL_BYTES) for n in range(HBM_CHANNELS))
 
-#: The pseudo-channel each port is linked to.
-CONNECTIVITY = MappingProxyType({"m_axi_program": 0, "m_axi_indices": 1, "m_axi_data": 2})
+#: The pseudo-channel each port of the first compute unit is linked to.
+CONNECTIVITY = MappingProxyType({"m_axi_program": 0, "m_axi_indices": 0, "m_axi_data": 1})
 assert set(CONNECTIVITY) == set(PORTS)
+#: Channels each compute unit takes.
+CHANNELS_PER_CU = len(set(CONNECTIVITY.values()))
+assert set(CONNECTIVITY.values()) == set(range(CHANNELS_PER_CU))
 
-
-#: Compute units one design can hold: every one takes a channel per port.
-MAX_CUS = HBM_CHANNELS // len(CONNECTIVITY)
+#: Compute units one design can hold.
+MAX_CUS = HBM_CHANNELS // CHANNELS_PER_CU
 
 
 def check_cus(cus: int) -> int:
     """``cus`` if a design can hold that many compute units, else :class:`ValueError`."""
     if isinstance(cus, bool) or not isinstance(cus, int) or not 1 <= cus <= MAX_CUS:
         raise ValueError(f"compute units must be 1 to {MAX_CUS} (each takes "
-                         f"{len(CONNECTIVITY)} of the {HBM_CHANNELS} HBM channels), not {cus!r}")
+                         f"{CHANNELS_PER_CU} of the {HBM_CHANNELS} HBM channels), not {cus!r}")
     return cus
 
 
@@ -103,6 +112,6 @@ def bank_of(port: str, cu: int = 0) -> Bank:
     """The bank ``port`` of compute unit ``cu`` reaches."""
     check_cus(cu + 1)
     try:
-        return BANKS[CONNECTIVITY[port] + len(CONNECTIVITY) * cu]
+        return BANKS[CONNECTIVITY[port] + CHANNELS_PER_CU * cu]
     except KeyError:
         raise KeyError(f"no port {port!r}; ports: {', '.join(CONNECTIVITY)}") from None

@@ -22,7 +22,7 @@ shell takes a share that no open tool reports):
 every class under :data:`BUDGET` of the device (the rest is left to the platform's
 shell and to routing), and ``cus_that_fit``, the most compute units that do
 (:func:`cus_that_fit`), limited by a resource class or by the HBM channels
-(:data:`~velcro.hw.kernel.connectivity.MAX_CUS` compute units of three channels each).
+(:data:`~velcro.hw.kernel.connectivity.MAX_CUS` compute units of two channels each).
 
 ``max_lut_levels`` is the deepest logic between registers in any part
 (:func:`velcro.sw.build.depth.lut_levels` states how levels are counted); ``parts``

@@ -14,7 +14,8 @@ Two texts besides the Verilog and ``kernel.xml`` (:mod:`velcro.sw.build.kernel_x
     The ``v++ --link`` configuration: ``cus`` compute units named as the host driver
     expects (:func:`~velcro.hw.kernel.connectivity.instance`: ``velcro_kernel_1``,
     ``velcro_kernel_2``, ...) and an ``sp=`` line per ``m_axi`` port of each to its
-    own HBM pseudo-channel (:func:`~velcro.hw.kernel.connectivity.bank_of`).
+    HBM pseudo-channel (:func:`~velcro.hw.kernel.connectivity.bank_of`; the two ports of
+    constants of a unit share one, no two units share any).
 
 The kernel clock is :data:`~velcro.hw.kernel.connectivity.CLOCK_HZ`, the frequency the
 driver's watchdog and throughput projections assume.
@@ -146,7 +147,7 @@ def package_tcl(sources: list[str], *, kernel_xml: str, xo: str, ip_dir: str = "
 
 def link_config(cus: int = 1, *, name: str = KERNEL_NAME) -> str:
     """The ``v++ --link`` configuration file: ``cus`` compute units, each port of each on
-    its own HBM channel."""
+    its HBM channel (:func:`~velcro.hw.kernel.connectivity.bank_of`)."""
     check_cus(cus)
     names = [instance(cu) for cu in range(cus)]
     if not all(n.startswith(name) for n in names):

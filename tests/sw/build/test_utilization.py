@@ -178,10 +178,10 @@ def test_compute_units_stay_under_the_budget_and_on_their_own_hbm_channels():
     report = {"resources": resources(figures(lut=100_000, ff=31_000, dsp=235, ramb36=163))}
     # BRAM36: 0.8 x 2016 // 163 = 9; LUT: 0.8 x 1303680 // 100000 = 10.
     assert cus_that_fit(report) == (9, "BRAM36")
-    assert cus_that_fit(report, budget=1.0) == (10, "HBM")  # BRAM36 12, LUT 13; 10 by channels
+    assert cus_that_fit(report, budget=1.0) == (12, "BRAM36")  # LUT 13; 16 by channels
     small = {"resources": resources(figures(lut=1_000, dsp=2))}
-    assert cus_that_fit(small) == (10, "HBM")
-    assert compute_units(small, 10)["fits"]
+    assert cus_that_fit(small) == (16, "HBM")  # two channels each of the 32
+    assert compute_units(small, 16)["fits"]
     units = compute_units(report, 2)
     assert units["fits"] and units["resources"]["LUT"] == {
         "used": 200_000, "percent": round(100 * 200_000 / 1_303_680, 3)}
@@ -190,8 +190,8 @@ def test_compute_units_stay_under_the_budget_and_on_their_own_hbm_channels():
 
 
 def test_estimate_refuses_compute_units_the_card_cannot_link(capsys):
-    assert main(["build", "estimate", "--cus", "11"]) == 2
-    assert "--cus: compute units must be 1 to 10" in capsys.readouterr().err
+    assert main(["build", "estimate", "--cus", "17"]) == 2
+    assert "--cus: compute units must be 1 to 16" in capsys.readouterr().err
 
 
 def test_estimate_needs_a_job(capsys):
@@ -219,7 +219,7 @@ def test_the_shipped_kernel_takes_under_a_tenth_of_every_u280_resource(tmp_path)
         depth = report["parts"][name]["depth"]
         assert depth["lut_levels"] <= levels, (name, depth["paths"][:3])
     assert report["conv_arrays_that_fit"] >= 10
-    # The feature banks and the constant copies are UltraRAM: the HBM channels, not a
-    # resource class, bound the compute units.
-    assert report["parts"]["conv"]["uram"] == 18 and report["parts"]["conv"]["bram36"] == 0
-    assert report["compute_units"]["cus_limited_by"] == "HBM"
+    # The feature banks (two copies of nine banks, two blocks each) and the constant
+    # copies are UltraRAM, and UltraRAM bounds the compute units before the HBM channels.
+    assert report["parts"]["conv"]["uram"] == 36 and report["parts"]["conv"]["bram36"] == 0
+    assert report["compute_units"]["cus_limited_by"] == "URAM"

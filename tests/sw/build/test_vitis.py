@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from velcro.hw.kernel.connectivity import (
+    CHANNELS_PER_CU,
     CLOCK_HZ,
     CONNECTIVITY,
     INSTANCE,
@@ -170,18 +171,26 @@ def test_link_config_instance_is_named_after_the_kernel():
 
 
 @pytest.mark.parametrize("cus", [2, MAX_CUS])
-def test_link_config_of_n_compute_units_gives_each_port_its_own_channel(cus):
+def test_link_config_of_n_compute_units_gives_each_unit_its_own_channels(cus):
     lines = [line for line in link_config(cus).splitlines() if line and not line.startswith("#")]
     names = [f"{KERNEL_NAME}_{n}" for n in range(1, cus + 1)]
     assert lines[1] == f"nk={KERNEL_NAME}:{cus}:{'.'.join(names)}"
     sp = [line.removeprefix("sp=").split(":") for line in lines[2:]]
     assert len(sp) == cus * len(PORTS)
     assert {target for target, _ in sp} == {f"{name}.{port}" for name in names for port in PORTS}
-    channels = [int(bank[4:-1]) for _, bank in sp]
-    assert len(set(channels)) == len(channels) and max(channels) < 32
+    channels = {target: int(bank[4:-1]) for target, bank in sp}
+    assert max(channels.values()) < 32
+    # No two units share a channel; within a unit the two ports of constants share one,
+    # the activations have their own.
+    units = [{c for t, c in channels.items() if t.startswith(f"{n}.")} for n in names]
+    assert all(len(u) == CHANNELS_PER_CU == 2 for u in units)
+    assert len(set().union(*units)) == cus * CHANNELS_PER_CU
+    for n in names:
+        assert channels[f"{n}.m_axi_program"] == channels[f"{n}.m_axi_indices"]
+        assert channels[f"{n}.m_axi_data"] != channels[f"{n}.m_axi_program"]
     # The second compute unit's ports follow the first one's channels, port by port.
     second = {target.split(".")[1]: bank for target, bank in sp if target.startswith(names[1])}
-    assert second == {port: f"HBM[{CONNECTIVITY[port] + len(PORTS)}]" for port in PORTS}
+    assert second == {port: f"HBM[{CONNECTIVITY[port] + CHANNELS_PER_CU}]" for port in PORTS}
 
 
 @pytest.mark.parametrize("cus", [0, MAX_CUS + 1, 1.5])

@@ -125,4 +125,4 @@ def test_compute_units_split_the_images_and_predict_as_one(footwear_package, tmp
 
 def test_compute_units_out_of_range_are_refused(footwear_package, capsys):
     assert main(["run", "--package", str(footwear_package), "--cus", "0"]) == 2
-    assert "compute units must be 1 to 10" in capsys.readouterr().err
+    assert "compute units must be 1 to 16" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from velcro.hw.kernel.connectivity import BANKS, CONNECTIVITY, KERNEL_NAME
+from velcro.hw.kernel.connectivity import BANKS, CHANNELS_PER_CU, CONNECTIVITY, KERNEL_NAME
 from velcro.hw.kernel.regmap import REGMAP
 from velcro.sw.runtime.backends.kernel_model import DeviceMemory, KernelModel
 
@@ -314,7 +314,7 @@ def build(version: str = "2.20", card: FakeCard | None = None) -> types.ModuleTy
         def group_id(self, argnum):
             _overload("group_id", (argnum,), (int,))
             reg = REGMAP.arguments[argnum]
-            return CONNECTIVITY[reg.port] + len(CONNECTIVITY) * self.cu if reg.pointer else -1
+            return CONNECTIVITY[reg.port] + CHANNELS_PER_CU * self.cu if reg.pointer else -1
 
     class run:
         __slots__ = ("kernel", "polled", "started", "arguments")

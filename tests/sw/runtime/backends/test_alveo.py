@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from velcro.hw.kernel.config import SHIPPED
-from velcro.hw.kernel.connectivity import CONNECTIVITY, INSTANCE
+from velcro.hw.kernel.connectivity import CHANNELS_PER_CU, CONNECTIVITY, INSTANCE
 from velcro.hw.kernel.regmap import REGMAP
 from velcro.sw.data import make_task
 from velcro.sw.errors import DeviceError
@@ -167,7 +167,7 @@ def test_arguments_go_in_register_map_order(platform, card):
 
 
 def test_syncs_go_both_ways_over_the_whole_buffer(platform, card):
-    buf = platform.allocate((100,), np.uint8, platform.overlay.HBM2)
+    buf = platform.allocate((100,), np.uint8, platform.overlay.HBM1)
     buf.sync_to_device()
     buf.sync_from_device()
     assert [(d, size, offset) for _, _, d, size, offset in card.of("sync")] == [
@@ -354,7 +354,7 @@ def test_two_compute_units_through_the_adapter_are_bit_exact_with_golden(
     assert device.counters() == golden.counters()
     stages = sum(1 for stage in device.stages if stage.device)
     assert len(card.of("start")) == 2 * stages
-    # Every unit's buffers in its own three channels: HBM[0..2] and HBM[3..5].
-    assert {event[-1] for event in card.of("bo")} == set(range(2 * len(CONNECTIVITY)))
+    # Every unit's buffers in its own two channels: HBM[0..1] and HBM[2..3].
+    assert {event[-1] for event in card.of("bo")} == set(range(2 * CHANNELS_PER_CU))
     first, second = device.last_unit_cycles
     assert first > 0 and second > 0
