@@ -55,6 +55,9 @@ class ResidentReads(wiring.Component):
     max_outstanding : int
         Bursts queued between the request and its last word, at most (at least the
         DMA's own limit, so that the DMA is never held back by this queue).
+    ram_style : str
+        The copy's memory, as Vivado's ``ram_style``: ``"ultra"`` (UltraRAM, default)
+        or ``"block"`` (block RAM).
 
     Attributes
     ----------
@@ -68,8 +71,12 @@ class ResidentReads(wiring.Component):
         Answer bursts inside the window from the copy.
     """
 
-    def __init__(self, *, data_width: int, words: int, max_outstanding: int = 4):
+    def __init__(self, *, data_width: int, words: int, max_outstanding: int = 4,
+                 ram_style: str = "ultra"):
         exact_log2(words)
+        if ram_style not in ("ultra", "block"):
+            raise ValueError(f"ram_style must be 'ultra' or 'block', not {ram_style!r}")
+        self.ram_style = ram_style
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding must be at least 1, not {max_outstanding!r}")
         self.data_width = data_width
@@ -116,7 +123,7 @@ class ResidentReads(wiring.Component):
         head = Signal(entry)
         m.d.comb += head.eq(order.r_data)
         m.submodules.copy = copy = Memory(shape=self.data_width, depth=self.words, init=[],
-                                          attrs={"ram_style": "ultra"})
+                                          attrs={"ram_style": self.ram_style})
         store = copy.write_port()
         load = copy.read_port()
         beat = Signal(8)                 # word of the head burst

@@ -11,12 +11,14 @@ one AXI4 manager per entry of :data:`~velcro.hw.kernel.regmap.PORTS`, 64-bit add
     requantization factors, skip masks and means, dense codebooks and parameters.
 ``m_axi_indices``
     Reads the dense index streams and int8 weights (records of the codebook stream,
-    into the dense engine's codebook input), the heaviest traffic, on a port (and memory bank) of
-    their own.
+    into the dense engine's codebook input), the heaviest traffic, on a port of their own
+    (in the memory bank of ``m_axi_program``:
+    :mod:`velcro.hw.kernel.connectivity`).
 
 Both read the same words for every image of a run, so each passes through an on-chip
 copy (:class:`~velcro.hw.axi.resident.ResidentReads`, ``resident_program`` and
-``resident_indices`` words of the configuration) that the run's first image fills and
+``resident_indices`` words of the configuration; the first in block RAM, the second in
+UltraRAM) that the run's first image fills and
 that answers the later images' reads: a run fetches its constants from device memory
 once, and each further image moves only its input and its output.
 ``m_axi_data``
@@ -126,25 +128,30 @@ class VelcroKernel(wiring.Component):
         m.d.comb += self.interrupt.eq(csr.interrupt)
 
         # --- DMAs -----------------------------------------------------------------------
+        # FIFOs of several bursts in block RAM: in distributed RAM each would take
+        # hundreds of LUTs, the scarcest resource of several compute units.
         m.submodules.rd_program = rd_prog = ReadDma(
             data_width=W, max_burst=B,
-            channels={"desc": B, "bulk": 4 * B, "small": B, "mask": 2 * B})
+            channels={"desc": B, "bulk": 4 * B, "small": B, "mask": 2 * B},
+            block_ram=("bulk", "mask"))
         # The indices port carries int8 weights at a word per cycle: eight bursts in
         # flight keep that rate through a run's first image under HBM-like latency.
         m.submodules.rd_indices = rd_idx = ReadDma(data_width=W, max_burst=B,
                                                    channels={"indices": 8 * B},
                                                    max_outstanding=8)
         m.submodules.rd_data = rd_data = ReadDma(data_width=W, max_burst=B,
-                                                 channels={"act": 2 * B})
+                                                 channels={"act": 2 * B}, block_ram=("act",))
         m.submodules.wr_data = wr = WriteDma(data_width=W, depth=2 * B, max_burst=B)
         write_half = axi4_write_signature(data_width=W)
-        # The constant buffers' reads, through their on-chip copies where configured.
-        for port, dma, words in (("program", rd_prog, cfg.resident_program),
-                                 ("indices", rd_idx, cfg.resident_indices)):
+        # The constant buffers' reads, through their on-chip copies where configured:
+        # the program's in block RAM, the indices' in UltraRAM, which the feature banks
+        # share, so that neither memory limits the compute units before the LUTs.
+        for port, dma, words, style in (("program", rd_prog, cfg.resident_program, "block"),
+                                        ("indices", rd_idx, cfg.resident_indices, "ultra")):
             read = dma.axi
             if words:
                 copy = ResidentReads(data_width=W, words=words,
-                                     max_outstanding=dma.max_outstanding)
+                                     max_outstanding=dma.max_outstanding, ram_style=style)
                 m.submodules[f"resident_{port}"] = copy
                 wiring.connect(m, dma.axi, copy.up)
                 m.d.comb += [copy.base.eq(getattr(seq.resident, port)),

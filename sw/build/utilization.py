@@ -11,11 +11,13 @@ shell takes a share that no open tool reports):
 ``FF``, ``DSP``
     Flip-flops, DSP48E2 slices.
 ``BRAM36``
-    RAMB36E2 blocks plus half the RAMB18E2.
+    RAMB36E2 blocks plus half the RAMB18E2: among them the on-chip copy of the
+    ``program`` buffer and the read FIFOs of several bursts, which ask for block RAM
+    (``ram_style = "block"``).
 ``URAM``
-    URAM288 blocks: the on-chip copies of the constant buffers
-    (:mod:`velcro.hw.axi.resident`), whose memories ask for UltraRAM
-    (``ram_style = "ultra"``, which ``synth_xilinx`` and Vivado honour).
+    URAM288 blocks: the conv array's feature banks and the on-chip copy of the
+    ``indices`` buffer (:mod:`velcro.hw.axi.resident`), whose memories ask for UltraRAM
+    (``ram_style = "ultra"``; ``synth_xilinx`` and Vivado honour both styles).
 
 ``compute_units`` (:func:`compute_units`) is the estimate of ``N`` whole kernels, as
 ``velcro build xclbin --cus N`` links them: ``N`` times every class, whether that keeps

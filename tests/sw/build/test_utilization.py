@@ -219,7 +219,9 @@ def test_the_shipped_kernel_takes_under_a_tenth_of_every_u280_resource(tmp_path)
         depth = report["parts"][name]["depth"]
         assert depth["lut_levels"] <= levels, (name, depth["paths"][:3])
     assert report["conv_arrays_that_fit"] >= 10
-    # The feature banks (two copies of nine banks, two blocks each) and the constant
-    # copies are UltraRAM, and UltraRAM bounds the compute units before the HBM channels.
+    # The feature banks (two copies of nine banks, two blocks each) and the indices'
+    # copy are UltraRAM, the program's copy block RAM; the LUTs bound the compute units,
+    # before the HBM channels and either memory.
     assert report["parts"]["conv"]["uram"] == 36 and report["parts"]["conv"]["bram36"] == 0
-    assert report["compute_units"]["cus_limited_by"] == "URAM"
+    assert report["resources"]["URAM"]["used"] == 51
+    assert report["compute_units"]["cus_limited_by"] == "LUT"
