@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """A conv lane's two windows against numpy: both products of a tap come out of one
 packed multiplication (Amaranth simulator)."""
 
