@@ -345,9 +345,21 @@ class SkipScanner(wiring.Component):
             with m.Else():
                 m.d.sync += [spare.eq(self.mask.payload), spare_valid.eq(1)]
         skip_bits = Mux(self.skip, beat.skip, 0) & inside
+        # The next block's pending elements, registered, so that the tables of
+        # :func:`_pending` start at a register: for each way the position and the beat
+        # can move, from the edges and the beat that follow, chosen by ``take`` last.
+        # (The layer, ``skip`` included, is in place in the cycle of ``start``, when no
+        # block is taken or loaded.)
         loaded_todo, cleared_todo = Signal(TAPS), Signal(TAPS)
-        m.d.comb += [loaded_todo.eq(inside & ~skip_bits),
-                     cleared_todo.eq(state["rest"])]
+        m.d.comb += cleared_todo.eq(state["rest"])
+        beat_kept, beat_moved = Signal(MASK_LAYOUT), Signal(MASK_LAYOUT)
+        m.d.comb += [beat_kept.eq(Mux(arriving & ~beat_valid, self.mask.payload, beat)),
+                     beat_moved.eq(Mux(spare_valid, spare, Mux(arriving, self.mask.payload,
+                                                               beat)))]
+
+        def todo_of(rows, cols, mask):
+            return Cat(rows[k // 3] & cols[k % 3] & ~(self.skip & mask.skip[k])
+                       for k in range(TAPS))
         # Void by one bit of the beat, so that the decision to take a block (and the
         # mask stream's ready) waits neither for the position's edges nor for a
         # comparison of the skip bits.
@@ -417,6 +429,15 @@ class SkipScanner(wiring.Component):
                         m.d.sync += [nxt_lane.eq(0), nxt_slot.eq(nxt_slot + 1)]
                     with m.Else():
                         m.d.sync += nxt_lane.eq(nxt_lane + 1)
+        # The edges the position above moves to, and the pending elements there.
+        cols_taken = Mux(col_last, cols_in(0), cols_in(nxt_xo + 3))
+        rows_taken = Mux(col_last, Mux(row_last, rows_in(0), rows_in(nxt_yo + 3)), row_in)
+        with m.If(self.start):
+            m.d.sync += loaded_todo.eq(todo_of(rows_in(0), cols_in(0), beat_kept))
+        with m.Elif(take):
+            m.d.sync += loaded_todo.eq(todo_of(rows_taken, cols_taken, beat_moved))
+        with m.Else():
+            m.d.sync += loaded_todo.eq(todo_of(row_in, col_in, beat_kept))
         with m.If(self.start):
             m.d.sync += [one_ahead.eq(0), foreign.eq(0)]
         with m.Elif(load):
