@@ -173,8 +173,10 @@ class Sequencer(wiring.Component):
         statistics.
     offered : In(struct of :data:`OFFERED`)
         The input streams that offer a beat.
-    weights_full, out_taken : In(1)
-        The weight FIFO is full; a dense output beat is taken.
+    weights_level : In(range(config.weight_fifo_depth + 1))
+        Kernel beats in the weight FIFO.
+    out_taken : In(1)
+        A dense output beat is taken.
     issue : Out(1)
         The descriptor's commands are issued: the buffer write counters restart.
     resident : Out(bundle)
@@ -223,7 +225,7 @@ class Sequencer(wiring.Component):
             "dense": Out(wiring.Signature({
                 "cmd": Out(stream.Signature(command_layout(config.dense))), "busy": In(1)})),
             "offered": In(data.StructLayout(dict.fromkeys(OFFERED, 1))),
-            "weights_full": In(1),
+            "weights_level": In(range(config.weight_fifo_depth + 1)),
             "out_taken": In(1),
             "issue": Out(1),
             "resident": Out(wiring.Signature({"hold": Out(1), "program": Out(64),
@@ -392,6 +394,16 @@ class Sequencer(wiring.Component):
 
         c = cfg.conv
         d = dense_cfg
+        # A conv layer starts once the weight FIFO holds its first two output channels'
+        # kernels (two beats per channel group), what the array loads before its first
+        # block; the rest keeps arriving while it computes. Both registers: the need
+        # from the descriptor, the comparison from the FIFO's level (which only rises
+        # before the layer starts, so a cycle late is never early).
+        weights_need = Signal(range(cfg.weight_fifo_depth + 1))
+        weights_ahead = Signal()
+        groups = (cv.c_in + c.lanes - 1) >> exact_log2(c.lanes)
+        m.d.sync += [weights_need.eq(groups << 1),
+                     weights_ahead.eq(self.weights_level >= weights_need)]
         streams_left = {
             Opcode.LOAD_MAP: unpack["act"].busy,
             Opcode.CONV: unpack["weights"].busy | offered.weights | unpack["requant"].busy |
@@ -644,7 +656,7 @@ class Sequencer(wiring.Component):
 
             with active("PREFETCH"):
                 m.d.comb += in_stall.eq(1)
-                weights_ready = self.weights_full | ~unpack["weights"].busy
+                weights_ready = weights_ahead | ~unpack["weights"].busy
                 ready = Mux(is_op(Opcode.LOAD_MAP), offered.act,
                         Mux(is_op(Opcode.LOAD_VEC), offered.vec,
                         Mux(is_op(Opcode.CONV),

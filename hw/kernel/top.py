@@ -333,6 +333,6 @@ class VelcroKernel(wiring.Component):
         m.d.comb += offered.indices.eq(unpack["indices"].records.valid |
                                        unpack["dense_weights"].records.valid)
         m.d.comb += [offered.weights.eq(wfifo.r_rdy), offered.x.eq(x_reader.o.valid),
-                     seq.weights_full.eq(wfifo.level == wfifo.depth),
+                     seq.weights_level.eq(wfifo.level),
                      seq.out_taken.eq(out_taken)]
         return m
