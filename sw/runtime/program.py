@@ -8,7 +8,9 @@ into a :class:`Program`:
   of the constants in the ``program`` image;
 * the constants as records (:mod:`velcro.hw.kernel.records`, formats of
   :mod:`velcro.hw.conv.format` and :mod:`velcro.hw.dense.format`), each stream
-  starting on an AXI word;
+  starting on an AXI word, and a conv layer's kernels on a burst (``max_burst``
+  words, so that its first burst brings the kernels the layer waits for before it
+  starts, not the few words up to the next burst boundary);
 * the dense index streams in a separate ``indices`` image, read through their own
   port;
 * the formats of the per-image input and output tensors, with :meth:`Program.pack_inputs`
@@ -175,22 +177,27 @@ def _vector_records(x: np.ndarray, cfg: KernelConfig) -> np.ndarray:
 class _Image:
     """A memory image built stream by stream, each stream starting on an AXI word."""
 
-    def __init__(self, word_bytes: int, reserved: int = 0):
+    def __init__(self, word_bytes: int, reserved: int = 0, burst_bytes: int | None = None):
         self.word_bytes = word_bytes
+        self.burst_bytes = burst_bytes or word_bytes
         self.data = bytearray(reserved)
 
-    def add(self, raw: bytes) -> int:
-        """Append ``raw`` (padded to a word); return its offset."""
+    def add(self, raw: bytes, *, burst: bool = False) -> int:
+        """Append ``raw`` (padded to a word, and starting on a burst with ``burst``);
+        return its offset."""
+        if burst:
+            self.data += bytes(-len(self.data) % self.burst_bytes)
         offset = len(self.data)
         self.data += raw
         self.data += bytes(-len(self.data) % self.word_bytes)
         return offset
 
-    def records(self, cfg: KernelConfig, stream: str, beats: list[int]) -> dict:
+    def records(self, cfg: KernelConfig, stream: str, beats: list[int], *,
+                burst: bool = False) -> dict:
         """Append ``beats`` of ``stream`` as records; return the ``STREAM`` fields."""
         rb = cfg.record_bytes(stream)
         raw = b"".join(int(b).to_bytes(rb, "little") for b in beats)
-        return {"offset": self.add(raw), "records": len(beats)}
+        return {"offset": self.add(raw, burst=burst), "records": len(beats)}
 
     def raw_records(self, cfg: KernelConfig, stream: str, octets: bytes, beat_bytes: int) -> dict:
         """Append a byte stream cut into ``beat_bytes`` beats, one record each."""
@@ -257,7 +264,8 @@ def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
     else:
         output_kind = "map"
     steps: list[Step] = []
-    constants = _Image(wb)
+    burst_bytes = cfg.max_burst * wb
+    constants = _Image(wb, burst_bytes=burst_bytes)
     indices = _Image(wb)
     # Descriptors go first; constants follow once their count is known.
     buf, half = 0, 0
@@ -316,7 +324,7 @@ def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
         raise ValueError(f"{len(steps) - 1} steps exceed the kernel's {cfg.max_program}")
     # Constants were placed from offset 0 of their own image; shift them behind the
     # descriptors.
-    head = _round(len(steps) * DESCRIPTOR_BYTES, wb)
+    head = _round(len(steps) * DESCRIPTOR_BYTES, burst_bytes)
     steps = [Step(step.opcode, step.name, _shifted(step, head), step.cost) for step in steps]
     program = bytearray()
     for step in steps:
@@ -352,7 +360,8 @@ def _conv_step(layer: Layer, buf: int, cfg: KernelConfig, image: _Image) -> Step
     fields = dict(
         buf=buf, relu=int(shape.relu), skip=int(skip), stride=shape.stride, c_in=shape.c_in,
         c_out=shape.c_out, height=shape.height, width=shape.width,
-        weights=image.records(cfg, "weights", conv_format.pack_weights(a["weight"], lanes)),
+        weights=image.records(cfg, "weights", conv_format.pack_weights(a["weight"], lanes),
+                              burst=True),
         requant=image.records(cfg, "requant", conv_format.pack_requant(
             a["bias"], a["mult"], a["shift"])),
         mask=image.records(cfg, "mask", conv_format.pack_mask(mask, a["mean"]))

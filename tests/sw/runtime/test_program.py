@@ -84,3 +84,20 @@ def test_a_flatten_feeding_one_segment_per_input_runs_channel_last(
     # A word per beat (16 beats) against a byte per cycle (256).
     assert (flatten.cost.busy < 32) == bool(hwc)
     np.testing.assert_array_equal(logits, golden.run(package, images))
+
+
+def test_conv_kernels_start_on_a_burst(tiny_package):
+    """A conv layer's first burst brings whole kernels: its weight stream starts on a
+    ``max_burst`` boundary of the program (whose buffers are page-aligned), and every
+    stream still lies inside the program image."""
+    program = compile_segment(list(partition(tiny_package, SHIPPED)[0].layers), SHIPPED)
+    burst = SHIPPED.max_burst * SHIPPED.word_bytes
+    convs = [step for step in program.steps if step.opcode == Opcode.CONV]
+    assert convs
+    for step in convs:
+        assert step.fields["weights"]["offset"] % burst == 0
+        for name in ("weights", "requant"):
+            stream = step.fields[name]
+            assert stream["offset"] % SHIPPED.word_bytes == 0
+            end = stream["offset"] + stream["records"] * SHIPPED.record_bytes(name)
+            assert end <= len(program.program)
