@@ -139,8 +139,10 @@ class VelcroKernel(wiring.Component):
         m.submodules.rd_indices = rd_idx = ReadDma(data_width=W, max_burst=B,
                                                    channels={"indices": 8 * B},
                                                    max_outstanding=8)
+        # Four bursts of input in flight: the map loader takes a word every four cycles,
+        # so three bursts cover the memory's latency while the fourth is requested.
         m.submodules.rd_data = rd_data = ReadDma(data_width=W, max_burst=B,
-                                                 channels={"act": 2 * B}, block_ram=("act",))
+                                                 channels={"act": 4 * B}, block_ram=("act",))
         m.submodules.wr_data = wr = WriteDma(data_width=W, depth=2 * B, max_burst=B)
         write_half = axi4_write_signature(data_width=W)
         # The constant buffers' reads, through their on-chip copies where configured:
