@@ -10,7 +10,9 @@ record count. Offsets and strides are multiples of the AXI word size.
 
 ``LOAD_MAP`` (``map``)
     Input tensor ``inputs + offset + image * stride`` (``records`` activation beats,
-    the conv array's ``ifmap`` format) into conv buffer ``buf``.
+    the conv array's ``ifmap`` format) into conv buffer ``buf``. With ``ahead`` (for a
+    program whose only read of ``inputs`` it is), the kernel requests the next image's
+    tensor while the rest of this image runs, so that its load finds the data on chip.
 ``CONV`` (``conv``)
     A conv3x3 layer from buffer ``buf`` into the other buffer; ``weights``,
     ``requant`` and (when ``skip``) ``mask`` are streams in ``program``.
@@ -71,7 +73,7 @@ TENSOR_IO = data.StructLayout({"offset": 32, "stride": 32, "records": 32})
 
 MAP_ARGS = data.StructLayout({
     "buf": 1, "dst": 1, "channels": 16, "height": 16, "width": 16, "io": TENSOR_IO,
-    "hwc": 1,
+    "hwc": 1, "ahead": 1,
 })
 
 CONV_ARGS = data.StructLayout({

@@ -23,7 +23,9 @@ its parameters) -> ``ACCOUNT`` (add the descriptor's counters to its record). ``
 moves to the next image or, after the last, writes the counter records
 (``COUNTERS``). The next descriptor is requested while the current one runs (with
 the op's commands from ``ISSUE``, and from ``END_IMAGE`` for the next image's
-first), so that only a run's first descriptor waits for the memory's latency. The
+first), so that only a run's first descriptor waits for the memory's latency; a
+``LOAD_MAP`` with ``ahead`` also requests the next image's input once its own is
+requested, while the image runs, so that the next image's load finds its data on chip. The
 datapath is reset at the start of every run, and again when a run ends with an
 error: ``ABORT`` flushes the DMAs (requests already made are completed, their data
 dropped). Every run ends in ``STATUS``, which writes the status block
@@ -287,6 +289,15 @@ class Sequencer(wiring.Component):
         addr = {name: Signal(64, name=f"addr_{name}")
                 for name in ("bulk", "small", "mask", "indices")}
         kick = Signal()                   # first cycle of RUN
+        # The next image's input read, requested while this image runs (a LOAD_MAP with
+        # ``ahead``): its command, whether it is still to go out, whether it went out for
+        # the image now running (whose LOAD_MAP then issues no read), and whether an image
+        # follows this one (set in DECODE).
+        ahead_addr = Signal(64)
+        ahead_want = Signal()
+        ahead_fire = Signal()
+        ahead_done = Signal()
+        more_images = Signal()
         # The next descriptor is requested while this one runs: ISSUE sends the request
         # for pc + 1 with the op's own commands (every op but END has a successor, since
         # a program ends with END), END_IMAGE the one for the next image's first
@@ -418,7 +429,7 @@ class Sequencer(wiring.Component):
         # like ``misaligned`` in ADDR, so that ISSUE and PREFETCH read registers.
         no_codebook = Signal()
         needs = {
-            "act": is_op(Opcode.LOAD_MAP, Opcode.LOAD_VEC),
+            "act": is_op(Opcode.LOAD_VEC) | (is_op(Opcode.LOAD_MAP) & ~ahead_done),
             "bulk": is_op(Opcode.CONV) | (is_op(Opcode.DENSE) & ~no_codebook),
             "small": is_op(Opcode.CONV, Opcode.DENSE),
             "mask": is_op(Opcode.CONV) & cv.skip,
@@ -482,7 +493,7 @@ class Sequencer(wiring.Component):
         conv_op = is_op(Opcode.CONV)
         act_records = Mux(is_op(Opcode.LOAD_VEC), vc.io.records, mp.io.records)
         m.d.comb += [
-            rd_data.act_cmd.payload.addr.eq(io_addr),
+            rd_data.act_cmd.payload.addr.eq(Mux(ahead_fire, ahead_addr, io_addr)),
             rd_data.act_cmd.payload.words.eq(Mux(is_op(Opcode.LOAD_VEC),
                                                  words("x", vc.io.records),
                                                  words("act", mp.io.records))),
@@ -528,7 +539,15 @@ class Sequencer(wiring.Component):
             rd_prog.desc_cmd.payload.words.eq(words("descriptor", 1)),
             unpack["desc"].start.eq(fetch_now | fire_desc), unpack["desc"].count.eq(1),
         ]
-        m.d.comb += [commands[k].valid.eq(fire[k]) for k in needs]
+        m.d.comb += [commands[k].valid.eq(fire[k] | (ahead_fire if k == "act" else 0))
+                     for k in needs]
+        # The next image's input read goes out while an op runs (RUN, which no ISSUE and
+        # so no other read command of the channel overlaps), once the channel has
+        # requested all of this image's; decided a cycle ahead, like every command.
+        m.d.sync += ahead_fire.eq(ahead_want & ~ahead_fire & ~fire["act"] & in_busy &
+                                  rd_data.act_cmd.ready)
+        with m.If(ahead_fire):
+            m.d.sync += [ahead_want.eq(0), ahead_done.eq(1)]
         for name, (unit, _, count) in starts.items():
             m.d.comb += [unit.start.eq(begin[name]), unit.count.eq(count)]
         m.d.comb += [x_reader.base.eq(half["src"]), self.issue.eq(issued),
@@ -573,6 +592,7 @@ class Sequencer(wiring.Component):
                                  watchdog_on.eq(args.watchdog != 0),
                                  image.eq(0), pc.eq(0), end_pc.eq(0), status.eq(0),
                                  prefetched.eq(0), self.resident.hold.eq(0),
+                                 ahead_want.eq(0), ahead_done.eq(0),
                                  error_pc.eq(0), error_op.eq(0), images_done.eq(0),
                                  op_cycles.eq(0)]
                     m.d.sync += [t.eq(0) for t in total.values()]
@@ -602,7 +622,7 @@ class Sequencer(wiring.Component):
             with active("DECODE"):
                 stride = Mux(is_op(Opcode.DENSE), dn.out.stride,
                              Mux(is_op(Opcode.LOAD_VEC), vc.io.stride, mp.io.stride))
-                m.d.sync += [image_offset.eq(image * stride),
+                m.d.sync += [image_offset.eq(image * stride), more_images.eq(image + 1 < images),
                              no_codebook.eq(dn.codebook.records == 0),
                              decode_bad_late.eq(decode_bad)]
                 with m.If(is_op(Opcode.END)):
@@ -639,6 +659,10 @@ class Sequencer(wiring.Component):
                 with m.If(all_ready & ~misaligned):
                     m.d.sync += [fire[k].eq(needs[k]) for k in needs]
                     m.d.sync += [fire_desc.eq(may_prefetch), prefetched.eq(may_prefetch)]
+                    with m.If(is_op(Opcode.LOAD_MAP)):
+                        m.d.sync += [ahead_done.eq(0),
+                                     ahead_want.eq(mp.ahead & more_images),
+                                     ahead_addr.eq(io_addr + mp.io.stride)]
                     m.d.sync += [begin[name].eq(when) for name, (_, when, _) in starts.items()]
                     m.d.sync += [issued.eq(1), beats_left.eq(dense_beats),
                                  one_left.eq(dense_beats == 1), out_done.eq(0),

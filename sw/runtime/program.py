@@ -273,8 +273,9 @@ def compile_segment(layers: list[Layer], config: KernelConfig) -> Program:
     if input_kind == "map":
         c, h, w = in_shape
         records, input_stride = _map_io(c, h, w, cfg)
+        # The program's only read of its inputs: the next image's is requested ahead.
         steps.append(Step(Opcode.LOAD_MAP, "input", dict(
-            buf=buf, channels=c, height=h, width=w,
+            buf=buf, channels=c, height=h, width=w, ahead=1,
             io={"offset": 0, "stride": input_stride, "records": records}),
             kernel_cost.load_map_cost(c, h, w, cfg)))
     else:

@@ -158,6 +158,26 @@ def test_memory_latency_costs_stall_cycles_only(footwear):
     assert len(quiet) == 3 and all(stall < DEFAULT_LATENCY // 10 for _, stall in quiet), quiet
 
 
+def test_the_next_images_input_is_read_while_this_one_runs(footwear):
+    """The input load asks for the next image's tensor ahead (``LOAD_MAP`` with
+    ``ahead``): under the latency a run's later images wait for no input read, and the
+    run reads no input beyond its last image."""
+    package, program = footwear
+    assert program.steps[0].opcode == Opcode.LOAD_MAP and program.steps[0].fields["ahead"]
+    images = validation_images(3)
+    outcomes = {n: session(SHIPPED, package, [{"run": images[:n]}])["outcomes"][0]
+                for n in (1, 3)}
+    for n, outcome in outcomes.items():
+        np.testing.assert_array_equal(outcome["logits"], golden.run(package, images[:n]))
+        check_counters(program, outcome, n, exact=False)
+    one, three = outcomes[1], outcomes[3]
+    # Each later image would otherwise wait at least the latency for its first word.
+    later = three["counters"][0].stall_cycles - one["counters"][0].stall_cycles
+    assert one["counters"][0].stall_cycles >= DEFAULT_LATENCY
+    assert later < DEFAULT_LATENCY // 2, later
+    assert three["bytes"] - one["bytes"] == 2 * (program.input_stride + program.output_stride)
+
+
 def test_back_to_back_runs_are_cycle_exact_without_pauses_or_latency(footwear):
     package, program = footwear
     first, second = validation_images(2), validation_images(2, start=2)
