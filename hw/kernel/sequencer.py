@@ -40,9 +40,9 @@ refused its parameters, a misaligned counter buffer) and the watchdog (a descrip
 running for ``watchdog`` cycles). The first fault records the descriptor index and
 opcode in ``error_at`` (an error response to a write arrives, and is recorded, while a
 later descriptor runs). Each descriptor check is registered and faults in the state
-after the one that makes it (a bad descriptor in ``ADDR``, a misaligned address in
-``ISSUE``, streams not consumed in ``ACCOUNT``, a descriptor beyond ``max_program``
-in ``FETCH``), so that no state's next-state logic waits on the comparators.
+after the one that makes it (a bad descriptor and a misaligned address in ``ISSUE``,
+streams not consumed in ``ACCOUNT``, a descriptor beyond ``max_program`` in
+``FETCH``), so that no state's next-state logic waits on the comparators.
 
 Counters: ``busy`` counts the cycles in ``RUN`` (the engines' cost-model cycles plus
 the cycle that starts them), ``stall_cycles`` the cycles in ``WAIT_DESC``,
@@ -289,6 +289,7 @@ class Sequencer(wiring.Component):
         addr = {name: Signal(64, name=f"addr_{name}")
                 for name in ("bulk", "small", "mask", "indices")}
         kick = Signal()                   # first cycle of RUN
+        conv_kick = Signal()              # kick of an op of the conv array, beside it
         # The next image's input read, requested while this image runs (a LOAD_MAP with
         # ``ahead``): its command, whether it is still to go out, whether it went out for
         # the image now running (whose LOAD_MAP then issues no read), and whether an image
@@ -366,8 +367,10 @@ class Sequencer(wiring.Component):
                          layer.buf.eq(mp.buf), layer.c_in.eq(mp.channels), layer.c_out.eq(0),
                          layer.height.eq(mp.height), layer.width.eq(mp.width),
                          layer.stride.eq(0), layer.relu.eq(0), layer.skip.eq(0)]
-        m.d.comb += conv.start.eq(kick & is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL,
-                                               Opcode.FLATTEN, Opcode.STORE_MAP))
+        # The array's start is a flip-flop: its range checks and state decode follow it.
+        conv_ops = is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL, Opcode.FLATTEN,
+                         Opcode.STORE_MAP)
+        m.d.comb += conv.start.eq(conv_kick)
         m.d.comb += [flat.channels.eq(mp.channels), flat.height.eq(mp.height),
                      flat.width.eq(mp.width), flat.hwc.eq(mp.hwc),
                      flat.start.eq(kick & is_op(Opcode.FLATTEN))]
@@ -437,6 +440,17 @@ class Sequencer(wiring.Component):
             "write": is_op(Opcode.STORE_MAP) | (is_op(Opcode.DENSE) & dn.to_memory),
         }
         misaligned = Signal()
+        # Whether the first data of every input stream of the op is on chip, registered:
+        # no stream is consumed before RUN, so a cycle late is never early, and the
+        # offered flags stay out of the state's next-state logic.
+        streams_ready = Signal()
+        weights_ready = weights_ahead | ~unpack["weights"].busy
+        m.d.sync += streams_ready.eq(
+            (is_op(Opcode.LOAD_MAP) & offered.act) | (is_op(Opcode.LOAD_VEC) & offered.vec) |
+            (is_op(Opcode.CONV) & weights_ready & offered.requant &
+             (~cv.skip | offered.mask)) |
+            (is_op(Opcode.DENSE) & offered.x & offered.indices & offered.params &
+             (no_codebook | offered.codebook)))
 
         # Descriptor checks, each in the state that makes it (registered inputs only).
         def beyond(value, limit, low=1):
@@ -470,10 +484,14 @@ class Sequencer(wiring.Component):
         counters_bad = Signal()     # COUNTERS with a misaligned counter buffer
         m.d.sync += [decode_bad_late.eq(0), misaligned.eq(0), check_bad_late.eq(0),
                      pc_bad.eq(0), counters_bad.eq(0)]
+        # The argument checks of every opcode, registered in every cycle from the
+        # descriptor (stable from DECODE on), and combined with the opcode's flag in ADDR.
         # An unknown opcode raises no flag.
+        checked = Signal(len(decode_checks))
+        m.d.sync += checked.eq(Cat(decode_checks.values()))
         m.d.comb += decode_bad.eq(~is_op(*Opcode) |
-                                  Cat(is_op(code) & check
-                                      for code, check in decode_checks.items()).any())
+                                  Cat(is_op(code) & checked[i]
+                                      for i, code in enumerate(decode_checks)).any())
         check_bad = Signal()
         left = Const(0, 1)
         for code, busy in streams_left.items():
@@ -584,6 +602,7 @@ class Sequencer(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += csr.ap_idle.eq(1)
                 m.d.sync += kick.eq(0)
+                m.d.sync += conv_kick.eq(0)
                 with m.If(csr.ap_start):
                     m.d.comb += [restart.eq(1)] + [r.clear.eq(1) for r in readers] + \
                         [wr.clear.eq(1)]
@@ -623,14 +642,14 @@ class Sequencer(wiring.Component):
                 stride = Mux(is_op(Opcode.DENSE), dn.out.stride,
                              Mux(is_op(Opcode.LOAD_VEC), vc.io.stride, mp.io.stride))
                 m.d.sync += [image_offset.eq(image * stride), more_images.eq(image + 1 < images),
-                             no_codebook.eq(dn.codebook.records == 0),
-                             decode_bad_late.eq(decode_bad)]
+                             no_codebook.eq(dn.codebook.records == 0)]
                 with m.If(is_op(Opcode.END)):
                     m.next = "END_IMAGE"
                 with m.Else():
                     m.next = "ADDR"
 
             with active("ADDR"):
+                m.d.sync += decode_bad_late.eq(decode_bad)
                 io = Mux(is_op(Opcode.DENSE), dn.out.offset,
                          Mux(is_op(Opcode.LOAD_VEC), vc.io.offset, mp.io.offset))
                 io_base = Mux(is_op(Opcode.LOAD_MAP, Opcode.LOAD_VEC), base["inputs"],
@@ -676,24 +695,20 @@ class Sequencer(wiring.Component):
                         m.next = "PREFETCH"
                     with m.Else():
                         m.d.sync += kick.eq(1)
+                        m.d.sync += conv_kick.eq(conv_ops)
                         m.next = "RUN"
 
             with active("PREFETCH"):
                 m.d.comb += in_stall.eq(1)
-                weights_ready = weights_ahead | ~unpack["weights"].busy
-                ready = Mux(is_op(Opcode.LOAD_MAP), offered.act,
-                        Mux(is_op(Opcode.LOAD_VEC), offered.vec,
-                        Mux(is_op(Opcode.CONV),
-                            weights_ready & offered.requant & (~cv.skip | offered.mask),
-                            offered.x & offered.indices & offered.params &
-                            (no_codebook | offered.codebook))))
-                with m.If(ready):
+                with m.If(streams_ready):
                     m.d.sync += kick.eq(~is_op(Opcode.LOAD_VEC))
+                    m.d.sync += conv_kick.eq(conv_ops)
                     m.next = "RUN"
 
             with active("RUN"):
                 m.d.comb += in_busy.eq(1)
                 m.d.sync += kick.eq(0)
+                m.d.sync += conv_kick.eq(0)
                 with m.If(is_op(Opcode.LOAD_MAP, Opcode.CONV, Opcode.POOL) & conv_done):
                     m.next = "CHECK"
                 with m.If(is_op(Opcode.FLATTEN) & conv_done):
