@@ -293,7 +293,7 @@ class Sequencer(wiring.Component):
         # The next image's input read, requested while this image runs (a LOAD_MAP with
         # ``ahead``): its command, whether it is still to go out, whether it went out for
         # the image now running (whose LOAD_MAP then issues no read), and whether an image
-        # follows this one (set in DECODE).
+        # follows this one (set in DECODE, read by the LOAD_MAP's ISSUE and END_IMAGE).
         ahead_addr = Signal(64)
         ahead_want = Signal()
         ahead_fire = Signal()
@@ -760,7 +760,7 @@ class Sequencer(wiring.Component):
             with active("END_IMAGE"):
                 m.d.sync += [images_done.eq(images_done + 1), end_pc.eq(pc),
                              image.eq(image + 1)]
-                with m.If(image + 1 < images):
+                with m.If(more_images):
                     m.d.sync += [pc.eq(0), next_desc.eq(base["program"]),
                                  self.resident.hold.eq(1),
                                  fire_desc.eq(rd_prog.desc_cmd.ready),
